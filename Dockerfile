@@ -1,0 +1,23 @@
+# The labelblocks runner with the bundled blocks. Any bundled block can run as a protocol block:
+#   docker run --rm -e EI_API_ENDPOINT -e EI_PROJECT_API_KEY labelblocks blocks run owlvit --data-ids-file ids.json
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libsndfile1 \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/labelblocks
+COPY pyproject.toml README.md constraints.txt ./
+COPY runner ./runner
+COPY blocks ./blocks
+COPY parameters ./parameters
+# the same install as the README's first command, without the test tools
+RUN python -m pip install -c constraints.txt -e . -e blocks/owlvit -e blocks/gpt4o -e blocks/audioset
+
+RUN useradd --create-home --uid 1000 labelblocks
+USER labelblocks
+WORKDIR /data
+ENTRYPOINT ["labelblocks"]
+CMD ["--help"]

@@ -1,0 +1,1 @@
+"""AudioSet (AST) audio tagging for labelblocks."""

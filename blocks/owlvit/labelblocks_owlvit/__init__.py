@@ -1,0 +1,1 @@
+"""OWL-ViT zero-shot bounding boxes for labelblocks."""

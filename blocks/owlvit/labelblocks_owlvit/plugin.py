@@ -1,0 +1,17 @@
+"""The labelblocks plugin of this distribution: registers its blocks through the
+`register_blocks` hook (see labelblocks.hookspecs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from labelblocks.hookspecs import hookimpl
+
+BLOCKS: list[Any] = []
+
+
+@hookimpl
+def register_blocks(register: Callable[[Any], Any]) -> None:
+    for block in BLOCKS:
+        register(block)

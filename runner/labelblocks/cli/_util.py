@@ -1,0 +1,181 @@
+"""Helpers shared by the CLI modules: the project context, output, progress, filter options."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import InvalidInput
+from ..filters import SampleFilter, check_categories, from_shorthand, parse_metadata_json
+from ..project import find_project, open_store
+from ..store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class AppContext:
+    """What every command may need, created lazily from the global options."""
+
+    def __init__(self, project: str | None) -> None:
+        self._project_opt = project
+        self._store: Store | None = None
+        self._project_dir: Path | None = None
+
+    @property
+    def project_dir(self) -> Path:
+        if self._project_dir is None:
+            self._project_dir = find_project(self._project_opt)
+        return self._project_dir
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.project_dir)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def is_interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def progress(total: int | None, label: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr when it is a terminal; silent otherwise (and under --json)."""
+    if not enabled or not is_interactive():
+        yield lambda n=1: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True) as bar:
+        yield bar.update
+
+
+def parse_key_values(items: tuple[str, ...] | list[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for text in items:
+        if "=" not in text:
+            raise InvalidInput(f"{what}: expected KEY=VALUE, got {text!r}")
+        k, v = text.split("=", 1)
+        if not k.strip():
+            raise InvalidInput(f"{what}: expected KEY=VALUE with a non-empty key, got {text!r}")
+        out[k.strip()] = v
+    return out
+
+
+def parse_ids(items: tuple[str, ...] | list[str]) -> list[int]:
+    """Sample ids from arguments such as ``3 4 7`` or ``3,4,7`` or ``10-20``."""
+    out: list[int] = []
+    for text in items:
+        for part in str(text).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part[1:]:
+                    a, b = part.split("-", 1)
+                    lo, hi = int(a), int(b)
+                    if hi < lo:
+                        raise ValueError
+                    out.extend(range(lo, hi + 1))
+                else:
+                    out.append(int(part))
+            except ValueError:
+                raise InvalidInput(f"expected sample ids like 3, 3,4,7 or 10-20, got {part!r}") from None
+    return out
+
+
+def filter_options(include_disabled_default: bool = False) -> Callable[[F], F]:
+    """The sample filter options shared by every command that selects samples."""
+
+    def deco(fn: F) -> F:
+        opts = [
+            click.option("--where", "where", multiple=True, metavar="KEY=VALUE",
+                         help="Metadata KEY equals VALUE (repeat; several values of one key mean any of them)."),
+            click.option("--where-not", "where_not", multiple=True, metavar="KEY=VALUE",
+                         help="Metadata KEY is not VALUE (samples without KEY match too)."),
+            click.option("--has", "has", multiple=True, metavar="KEY", help="Has metadata KEY, any value."),
+            click.option("--missing", "missing", multiple=True, metavar="KEY", help="Lacks metadata KEY."),
+            click.option("--no-metadata", "no_metadata", is_flag=True, help="Has no metadata at all."),
+            click.option("--any", "any_", is_flag=True, help="Match any metadata condition instead of all."),
+            click.option("--filter-json", "filter_json", metavar="JSON",
+                         help='The protocol\'s metadata filter list, e.g. \'[{"key":"site","op":"eq","values":["Paris"]}]\'.'),
+            click.option("--label", "labels", multiple=True, help="Label equals this (repeat for any of several)."),
+            click.option("--category", "categories", multiple=True,
+                         type=click.Choice(["training", "validation", "testing"]), help="Category (repeatable)."),
+            click.option("--unlabeled", is_flag=True, help="No label, boxes or structured labels."),
+            click.option("--include-disabled/--exclude-disabled", "include_disabled",
+                         default=include_disabled_default, show_default=True, help="Include disabled samples."),
+            click.option("--search", help="File name contains this text."),
+        ]
+        for o in reversed(opts):
+            fn = o(fn)
+        return fn
+
+    return deco
+
+
+FILTER_KEYS = ("where", "where_not", "has", "missing", "no_metadata", "any_", "filter_json", "labels",
+               "categories", "unlabeled", "include_disabled", "search")
+
+
+def build_filter(kw: dict[str, Any], ids: list[int] | None = None) -> SampleFilter:
+    """Pop the filter options from a command's keyword arguments and build the filter."""
+    vals = {k: kw.pop(k) for k in FILTER_KEYS if k in kw}
+    conds, no_md, comb = from_shorthand(
+        vals.get("where", ()), vals.get("where_not", ()), vals.get("has", ()), vals.get("missing", ()),
+        vals.get("no_metadata", False), vals.get("any_", False),
+    )
+    if vals.get("filter_json"):
+        jconds, jno, jcomb = parse_metadata_json(vals["filter_json"])
+        conds += jconds
+        no_md = no_md or jno
+        if jcomb == "or":
+            comb = "or"
+    return SampleFilter(
+        metadata=conds,
+        no_metadata=no_md,
+        combinator=comb,
+        labels=list(vals.get("labels", ())),
+        categories=check_categories(vals.get("categories", ())),
+        unlabeled=vals.get("unlabeled", False),
+        include_disabled=vals.get("include_disabled", True),
+        search=vals.get("search"),
+        ids=ids,
+    )
+
+
+def filter_given(kw: dict[str, Any]) -> bool:
+    """Whether any selecting filter option was given (include-disabled alone does not count)."""
+    return any(kw.get(k) for k in FILTER_KEYS if k != "include_disabled")
+
+
+def load_json_arg(text: str, what: str) -> Any:
+    """JSON from an argument: inline JSON, ``@file``, or ``-`` for stdin."""
+    try:
+        if text == "-":
+            raw = sys.stdin.read()
+        elif text.startswith("@"):
+            raw = Path(text[1:]).read_text(encoding="utf-8")
+        else:
+            raw = text
+    except OSError as e:
+        raise InvalidInput(f"{what}: cannot read {text[1:]}: {e.strerror or e}") from None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{what}: expected JSON, got invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None

@@ -1,0 +1,41 @@
+"""``labelblocks export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..export import FORMATS, export_info
+from ._util import AppContext, build_filter, filter_options, pass_app, print_json, progress
+
+
+@click.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="info", show_default=True,
+              help="info: the files plus the protocol's info.labels.")
+@filter_options(include_disabled_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_app
+def export_cmd(app: AppContext, directory: Path, fmt: str, as_json: bool, **kw: Any) -> None:
+    """Export samples (all, or those matching the filters) into a new folder.
+
+    `labelblocks upload --info-file DIR/info.labels` reads the export back into an identical dataset.
+
+    \b
+    Example:
+      labelblocks export ../paris-export --where site=Paris
+    """
+    f = build_filter(kw)
+    store = app.store
+    with progress(store.count(f), "Exporting", enabled=not as_json) as bar:
+        n = export_info(store, directory, f, on_progress=bar)
+    if as_json:
+        print_json({"exported": n, "directory": str(directory.resolve()), "format": fmt})
+    else:
+        click.echo(f"Exported {n} sample{'s' if n != 1 else ''} to {directory}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(export_cmd)

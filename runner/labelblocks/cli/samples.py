@@ -1,0 +1,153 @@
+"""``labelblocks samples ...``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..model import Sample, parse_boxes, parse_structured_labels
+from ._util import AppContext, build_filter, filter_options, load_json_arg, parse_ids, pass_app, print_json
+
+
+@click.group("samples")
+def samples_group() -> None:
+    """List, inspect and edit samples."""
+
+
+def _summary_line(s: Sample) -> str:
+    what = s.label or "-"
+    if s.bounding_boxes:
+        what += f" [{len(s.bounding_boxes)} box{'es' if len(s.bounding_boxes) != 1 else ''}]"
+    if s.structured_labels:
+        what += f" [{len(s.structured_labels)} ranges]"
+    md = " ".join(f"{k}={v}" for k, v in s.metadata.items())
+    flag = " (disabled)" if s.is_disabled else ""
+    return f"{s.id:>7}  {s.category:<10} {s.filename:<32} {what:<24} {md}{flag}"
+
+
+@samples_group.command("list")
+@filter_options(include_disabled_default=False)
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="At most this many samples.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many samples first.")
+@click.option("--json", "as_json", is_flag=True, help="Print samples as a JSON list.")
+@pass_app
+def list_cmd(app: AppContext, limit: int, offset: int, as_json: bool, **kw: Any) -> None:
+    """List samples matching the filters, by id.
+
+    \b
+    Examples:
+      labelblocks samples list --where site=Paris --where site=Lyon --missing reviewed
+      labelblocks samples list --filter-json '[{"key":"device","op":"neq","values":["cam2"]}]' --json
+    """
+    f = build_filter(kw)
+    rows = app.store.list_samples(f, limit=limit, offset=offset)
+    if as_json:
+        print_json([s.to_json() for s in rows])
+        return
+    if not rows:
+        click.echo("No samples match.")
+        return
+    click.echo(f"{'id':>7}  {'category':<10} {'filename':<32} {'label':<24} metadata")
+    for s in rows:
+        click.echo(_summary_line(s))
+    if len(rows) == limit:
+        click.echo(f"(first {limit} from offset {offset}; use --offset {offset + limit} for more)", err=True)
+
+
+@samples_group.command("show")
+@click.argument("sample_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the sample as JSON.")
+@pass_app
+def show_cmd(app: AppContext, sample_id: int, as_json: bool) -> None:
+    """Show one sample: labels, boxes, metadata and media facts.
+
+    \b
+    Example:
+      labelblocks samples show 12 --json
+    """
+    s = app.store.get_sample(sample_id)
+    if as_json:
+        print_json(s.to_json())
+        return
+    click.echo(f"Sample {s.id}: {s.filename}")
+    click.echo(f"  category:  {s.category}{'  (disabled)' if s.is_disabled else ''}")
+    click.echo(f"  label:     {s.label or '-'}")
+    if s.width is not None:
+        click.echo(f"  image:     {s.width}x{s.height} {s.media_type}")
+    if s.frequency is not None:
+        click.echo(f"  audio:     {s.frequency:g} Hz, {s.values_count} values, {s.total_length_ms or 0:.0f} ms")
+    for b in s.bounding_boxes:
+        click.echo(f"  box:       {b.label} x={b.x} y={b.y} w={b.width} h={b.height}")
+    for sl in s.structured_labels:
+        click.echo(f"  range:     {sl.start_index}..{sl.end_index} {sl.label}")
+    for k, v in s.metadata.items():
+        click.echo(f"  metadata:  {k}={v}")
+    click.echo(f"  hash:      {s.content_hash}")
+
+
+def _ids_command(name: str, help_text: str) -> Any:
+    def deco(fn: Any) -> Any:
+        fn = click.argument("ids", nargs=-1, required=True)(fn)
+        fn = pass_app(fn)
+        return samples_group.command(name, help=help_text)(fn)
+
+    return deco
+
+
+@_ids_command("disable", "Disable samples (they stay, but blocks and training skip them).\n\n\b\nExample:\n  labelblocks samples disable 3 4 10-20")
+def disable_cmd(app: AppContext, ids: tuple[str, ...]) -> None:
+    n = app.store.set_disabled(parse_ids(ids), True)
+    click.echo(f"Disabled {n} sample{'s' if n != 1 else ''}.")
+
+
+@_ids_command("enable", "Enable disabled samples.\n\n\b\nExample:\n  labelblocks samples enable 3,4")
+def enable_cmd(app: AppContext, ids: tuple[str, ...]) -> None:
+    n = app.store.set_disabled(parse_ids(ids), False)
+    click.echo(f"Enabled {n} sample{'s' if n != 1 else ''}.")
+
+
+@_ids_command("delete", "Delete samples and their metadata (blobs no other sample uses are removed).\n\n\b\nExample:\n  labelblocks samples delete 7")
+def delete_cmd(app: AppContext, ids: tuple[str, ...]) -> None:
+    n = app.store.delete_samples(parse_ids(ids))
+    click.echo(f"Deleted {n} sample{'s' if n != 1 else ''}.")
+
+
+@samples_group.command("label")
+@click.argument("sample_id", type=int)
+@click.option("--label", help="The new label.")
+@click.option("--clear", is_flag=True, help="Remove the label.")
+@click.option("--boxes", metavar="JSON", help="Replace the bounding boxes: JSON list, @file or - for stdin.")
+@click.option("--structured-labels", metavar="JSON", help="Replace the structured labels: JSON list, @file or -.")
+@pass_app
+def label_cmd(app: AppContext, sample_id: int, label: str | None, clear: bool, boxes: str | None,
+              structured_labels: str | None) -> None:
+    """Set a sample's label, bounding boxes or structured labels.
+
+    \b
+    Examples:
+      labelblocks samples label 12 --label cat
+      labelblocks samples label 12 --boxes '[{"label":"cat","x":4,"y":8,"width":30,"height":20}]'
+      labelblocks samples label 40 --structured-labels @ranges.json
+    """
+    if label is None and not clear and boxes is None and structured_labels is None:
+        raise click.UsageError("nothing to change: give --label, --clear, --boxes or --structured-labels")
+    if label is not None and clear:
+        raise click.UsageError("--label and --clear cannot be used together")
+    # validate everything before writing anything
+    parsed_boxes = parse_boxes(load_json_arg(boxes, "--boxes"), "--boxes") if boxes is not None else None
+    parsed_sl = (parse_structured_labels(load_json_arg(structured_labels, "--structured-labels"), "--structured-labels")
+                 if structured_labels is not None else None)
+    store = app.store
+    store.get_sample(sample_id)
+    if parsed_boxes is not None:
+        store.set_bounding_boxes(sample_id, parsed_boxes)
+    if parsed_sl is not None:
+        store.set_structured_labels(sample_id, parsed_sl)
+    if label is not None or clear:
+        store.set_label(sample_id, None if clear else label)
+    click.echo(f"Updated sample {sample_id}.")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(samples_group)

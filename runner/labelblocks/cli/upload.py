@@ -1,0 +1,76 @@
+"""``labelblocks upload``."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from ..uploads import INFER, UPLOAD_CATEGORIES, Outcome, items_from_info_file, items_from_paths, upload
+from ._util import AppContext, parse_key_values, pass_app, print_json, progress
+
+
+@click.command("upload")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--category", type=click.Choice(UPLOAD_CATEGORIES), default=None,
+              help="training, validation, testing, or split (80/20 training/testing from the content hash). "
+                   "Default: training, or what the info file says.")
+@click.option("--label", help="Label every file with this (default: inferred from the file name).")
+@click.option("--no-label", is_flag=True, help="Upload without labels.")
+@click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE", help="Metadata for every file (repeatable).")
+@click.option("--info-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The protocol's info.labels: files (relative to it) with labels, metadata and boxes.")
+@click.option("--disallow-duplicates", is_flag=True, help="Skip files whose content is already in the project.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-file results as JSON.")
+@pass_app
+def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, label: str | None, no_label: bool,
+               metadata: tuple[str, ...], info_file: Path | None, disallow_duplicates: bool, as_json: bool) -> None:
+    """Upload images (PNG, JPEG, ...) and audio (WAV, FLAC, OGG) from files and folders.
+
+    Folders are walked. Labels come from --label, else from the file name's leading
+    letters, digits, spaces, '_' and '-' (dog.01.jpg is 'dog'). bounding_boxes.labels and
+    structured_labels.labels beside the files are honoured. A bad file is rejected alone,
+    with its reason; the command then exits with status 1.
+
+    \b
+    Examples:
+      labelblocks upload photos/ --metadata site=Paris --category split
+      labelblocks upload --info-file dataset/info.labels
+      labelblocks upload clips/*.wav --label noise --json
+    """
+    if not paths and info_file is None:
+        raise UsageError("nothing to upload: give files or folders, or --info-file FILE")
+    if label is not None and no_label:
+        raise UsageError("--label and --no-label cannot be used together")
+    md = parse_key_values(metadata, "--metadata")
+    store = app.store
+    lab: Any = None if no_label else (label if label is not None else INFER)
+    sources: list[Any] = []
+    if info_file is not None:
+        sources.append(items_from_info_file(info_file, md, category))
+    if paths:
+        sources.append(items_from_paths(paths, category or "training", lab, md))
+    items = list(itertools.chain.from_iterable(sources))
+    with progress(len(items), "Uploading", enabled=not as_json) as bar:
+        report = upload(store, items, disallow_duplicates=disallow_duplicates, on_progress=lambda o: bar(1))
+    if as_json:
+        print_json(report.to_json())
+    else:
+        _print_summary(report.outcomes, len(report.added), len(report.duplicates), report.rejected)
+    if report.rejected:
+        sys.exit(1)
+
+
+def _print_summary(outcomes: list[Outcome], added: int, dups: int, rejected: list[Outcome]) -> None:
+    click.echo(f"Added {added} sample{'s' if added != 1 else ''}, skipped {dups} duplicate{'s' if dups != 1 else ''}, "
+               f"rejected {len(rejected)}.")
+    for o in rejected:
+        click.echo(f"  rejected {o.source}: {o.error}", err=True)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(upload_cmd)

@@ -1,0 +1,223 @@
+"""The canonical, validated types that flow through labelblocks.
+
+Field names on the wire (``--json`` output, the HTTP API, files) are the protocol's
+camelCase names (``boundingBoxes``, ``structuredLabels``, ``isDisabled``); Python code uses
+snake_case attributes. Validation happens on construction, with "expected X, got Y" messages.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from .errors import InvalidInput
+
+CATEGORIES = ("training", "validation", "testing")
+Category = Literal["training", "validation", "testing"]
+ChartType = Literal["image", "video", "chart", "table"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        """The protocol's camelCase JSON form."""
+        return self.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+class BoundingBox(_Model):
+    """An axis-aligned box in integer pixels of the (EXIF-oriented) image."""
+
+    label: str
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    score: float | None = None  # kept in job records only; never part of a stored sample
+
+    @field_validator("label")
+    @classmethod
+    def _label_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("expected a non-empty label")
+        return v
+
+    def inside(self, width: int, height: int) -> bool:
+        return self.x + self.width <= width and self.y + self.height <= height
+
+
+class StructuredLabel(_Model):
+    """A label over value indices ``startIndex..endIndex`` (both inclusive)."""
+
+    start_index: int = Field(ge=0)
+    end_index: int = Field(ge=0)
+    label: str
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StructuredLabel:
+        if self.end_index < self.start_index:
+            raise ValueError(
+                f"expected endIndex >= startIndex, got startIndex={self.start_index} "
+                f"endIndex={self.end_index}"
+            )
+        return self
+
+
+def _check_metadata(v: Any) -> dict[str, str]:
+    if not isinstance(v, dict):
+        raise ValueError(f"expected an object of strings, got {type(v).__name__}")
+    for k, val in v.items():
+        if not isinstance(k, str) or not k:
+            raise ValueError(f"expected non-empty string keys, got {k!r}")
+        if not isinstance(val, str):
+            raise ValueError(
+                f"expected a string value for metadata key {k!r}, got {type(val).__name__} {val!r}"
+            )
+    return dict(v)
+
+
+class SampleChange(_Model):
+    """A proposed change to one sample: the one shape that flows between chained steps.
+
+    ``None`` means "keep what is there". ``boundingBoxes``, ``structuredLabels`` and
+    ``metadata`` replace the existing values whole.
+    """
+
+    label: str | None = None
+    is_disabled: bool | None = None
+    bounding_boxes: list[BoundingBox] | None = None
+    metadata: dict[str, str] | None = None
+    structured_labels: list[StructuredLabel] | None = None
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata(cls, v: Any) -> Any:
+        return None if v is None else _check_metadata(v)
+
+    def is_empty(self) -> bool:
+        return all(
+            getattr(self, f) is None
+            for f in ("label", "is_disabled", "bounding_boxes", "metadata", "structured_labels")
+        )
+
+
+class Sample(_Model):
+    """A sample as the protocol describes it."""
+
+    id: int
+    filename: str
+    category: Category = "training"
+    label: str | None = None
+    bounding_boxes: list[BoundingBox] = Field(default_factory=list)
+    structured_labels: list[StructuredLabel] = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    is_disabled: bool = False
+    chart_type: ChartType = "image"
+    width: int | None = None
+    height: int | None = None
+    frequency: float | None = None
+    values_count: int | None = None
+    interval_ms: float | None = None
+    total_length_ms: float | None = None
+    content_hash: str = ""
+    media_type: str = ""
+    created: datetime | None = None
+    updated: datetime | None = None
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata(cls, v: Any) -> Any:
+        return _check_metadata(v)
+
+    @property
+    def is_audio(self) -> bool:
+        return self.frequency is not None
+
+    def to_json(self) -> dict[str, Any]:
+        d = super().to_json()
+        if self.width is not None and self.height is not None:
+            d["imageDimensions"] = {"width": self.width, "height": self.height}
+        return d
+
+    def with_change(self, change: SampleChange) -> Sample:
+        """This sample as it would be after ``change`` (used to overlay chained steps)."""
+        update: dict[str, Any] = {}
+        if change.label is not None:
+            update["label"] = change.label
+        if change.is_disabled is not None:
+            update["is_disabled"] = change.is_disabled
+        if change.bounding_boxes is not None:
+            update["bounding_boxes"] = [b.model_copy() for b in change.bounding_boxes]
+        if change.metadata is not None:
+            update["metadata"] = dict(change.metadata)
+        if change.structured_labels is not None:
+            update["structured_labels"] = list(change.structured_labels)
+        return self.model_copy(update=update)
+
+
+def format_validation_error(err: ValidationError, what: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        parts.append(f"{loc}: {e['msg']}")
+    return f"invalid {what}: " + "; ".join(parts)
+
+
+def parse_change(data: Any, what: str = "proposed change") -> SampleChange:
+    try:
+        return SampleChange.model_validate(data)
+    except ValidationError as e:
+        raise InvalidInput(format_validation_error(e, what)) from None
+
+
+def parse_boxes(data: Any, what: str = "bounding boxes") -> list[BoundingBox]:
+    if not isinstance(data, list):
+        raise InvalidInput(f"invalid {what}: expected a list, got {type(data).__name__}")
+    out = []
+    for i, item in enumerate(data):
+        try:
+            out.append(BoundingBox.model_validate(item))
+        except ValidationError as e:
+            raise InvalidInput(format_validation_error(e, f"{what}[{i}]")) from None
+    return out
+
+
+def parse_structured_labels(data: Any, what: str = "structured labels") -> list[StructuredLabel]:
+    if not isinstance(data, list):
+        raise InvalidInput(f"invalid {what}: expected a list, got {type(data).__name__}")
+    out = []
+    for i, item in enumerate(data):
+        try:
+            out.append(StructuredLabel.model_validate(item))
+        except ValidationError as e:
+            raise InvalidInput(format_validation_error(e, f"{what}[{i}]")) from None
+    return out
+
+
+def normalise_structured_labels(
+    labels: list[StructuredLabel], values_count: int | None
+) -> list[StructuredLabel]:
+    """Sort ranges and resolve overlaps the way the reference server tolerates them.
+
+    Published blocks write ranges that overlap by one index; a later range starts after the
+    earlier one ends. Ranges past the end of the sample are an error.
+    """
+    out: list[StructuredLabel] = []
+    for sl in sorted(labels, key=lambda s: (s.start_index, s.end_index)):
+        if values_count is not None and sl.end_index >= values_count:
+            raise InvalidInput(
+                f"structured label {sl.label!r} ends at index {sl.end_index}, "
+                f"expected at most {values_count - 1} (the sample has {values_count} values)"
+            )
+        start = sl.start_index
+        if out and start <= out[-1].end_index:
+            start = out[-1].end_index + 1
+        if start > sl.end_index:
+            continue  # wholly covered by the previous range
+        out.append(StructuredLabel(start_index=start, end_index=sl.end_index, label=sl.label))
+    return out

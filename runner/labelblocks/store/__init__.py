@@ -1,0 +1,546 @@
+"""The project store: samples, labels and metadata in SQLite (WAL), blobs beside it.
+
+Every write happens in one transaction; a sample is never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    exists,
+    false,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.engine import Row
+
+from ..errors import InvalidInput, NotFound
+from ..filters import SampleFilter
+from ..model import (
+    CATEGORIES,
+    BoundingBox,
+    Sample,
+    SampleChange,
+    StructuredLabel,
+    normalise_structured_labels,
+)
+from .blobs import BlobStore
+from .schema import MIGRATIONS, current_version, sample_metadata, samples, schema_migrations
+
+DB_NAME = "project.db"
+BLOB_DIR = "blobs"
+
+
+@dataclass
+class NewSample:
+    """A sample about to be inserted (its blob already written)."""
+
+    filename: str
+    category: str
+    content_hash: str
+    media_type: str
+    ext: str
+    chart_type: str = "image"
+    label: str | None = None
+    bounding_boxes: list[BoundingBox] = field(default_factory=list)
+    structured_labels: list[StructuredLabel] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    is_disabled: bool = False
+    width: int | None = None
+    height: int | None = None
+    frequency: float | None = None
+    values_count: int | None = None
+    interval_ms: float | None = None
+    total_length_ms: float | None = None
+
+
+def _dump_boxes(boxes: Sequence[BoundingBox]) -> str:
+    return json.dumps([b.model_dump(by_alias=True, exclude_none=True, exclude={"score"}) for b in boxes])
+
+
+def _dump_structured(labels: Sequence[StructuredLabel]) -> str:
+    return json.dumps([s.model_dump(by_alias=True) for s in labels])
+
+
+def _set_sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA cache_size=-65536")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # writers take the lock up front (BEGIN IMMEDIATE), so two writers never deadlock on an
+    # upgrade from a read lock; readers use a deferred transaction and never block writers (WAL)
+    if conn.get_execution_options().get("lb_write"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+class Store:
+    """A project's samples. Open with :meth:`open`; use as a context manager or call close()."""
+
+    def __init__(self, root: Path, engine: Engine) -> None:
+        self.root = root
+        self.engine = engine
+        self.blobs = BlobStore(root / BLOB_DIR)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: Path | str, create: bool = False) -> Store:
+        """Open the project data folder ``root`` (the ``.labelblocks`` folder), applying
+        migrations. ``create`` makes the folder if it does not exist."""
+        root = Path(root)
+        db = root / DB_NAME
+        if not db.exists() and not create:
+            raise NotFound(f"no labelblocks database at {db}")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / BLOB_DIR).mkdir(exist_ok=True)
+        engine = create_engine(f"sqlite:///{db}", future=True)
+        event.listen(engine, "connect", _set_sqlite_pragmas)
+        # take manual control of transactions so that BEGIN IMMEDIATE is used
+        event.listen(engine, "connect", lambda c, r: setattr(c, "isolation_level", None))
+        event.listen(engine, "begin", _sqlite_begin)
+        store = cls(root, engine)
+        store.migrate()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def migrate(self) -> int:
+        """Apply pending migrations, each in its own transaction. Returns the schema version."""
+        with self.transaction() as conn:
+            version = current_version(conn)
+        for v, fn in MIGRATIONS:
+            if v <= version:
+                continue
+            with self.transaction() as conn:
+                if current_version(conn) >= v:  # another process got there first
+                    continue
+                fn(conn)
+                conn.execute(insert(schema_migrations).values(version=v, applied_at=time.time()))
+            version = v
+        return version
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction: committed when the block ends, rolled back on any error."""
+        with self.engine.connect().execution_options(lb_write=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    # --- writing samples -------------------------------------------------------------------
+
+    def add_samples(self, new: Sequence[NewSample], conn: Connection | None = None) -> list[int]:
+        """Insert samples with their metadata in one transaction; returns their ids in order."""
+        if not new:
+            return []
+        if conn is None:
+            with self.transaction() as c:
+                return self.add_samples(new, c)
+        now = time.time()
+        rows = []
+        for s in new:
+            if s.category not in CATEGORIES:
+                raise InvalidInput(f"unknown category {s.category!r}: expected one of {', '.join(CATEGORIES)}")
+            rows.append(
+                {
+                    "filename": s.filename,
+                    "category": s.category,
+                    "label": s.label,
+                    "bounding_boxes": _dump_boxes(s.bounding_boxes),
+                    "structured_labels": _dump_structured(s.structured_labels),
+                    "is_disabled": s.is_disabled,
+                    "chart_type": s.chart_type,
+                    "media_type": s.media_type,
+                    "ext": s.ext,
+                    "width": s.width,
+                    "height": s.height,
+                    "frequency": s.frequency,
+                    "values_count": s.values_count,
+                    "interval_ms": s.interval_ms,
+                    "total_length_ms": s.total_length_ms,
+                    "content_hash": s.content_hash,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        result = conn.execute(
+            insert(samples).returning(samples.c.id, sort_by_parameter_order=True), rows
+        )
+        ids = [r[0] for r in result]
+        md_rows = [
+            {"sample_id": i, "key": k, "value": v}
+            for i, s in zip(ids, new, strict=True)
+            for k, v in s.metadata.items()
+        ]
+        if md_rows:
+            conn.execute(insert(sample_metadata), md_rows)
+        return ids
+
+    def _touch(self, conn: Connection, ids: Sequence[int], **values: Any) -> int:
+        values["updated_at"] = time.time()
+        n = 0
+        for chunk in _chunks(ids, 500):
+            n += conn.execute(update(samples).where(samples.c.id.in_(chunk)).values(**values)).rowcount
+        return n
+
+    def _require(self, conn: Connection, sample_id: int) -> Row[Any]:
+        row = conn.execute(select(samples).where(samples.c.id == sample_id)).first()
+        if row is None:
+            raise NotFound(f"no sample with id {sample_id}")
+        return row
+
+    def set_label(self, sample_id: int, label: str | None) -> None:
+        with self.transaction() as conn:
+            self._require(conn, sample_id)
+            self._touch(conn, [sample_id], label=label)
+
+    def set_bounding_boxes(self, sample_id: int, boxes: Sequence[BoundingBox]) -> None:
+        with self.transaction() as conn:
+            row = self._require(conn, sample_id)
+            _check_boxes_fit(boxes, row.width, row.height, f"sample {sample_id}")
+            self._touch(conn, [sample_id], bounding_boxes=_dump_boxes(boxes))
+
+    def set_structured_labels(self, sample_id: int, labels: Sequence[StructuredLabel]) -> None:
+        with self.transaction() as conn:
+            row = self._require(conn, sample_id)
+            norm = normalise_structured_labels(list(labels), row.values_count)
+            self._touch(conn, [sample_id], structured_labels=_dump_structured(norm))
+
+    def set_disabled(self, ids: Sequence[int], disabled: bool) -> int:
+        with self.transaction() as conn:
+            self._require_all(conn, ids)
+            return self._touch(conn, ids, is_disabled=disabled)
+
+    def delete_samples(self, ids: Sequence[int]) -> int:
+        """Delete samples and their metadata; blobs no other sample uses are removed after
+        the transaction commits."""
+        with self.transaction() as conn:
+            self._require_all(conn, ids)
+            hashes = set()
+            for chunk in _chunks(ids, 500):
+                hashes.update(
+                    r[0] for r in conn.execute(select(samples.c.content_hash).where(samples.c.id.in_(chunk)))
+                )
+                conn.execute(delete(sample_metadata).where(sample_metadata.c.sample_id.in_(chunk)))
+                conn.execute(delete(samples).where(samples.c.id.in_(chunk)))
+            still_used = set()
+            for chunk in _chunks(sorted(hashes), 500):
+                still_used.update(
+                    r[0] for r in conn.execute(select(samples.c.content_hash).where(samples.c.content_hash.in_(chunk)))
+                )
+        for h in hashes - still_used:
+            self.blobs.remove(h)
+        return len(ids)
+
+    def _require_all(self, conn: Connection, ids: Sequence[int]) -> None:
+        found: set[int] = set()
+        for chunk in _chunks(ids, 500):
+            found.update(r[0] for r in conn.execute(select(samples.c.id).where(samples.c.id.in_(chunk))))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            shown = ", ".join(str(i) for i in missing[:10])
+            raise NotFound(f"no sample with id {shown}" + (" ..." if len(missing) > 10 else ""))
+
+    def update_metadata(
+        self,
+        ids: Sequence[int],
+        set_values: dict[str, str] | None = None,
+        unset_keys: Sequence[str] = (),
+        conn: Connection | None = None,
+    ) -> int:
+        """Set and/or remove metadata keys on samples, in one transaction.
+        Returns how many samples actually changed."""
+        if conn is None:
+            with self.transaction() as c:
+                self._require_all(c, ids)
+                return self.update_metadata(ids, set_values, unset_keys, c)
+        set_values = set_values or {}
+        changed: set[int] = set()
+        for chunk in _chunks(ids, 400):
+            current: dict[int, dict[str, str]] = {i: {} for i in chunk}
+            for sid, k, v in conn.execute(
+                select(sample_metadata.c.sample_id, sample_metadata.c.key, sample_metadata.c.value).where(
+                    sample_metadata.c.sample_id.in_(chunk)
+                )
+            ):
+                current[sid][k] = v
+            for sid, md in current.items():
+                if any(md.get(k) != v for k, v in set_values.items()) or any(k in md for k in unset_keys):
+                    changed.add(sid)
+            ch = [i for i in chunk if i in changed]
+            if not ch:
+                continue
+            keys = list(set_values) + list(unset_keys)
+            conn.execute(
+                delete(sample_metadata).where(
+                    and_(sample_metadata.c.sample_id.in_(ch), sample_metadata.c.key.in_(keys))
+                )
+            )
+            if set_values:
+                conn.execute(
+                    insert(sample_metadata),
+                    [{"sample_id": i, "key": k, "value": v} for i in ch for k, v in set_values.items()],
+                )
+            self._touch(conn, ch)
+        return len(changed)
+
+    def replace_metadata(self, sample_id: int, md: dict[str, str], conn: Connection | None = None) -> None:
+        if conn is None:
+            with self.transaction() as c:
+                self._require(c, sample_id)
+                return self.replace_metadata(sample_id, md, c)
+        conn.execute(delete(sample_metadata).where(sample_metadata.c.sample_id == sample_id))
+        if md:
+            conn.execute(insert(sample_metadata), [{"sample_id": sample_id, "key": k, "value": v} for k, v in md.items()])
+        self._touch(conn, [sample_id])
+        return None
+
+    def apply_change(self, conn: Connection, sample_id: int, change: SampleChange) -> None:
+        """Apply a proposed change to one sample inside the caller's transaction."""
+        row = self._require(conn, sample_id)
+        values: dict[str, Any] = {}
+        if change.label is not None:
+            values["label"] = change.label
+        if change.is_disabled is not None:
+            values["is_disabled"] = change.is_disabled
+        if change.bounding_boxes is not None:
+            _check_boxes_fit(change.bounding_boxes, row.width, row.height, f"sample {sample_id}")
+            values["bounding_boxes"] = _dump_boxes(change.bounding_boxes)
+        if change.structured_labels is not None:
+            norm = normalise_structured_labels(change.structured_labels, row.values_count)
+            values["structured_labels"] = _dump_structured(norm)
+        if change.metadata is not None:
+            self.replace_metadata(sample_id, change.metadata, conn)
+        self._touch(conn, [sample_id], **values)
+
+    def set_categories(self, assignments: dict[int, str], conn: Connection | None = None) -> int:
+        if conn is None:
+            with self.transaction() as c:
+                return self.set_categories(assignments, c)
+        by_cat: dict[str, list[int]] = {}
+        for sid, cat in assignments.items():
+            if cat not in CATEGORIES:
+                raise InvalidInput(f"unknown category {cat!r}: expected one of {', '.join(CATEGORIES)}")
+            by_cat.setdefault(cat, []).append(sid)
+        n = 0
+        for cat, ids in by_cat.items():
+            n += self._touch(conn, ids, category=cat)
+        return n
+
+    # --- reading samples -------------------------------------------------------------------
+
+    def _where(self, f: SampleFilter) -> ColumnElement[bool]:
+        s = samples.c
+        parts: list[ColumnElement[bool]] = []
+        if f.ids is not None:
+            parts.append(s.id.in_(f.ids) if f.ids else false())
+        if f.min_id is not None:
+            parts.append(s.id >= f.min_id)
+        if f.max_id is not None:
+            parts.append(s.id <= f.max_id)
+        if f.categories:
+            parts.append(s.category.in_(f.categories))
+        if f.labels:
+            parts.append(s.label.in_(f.labels))
+        if f.unlabeled:
+            parts.append(
+                and_(
+                    or_(s.label.is_(None), s.label == ""),
+                    s.bounding_boxes == "[]",
+                    s.structured_labels == "[]",
+                )
+            )
+        if f.disabled_only:
+            parts.append(s.is_disabled == true())
+        elif not f.include_disabled:
+            parts.append(s.is_disabled == false())
+        if f.search:
+            like = f.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            parts.append(s.filename.like(f"%{like}%", escape="\\"))
+        if f.data_type == "audio":
+            parts.append(s.frequency.is_not(None))
+        elif f.data_type == "image":
+            parts.append(s.frequency.is_(None))
+        md_parts: list[ColumnElement[bool]] = []
+        m = sample_metadata.c
+        for c in f.metadata:
+            cond = and_(m.sample_id == s.id, m.key == c.key)
+            if c.values:
+                cond = and_(cond, m.value.in_(c.values))
+            ex = exists().where(cond)
+            md_parts.append(ex if c.op == "eq" else not_(ex))
+        if f.no_metadata:
+            md_parts.append(not_(exists().where(m.sample_id == s.id)))
+        if md_parts:
+            parts.append(and_(*md_parts) if f.combinator == "and" else or_(*md_parts))
+        return and_(true(), *parts)
+
+    def select_ids(self, f: SampleFilter, limit: int | None = None, offset: int = 0) -> list[int]:
+        q = select(samples.c.id).where(self._where(f)).order_by(samples.c.id)
+        if limit is not None:
+            q = q.limit(limit)
+        if offset:
+            q = q.offset(offset)
+        with self._read() as conn:
+            return [r[0] for r in conn.execute(q)]
+
+    def count(self, f: SampleFilter | None = None) -> int:
+        q = select(func.count()).select_from(samples)
+        if f is not None:
+            q = q.where(self._where(f))
+        with self._read() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def list_samples(
+        self, f: SampleFilter | None = None, limit: int | None = 50, offset: int = 0
+    ) -> list[Sample]:
+        f = f or SampleFilter()
+        q = select(samples).where(self._where(f)).order_by(samples.c.id)
+        if limit is not None:
+            q = q.limit(limit)
+        if offset:
+            q = q.offset(offset)
+        with self._read() as conn:
+            rows = list(conn.execute(q))
+            return self._hydrate(conn, rows)
+
+    def get_samples(self, ids: Sequence[int], conn: Connection | None = None) -> list[Sample]:
+        """Samples by id, in the order given. Raises NotFound for an unknown id."""
+        if conn is None:
+            with self._read() as c:
+                return self.get_samples(ids, c)
+        rows: dict[int, Row[Any]] = {}
+        for chunk in _chunks(ids, 500):
+            rows.update((r.id, r) for r in conn.execute(select(samples).where(samples.c.id.in_(chunk))))
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise NotFound(f"no sample with id {', '.join(map(str, missing[:10]))}")
+        return self._hydrate(conn, [rows[i] for i in ids])
+
+    def get_sample(self, sample_id: int) -> Sample:
+        return self.get_samples([sample_id])[0]
+
+    def _hydrate(self, conn: Connection, rows: list[Row[Any]]) -> list[Sample]:
+        md: dict[int, dict[str, str]] = {r.id: {} for r in rows}
+        for chunk in _chunks(list(md), 500):
+            for sid, k, v in conn.execute(
+                select(sample_metadata.c.sample_id, sample_metadata.c.key, sample_metadata.c.value)
+                .where(sample_metadata.c.sample_id.in_(chunk))
+                .order_by(sample_metadata.c.sample_id, sample_metadata.c.key)
+            ):
+                md[sid][k] = v
+        return [_row_to_sample(r, md[r.id]) for r in rows]
+
+    def existing_hashes(self, hashes: Iterable[str]) -> set[str]:
+        out: set[str] = set()
+        with self._read() as conn:
+            for chunk in _chunks(list(hashes), 500):
+                out.update(
+                    r[0] for r in conn.execute(select(samples.c.content_hash).where(samples.c.content_hash.in_(chunk)))
+                )
+        return out
+
+    def metadata_keys(self) -> list[tuple[str, int, int]]:
+        """(key, distinct values, samples having it) for every metadata key."""
+        m = sample_metadata.c
+        q = (
+            select(m.key, func.count(func.distinct(m.value)), func.count())
+            .group_by(m.key)
+            .order_by(m.key)
+        )
+        with self._read() as conn:
+            return [(r[0], int(r[1]), int(r[2])) for r in conn.execute(q)]
+
+    def blob_path(self, sample: Sample) -> Path:
+        return self.blobs.path(sample.content_hash)
+
+
+def _check_boxes_fit(boxes: Sequence[BoundingBox], width: int | None, height: int | None, what: str) -> None:
+    if width is None or height is None:
+        if boxes:
+            raise InvalidInput(f"{what} is not an image: it cannot have bounding boxes")
+        return
+    for b in boxes:
+        if not b.inside(width, height):
+            raise InvalidInput(
+                f"{what}: box {b.label!r} at x={b.x} y={b.y} width={b.width} height={b.height} "
+                f"does not fit in the {width}x{height} image"
+            )
+
+
+def _ts(v: float) -> datetime:
+    return datetime.fromtimestamp(v, tz=timezone.utc)
+
+
+def _row_to_sample(r: Row[Any], md: dict[str, str]) -> Sample:
+    return Sample.model_construct(
+        id=r.id,
+        filename=r.filename,
+        category=r.category,
+        label=r.label,
+        bounding_boxes=[BoundingBox.model_construct(**_snake_box(b)) for b in json.loads(r.bounding_boxes)],
+        structured_labels=[
+            StructuredLabel.model_construct(start_index=s["startIndex"], end_index=s["endIndex"], label=s["label"])
+            for s in json.loads(r.structured_labels)
+        ],
+        metadata=md,
+        is_disabled=bool(r.is_disabled),
+        chart_type=r.chart_type,
+        width=r.width,
+        height=r.height,
+        frequency=r.frequency,
+        values_count=r.values_count,
+        interval_ms=r.interval_ms,
+        total_length_ms=r.total_length_ms,
+        content_hash=r.content_hash,
+        media_type=r.media_type,
+        created=_ts(r.created_at),
+        updated=_ts(r.updated_at),
+    )
+
+
+def _snake_box(b: dict[str, Any]) -> dict[str, Any]:
+    return {"label": b["label"], "x": b["x"], "y": b["y"], "width": b["width"], "height": b["height"], "score": None}
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]

@@ -1,0 +1,416 @@
+"""Uploading files into a project: folders walked, labels inferred, info files and companion
+label files honoured, duplicates detected, bad files rejected alone.
+
+The same pipeline serves ``labelblocks upload`` and the HTTP ingestion service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import InvalidInput
+from .media import MediaInfo, probe
+from .model import BoundingBox, StructuredLabel, parse_boxes, parse_structured_labels
+from .store import NewSample, Store
+
+INFO_FILE = "info.labels"
+BOXES_FILE = "bounding_boxes.labels"
+STRUCTURED_FILE = "structured_labels.labels"
+COMPANION_FILES = {INFO_FILE, BOXES_FILE, STRUCTURED_FILE}
+UPLOAD_CATEGORIES = ("training", "validation", "testing", "split")
+
+_LABEL_FROM_NAME = re.compile(r"^[A-Za-z0-9 _-]+")
+
+INFER: Any = object()  # the label is inferred from the file name
+
+
+def label_from_filename(name: str) -> str | None:
+    """The protocol's rule: the file name's leading run of ``[A-Za-z0-9 _-]``."""
+    m = _LABEL_FROM_NAME.match(Path(name).name)
+    return m.group(0).strip() or None if m else None
+
+
+def split_category(content_hash: str, train_share: int = 80) -> str:
+    """Deterministic 80/20 training/testing assignment from the content hash."""
+    return "training" if int(content_hash[:8], 16) % 100 < train_share else "testing"
+
+
+@dataclass
+class UploadItem:
+    """One file to upload. ``data`` holds the bytes when they do not come from ``path``."""
+
+    source: str
+    name: str
+    category: str = "training"
+    label: Any = INFER
+    metadata: dict[str, str] = field(default_factory=dict)
+    bounding_boxes: list[BoundingBox] | None = None
+    structured_labels: list[StructuredLabel] | None = None
+    is_disabled: bool = False
+    path: Path | None = None
+    data: bytes | None = None
+
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        return self.path.read_bytes()
+
+
+@dataclass
+class Outcome:
+    source: str
+    status: Literal["added", "duplicate", "rejected"]
+    id: int | None = None
+    filename: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": self.source, "status": self.status, "success": self.status != "rejected"}
+        if self.id is not None:
+            d["id"] = self.id
+        if self.filename is not None:
+            d["filename"] = self.filename
+        if self.error is not None:
+            d["error"] = self.error
+        return d
+
+
+@dataclass
+class UploadReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def _of(self, status: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def added(self) -> list[Outcome]:
+        return self._of("added")
+
+    @property
+    def duplicates(self) -> list[Outcome]:
+        return self._of("duplicate")
+
+    @property
+    def rejected(self) -> list[Outcome]:
+        return self._of("rejected")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "success": not self.rejected,
+            "added": len(self.added),
+            "duplicates": len(self.duplicates),
+            "rejected": len(self.rejected),
+            "files": [o.to_json() for o in self.outcomes],
+        }
+
+
+@dataclass
+class _Prepared:
+    item: UploadItem
+    content_hash: str = ""
+    info: MediaInfo | None = None
+    error: str | None = None
+
+
+def _prepare(store: Store, item: UploadItem) -> _Prepared:
+    try:
+        data = item.read()
+    except OSError as e:
+        return _Prepared(item, error=f"cannot read file: {e.strerror or e}")
+    try:
+        info = probe(data, item.name)
+        if item.bounding_boxes:
+            if info.width is None or info.height is None:
+                raise InvalidInput("bounding boxes given for a file that is not an image")
+            for b in item.bounding_boxes:
+                if not b.inside(info.width, info.height):
+                    raise InvalidInput(
+                        f"box {b.label!r} at x={b.x} y={b.y} width={b.width} height={b.height} "
+                        f"is outside the {info.width}x{info.height} image"
+                    )
+        if item.structured_labels:
+            if info.values_count is None:
+                raise InvalidInput("structured labels given for a file that is not audio")
+            for s in item.structured_labels:
+                if s.end_index >= info.values_count:
+                    raise InvalidInput(
+                        f"structured label {s.label!r} ends at index {s.end_index}, past the "
+                        f"sample's last index {info.values_count - 1}"
+                    )
+    except InvalidInput as e:
+        return _Prepared(item, error=str(e))
+    h = hashlib.sha256(data).hexdigest()
+    store.blobs.put(h, data)
+    return _Prepared(item, content_hash=h, info=info)
+
+
+def upload(
+    store: Store,
+    items: Iterable[UploadItem | Outcome],
+    disallow_duplicates: bool = False,
+    batch_size: int = 256,
+    on_progress: Callable[[Outcome], None] | None = None,
+    workers: int | None = None,
+) -> UploadReport:
+    """Upload ``items`` (an Outcome in the stream is a rejection found while collecting).
+
+    Files are decoded, hashed and written as blobs in worker threads while the main thread
+    inserts finished samples in batches, one transaction per batch: a sample is whole or
+    absent. On an interruption, the blobs of the uncommitted batch are removed again.
+    """
+    report = UploadReport()
+    seen: set[str] = set()
+    pending: list[tuple[_Prepared, NewSample]] = []
+
+    def emit(o: Outcome) -> None:
+        report.outcomes.append(o)
+        if on_progress:
+            on_progress(o)
+
+    def flush() -> None:
+        if not pending:
+            return
+        ids = store.add_samples([n for _, n in pending])
+        for (p, n), i in zip(pending, ids, strict=True):
+            emit(Outcome(p.item.source, "added", id=i, filename=n.filename))
+        pending.clear()
+
+    workers = workers or min(4, (os.cpu_count() or 1) + 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        stream = _bounded_map(pool, lambda it: it if isinstance(it, Outcome) else _prepare(store, it), items, workers * 8)
+        try:
+            for p in stream:
+                if isinstance(p, Outcome):
+                    emit(p)
+                    continue
+                if p.error is not None or p.info is None:
+                    emit(Outcome(p.item.source, "rejected", error=p.error))
+                    continue
+                if disallow_duplicates and (p.content_hash in seen or store.existing_hashes([p.content_hash])):
+                    emit(Outcome(p.item.source, "duplicate", error="a sample with the same content already exists"))
+                    continue
+                seen.add(p.content_hash)
+                pending.append((p, _new_sample(p)))
+                if len(pending) >= batch_size:
+                    flush()
+            flush()
+        except BaseException:
+            hashes = {p.content_hash for p, _ in pending}
+            if hashes:
+                for h in hashes - store.existing_hashes(hashes):
+                    store.blobs.remove(h)
+            raise
+    return report
+
+
+def _new_sample(p: _Prepared) -> NewSample:
+    item, info = p.item, p.info
+    assert info is not None
+    category = split_category(p.content_hash) if item.category == "split" else item.category
+    label = label_from_filename(item.name) if item.label is INFER else item.label
+    if item.structured_labels and item.label is INFER:
+        label = None
+    return NewSample(
+        filename=Path(item.name).name,
+        category=category,
+        content_hash=p.content_hash,
+        media_type=info.media_type,
+        ext=info.ext,
+        chart_type=info.chart_type,
+        label=label,
+        bounding_boxes=list(item.bounding_boxes or []),
+        structured_labels=list(item.structured_labels or []),
+        metadata=dict(item.metadata),
+        is_disabled=item.is_disabled,
+        width=info.width,
+        height=info.height,
+        frequency=info.frequency,
+        values_count=info.values_count,
+        interval_ms=info.interval_ms,
+        total_length_ms=info.total_length_ms,
+    )
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any], ahead: int) -> Iterator[Any]:
+    """Like pool.map, in order, but never more than ``ahead`` items in flight (bounded memory)."""
+    from collections import deque
+
+    q: deque[Any] = deque()
+    for it in items:
+        q.append(pool.submit(fn, it))
+        if len(q) >= ahead:
+            yield q.popleft().result()
+    while q:
+        yield q.popleft().result()
+
+
+# --- collecting files ----------------------------------------------------------------------
+
+
+def walk_paths(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files named, and every file under folders named (sorted; hidden files and the
+    protocol's companion files skipped)."""
+    for p in paths:
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in sorted(files):
+                    if f.startswith(".") or f in COMPANION_FILES:
+                        continue
+                    yield Path(root) / f
+        else:
+            yield p
+
+
+def _load_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise InvalidInput(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"{path}: {what} is not valid JSON ({e})") from None
+
+
+def read_companions(directory: Path) -> tuple[dict[str, Any], dict[str, Any], list[Outcome]]:
+    """The bounding_boxes.labels / structured_labels.labels of a folder, keyed by file name."""
+    boxes: dict[str, Any] = {}
+    structured: dict[str, Any] = {}
+    problems: list[Outcome] = []
+    for fname, key, kind, target in (
+        (BOXES_FILE, "boundingBoxes", "bounding-box-labels", boxes),
+        (STRUCTURED_FILE, "structuredLabels", "structured-labels", structured),
+    ):
+        path = directory / fname
+        if not path.exists():
+            continue
+        try:
+            doc = _load_json(path, fname)
+            if not isinstance(doc, dict) or doc.get("version") != 1:
+                raise InvalidInput(f"{path}: expected version 1, got {doc.get('version') if isinstance(doc, dict) else doc!r}")
+            if doc.get("type") not in (None, kind):
+                raise InvalidInput(f"{path}: expected type {kind!r}, got {doc.get('type')!r}")
+            entries = doc.get(key)
+            if not isinstance(entries, dict):
+                raise InvalidInput(f"{path}: expected {key!r} to be an object keyed by file name")
+            target.update(entries)
+        except InvalidInput as e:
+            problems.append(Outcome(str(path), "rejected", error=str(e)))
+    return boxes, structured, problems
+
+
+def items_from_paths(
+    paths: Iterable[Path],
+    category: str = "training",
+    label: Any = INFER,
+    metadata: dict[str, str] | None = None,
+) -> Iterator[UploadItem | Outcome]:
+    """Upload items for files and folders, with companion label files applied."""
+    companions: dict[Path, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for f in walk_paths(paths):
+        parent = f.parent
+        if parent not in companions:
+            boxes, structured, problems = read_companions(parent)
+            companions[parent] = (boxes, structured)
+            yield from problems
+        boxes, structured = companions[parent]
+        item = UploadItem(source=str(f), name=f.name, path=f, category=category, label=label,
+                          metadata=dict(metadata or {}))
+        try:
+            if f.name in boxes:
+                item.bounding_boxes = parse_boxes(boxes[f.name], f"{BOXES_FILE} entry {f.name!r}")
+            if f.name in structured:
+                item.structured_labels = parse_structured_labels(structured[f.name], f"{STRUCTURED_FILE} entry {f.name!r}")
+        except InvalidInput as e:
+            yield Outcome(str(f), "rejected", error=str(e))
+            continue
+        if not f.exists():
+            yield Outcome(str(f), "rejected", error="no such file")
+            continue
+        yield item
+
+
+def items_from_info_file(
+    info_path: Path, extra_metadata: dict[str, str] | None = None, category_override: str | None = None
+) -> list[UploadItem | Outcome]:
+    """Upload items from the protocol's info.labels. A malformed file as a whole raises
+    InvalidInput; a bad entry becomes a rejection of that entry alone."""
+    doc = _load_json(info_path, "info file")
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{info_path}: expected a JSON object, got {type(doc).__name__}")
+    if doc.get("version") != 1:
+        raise InvalidInput(f"{info_path}: expected \"version\": 1, got {doc.get('version')!r}")
+    files = doc.get("files")
+    if not isinstance(files, list):
+        raise InvalidInput(f"{info_path}: expected \"files\" to be a list")
+    base = info_path.parent
+    out: list[UploadItem | Outcome] = []
+    for i, entry in enumerate(files):
+        where = f"{info_path} files[{i}]"
+        try:
+            out.append(_info_entry(entry, base, where, extra_metadata or {}, category_override))
+        except InvalidInput as e:
+            src = entry.get("path") if isinstance(entry, dict) and isinstance(entry.get("path"), str) else where
+            out.append(Outcome(str(src), "rejected", error=f"{where}: {e}"))
+    return out
+
+
+def _info_entry(
+    entry: Any, base: Path, where: str, extra_metadata: dict[str, str], category_override: str | None
+) -> UploadItem:
+    if not isinstance(entry, dict):
+        raise InvalidInput(f"expected an object, got {entry!r}")
+    rel = entry.get("path")
+    if not isinstance(rel, str) or not rel:
+        raise InvalidInput("expected a non-empty \"path\"")
+    path = (base / rel).resolve()
+    if not path.is_file():
+        raise InvalidInput(f"file {rel!r} not found (paths are relative to the info file's folder)")
+    name = entry.get("name") or path.name
+    if not isinstance(name, str):
+        raise InvalidInput(f"expected \"name\" to be a string, got {name!r}")
+    category = category_override or entry.get("category", "training")
+    if category not in UPLOAD_CATEGORIES:
+        raise InvalidInput(f"unknown category {category!r}: expected one of {', '.join(UPLOAD_CATEGORIES)}")
+    label: Any = None
+    structured: list[StructuredLabel] | None = None
+    lab = entry.get("label", {"type": "unlabeled"})
+    if not isinstance(lab, dict):
+        raise InvalidInput(f"expected \"label\" to be an object with a \"type\", got {lab!r}")
+    t = lab.get("type")
+    if t == "unlabeled":
+        label = None
+    elif t == "label":
+        label = lab.get("label")
+        if not isinstance(label, str) or not label:
+            raise InvalidInput(f"label of type 'label' needs a non-empty \"label\", got {label!r}")
+    elif t == "multi-label":
+        structured = parse_structured_labels(lab.get("labels"), "multi-label labels")
+    else:
+        raise InvalidInput(f"unknown label type {t!r}: expected unlabeled, label or multi-label")
+    md = entry.get("metadata", {}) or {}
+    if not isinstance(md, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in md.items()):
+        raise InvalidInput(f"expected \"metadata\" to be an object of strings, got {md!r}")
+    boxes = None
+    if entry.get("boundingBoxes") is not None:
+        boxes = parse_boxes(entry["boundingBoxes"], "boundingBoxes")
+    enabled = entry.get("enabled", True)
+    return UploadItem(
+        source=str(path),
+        name=name,
+        path=path,
+        category=category,
+        label=label,
+        metadata={**md, **extra_metadata},
+        bounding_boxes=boxes,
+        structured_labels=structured,
+        is_disabled=enabled is False,
+    )
