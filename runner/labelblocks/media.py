@@ -129,8 +129,7 @@ def open_image(data: bytes) -> Any:
     RGBA and 16-bit images)."""
     from PIL import Image, ImageOps
 
-    img = Image.open(io.BytesIO(data))
-    img = ImageOps.exif_transpose(img)
+    img: Image.Image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         import numpy as np
 

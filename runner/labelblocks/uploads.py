@@ -57,6 +57,7 @@ class UploadItem:
     is_disabled: bool = False
     path: Path | None = None
     data: bytes | None = None
+    where: str | None = None  # where the item was described (an info file entry), for messages
 
     def read(self) -> bytes:
         if self.data is not None:
@@ -147,7 +148,7 @@ def _prepare(store: Store, item: UploadItem) -> _Prepared:
                         f"sample's last index {info.values_count - 1}"
                     )
     except InvalidInput as e:
-        return _Prepared(item, error=str(e))
+        return _Prepared(item, error=f"{item.where}: {e}" if item.where else str(e))
     h = hashlib.sha256(data).hexdigest()
     store.blobs.put(h, data)
     return _Prepared(item, content_hash=h, info=info)
@@ -413,4 +414,5 @@ def _info_entry(
         bounding_boxes=boxes,
         structured_labels=structured,
         is_disabled=enabled is False,
+        where=where,
     )

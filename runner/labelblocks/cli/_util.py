@@ -59,10 +59,15 @@ def is_interactive() -> bool:
 def progress(total: int | None, label: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """A progress bar on stderr when it is a terminal; silent otherwise (and under --json)."""
     if not enabled or not is_interactive():
-        yield lambda n=1: None
+        yield _no_progress
         return
+    bar: Any
     with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True) as bar:
         yield bar.update
+
+
+def _no_progress(n: int = 1) -> None:
+    return None
 
 
 def parse_key_values(items: tuple[str, ...] | list[str], what: str) -> dict[str, str]:

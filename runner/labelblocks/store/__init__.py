@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +241,7 @@ class Store:
     def set_structured_labels(self, sample_id: int, labels: Sequence[StructuredLabel]) -> None:
         with self.transaction() as conn:
             row = self._require(conn, sample_id)
-            norm = normalise_structured_labels(list(labels), row.values_count)
+            norm = _normalise_for(row, labels)
             self._touch(conn, [sample_id], structured_labels=_dump_structured(norm))
 
     def set_disabled(self, ids: Sequence[int], disabled: bool) -> int:
@@ -254,14 +254,14 @@ class Store:
         the transaction commits."""
         with self.transaction() as conn:
             self._require_all(conn, ids)
-            hashes = set()
+            hashes: set[str] = set()
             for chunk in _chunks(ids, 500):
                 hashes.update(
                     r[0] for r in conn.execute(select(samples.c.content_hash).where(samples.c.id.in_(chunk)))
                 )
                 conn.execute(delete(sample_metadata).where(sample_metadata.c.sample_id.in_(chunk)))
                 conn.execute(delete(samples).where(samples.c.id.in_(chunk)))
-            still_used = set()
+            still_used: set[str] = set()
             for chunk in _chunks(sorted(hashes), 500):
                 still_used.update(
                     r[0] for r in conn.execute(select(samples.c.content_hash).where(samples.c.content_hash.in_(chunk)))
@@ -345,7 +345,7 @@ class Store:
             _check_boxes_fit(change.bounding_boxes, row.width, row.height, f"sample {sample_id}")
             values["bounding_boxes"] = _dump_boxes(change.bounding_boxes)
         if change.structured_labels is not None:
-            norm = normalise_structured_labels(change.structured_labels, row.values_count)
+            norm = _normalise_for(row, change.structured_labels)
             values["structured_labels"] = _dump_structured(norm)
         if change.metadata is not None:
             self.replace_metadata(sample_id, change.metadata, conn)
@@ -506,8 +506,14 @@ def _check_boxes_fit(boxes: Sequence[BoundingBox], width: int | None, height: in
             )
 
 
+def _normalise_for(row: Row[Any], labels: Sequence[StructuredLabel]) -> list[StructuredLabel]:
+    if row.values_count is None and labels:
+        raise InvalidInput(f"sample {row.id} is an image: structured labels belong to audio and time series")
+    return normalise_structured_labels(list(labels), row.values_count)
+
+
 def _ts(v: float) -> datetime:
-    return datetime.fromtimestamp(v, tz=timezone.utc)
+    return datetime.fromtimestamp(v, tz=UTC)
 
 
 def _row_to_sample(r: Row[Any], md: dict[str, str]) -> Sample:

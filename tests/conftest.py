@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from labelblocks.cli import main
+from labelblocks.project import DATA_DIR, init_project, open_store
+from labelblocks.store import Store
+
+
+def make_image(path: Path, size: tuple[int, int] = (64, 48), seed: int = 0, mode: str = "RGB", **save: Any) -> Path:
+    """A real image file of ``size`` (width, height) with random content."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, (h, w), dtype=np.uint16))
+    else:
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB")
+        if mode != "RGB":
+            img = img.convert(mode)
+    img.save(path, **save)
+    return path
+
+
+def make_audio(path: Path, seconds: float = 1.0, rate: int = 16000, channels: int = 1, seed: int = 0,
+               fmt: str | None = None) -> Path:
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    data = (rng.standard_normal((n, channels)) * 0.1).astype("float32")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, data, rate, format=fmt)
+    return path
+
+
+class Cli:
+    """The real CLI, called through click's CliRunner against one project."""
+
+    def __init__(self, project: Path) -> None:
+        self.project = project
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, input: str | None = None, expect: int | None = 0,
+                 env: dict[str, str] | None = None) -> Result:
+        r = self.runner.invoke(main, ["--project", str(self.project), *args], input=input,
+                               catch_exceptions=True, env=env)
+        if expect is not None and r.exit_code != expect:
+            tb = "".join(traceback.format_exception(*r.exc_info)) if r.exc_info and r.exception else ""
+            raise AssertionError(
+                f"labelblocks {' '.join(args)} exited {r.exit_code}, expected {expect}\n"
+                f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}\n{tb}"
+            )
+        return r
+
+    def json(self, *args: str, **kw: Any) -> Any:
+        r = self(*args, "--json", **kw)
+        return json.loads(r.stdout)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return init_project(tmp_path / "proj")
+
+
+@pytest.fixture
+def cli(project: Path) -> Cli:
+    return Cli(project)
+
+
+@pytest.fixture
+def store(project: Path) -> Store:
+    s = open_store(project)
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Callable[..., list[Path]]:
+    def build(folder: str = "imgs", names: list[str] | None = None, n: int = 3, **kw: Any) -> list[Path]:
+        names = names or [f"cat.{i}.png" for i in range(n)]
+        return [make_image(tmp_path / folder / name, seed=i, **kw) for i, name in enumerate(names)]
+
+    return build
+
+
+def blob_files(project: Path) -> list[Path]:
+    return [p for p in (project / DATA_DIR / "blobs").rglob("*") if p.is_file()]
+
+
+@pytest.fixture(autouse=True)
+def _isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's project, secrets or plugins."""
+    for k in list(os.environ):
+        if k.startswith("LABELBLOCKS_") or k.startswith("EI_"):
+            monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("LABELBLOCKS_CONFIG_DIR", str(tmp_path / "config"))

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from labelblocks.cli import main
+from labelblocks.project import DATA_DIR
+from labelblocks.store import Store
+from labelblocks.store.schema import latest_version
+
+
+def test_init_creates_wal_database_and_blob_folder(tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["init", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    data = tmp_path / "p" / DATA_DIR
+    assert (data / "blobs").is_dir()
+    con = sqlite3.connect(data / "project.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    versions = [v for (v,) in con.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == list(range(1, latest_version() + 1))
+
+
+def test_init_twice_refuses_and_keeps_data(tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", str(tmp_path)]).exit_code == 0
+    db = tmp_path / DATA_DIR / "project.db"
+    before = db.stat().st_size
+    r = runner.invoke(main, ["init", str(tmp_path)])
+    assert r.exit_code == 1
+    assert "already a labelblocks project" in r.output
+    assert db.stat().st_size == before
+
+
+def test_commands_find_project_upward_from_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    runner.invoke(main, ["init", str(tmp_path)])
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    monkeypatch.chdir(sub)
+    r = runner.invoke(main, ["samples", "list"])
+    assert r.exit_code == 0, r.output
+    assert "No samples match" in r.output
+
+
+def test_project_from_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    runner.invoke(main, ["init", str(tmp_path / "p")])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LABELBLOCKS_PROJECT", str(tmp_path / "p"))
+    assert runner.invoke(main, ["metadata", "keys"]).exit_code == 0
+
+
+def test_no_project_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["samples", "list"])
+    assert r.exit_code == 1
+    assert "no labelblocks project" in r.output and "labelblocks init" in r.output
+    r = CliRunner().invoke(main, ["--project", str(tmp_path / "nope"), "samples", "list"])
+    assert r.exit_code == 1
+    assert "is not a labelblocks project" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_migrations_apply_on_open_and_are_idempotent(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "d", create=True) as s:
+        assert s.migrate() == latest_version()
+    # reopening applies nothing new and keeps the recorded versions
+    with Store.open(tmp_path / "d") as s:
+        assert s.migrate() == latest_version()
+    con = sqlite3.connect(tmp_path / "d" / "project.db")
+    assert con.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == latest_version()
+
+
+def test_help_has_examples() -> None:
+    runner = CliRunner()
+    for cmd in (["upload"], ["samples", "list"], ["metadata", "set"], ["export"], ["init"]):
+        r = runner.invoke(main, [*cmd, "--help"])
+        assert r.exit_code == 0
+        assert "Example" in r.output, cmd
