@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +22,7 @@ from .errors import InvalidInput
 from .media import MediaInfo, probe
 from .model import BoundingBox, StructuredLabel, parse_boxes, parse_structured_labels
 from .store import NewSample, Store
+from .store.blobs import BlobStore
 
 INFO_FILE = "info.labels"
 BOXES_FILE = "bounding_boxes.labels"
@@ -116,61 +119,110 @@ class UploadReport:
 
 @dataclass
 class _Prepared:
-    item: UploadItem
     content_hash: str = ""
     info: MediaInfo | None = None
     error: str | None = None
 
 
-def _prepare(store: Store, item: UploadItem) -> _Prepared:
+_BLOB_STORES: dict[str, BlobStore] = {}
+
+
+def _prepare(blob_root: str, item: UploadItem) -> _Prepared:
+    """Read, validate, hash and store one file's blob. Runs in a worker (thread or process)."""
+    blobs = _BLOB_STORES.get(blob_root)
+    if blobs is None:
+        blobs = _BLOB_STORES.setdefault(blob_root, BlobStore(Path(blob_root)))
     try:
         data = item.read()
     except OSError as e:
-        return _Prepared(item, error=f"cannot read file: {e.strerror or e}")
+        return _Prepared(error=f"cannot read file: {e.strerror or e}")
     try:
         info = probe(data, item.name)
-        if item.bounding_boxes:
-            if info.width is None or info.height is None:
-                raise InvalidInput("bounding boxes given for a file that is not an image")
-            for b in item.bounding_boxes:
-                if not b.inside(info.width, info.height):
-                    raise InvalidInput(
-                        f"box {b.label!r} at x={b.x} y={b.y} width={b.width} height={b.height} "
-                        f"is outside the {info.width}x{info.height} image"
-                    )
-        if item.structured_labels:
-            if info.values_count is None:
-                raise InvalidInput("structured labels given for a file that is not audio")
-            for s in item.structured_labels:
-                if s.end_index >= info.values_count:
-                    raise InvalidInput(
-                        f"structured label {s.label!r} ends at index {s.end_index}, past the "
-                        f"sample's last index {info.values_count - 1}"
-                    )
+        _check_labels_fit(item, info)
     except InvalidInput as e:
-        return _Prepared(item, error=f"{item.where}: {e}" if item.where else str(e))
+        return _Prepared(error=f"{item.where}: {e}" if item.where else str(e))
     h = hashlib.sha256(data).hexdigest()
-    store.blobs.put(h, data)
-    return _Prepared(item, content_hash=h, info=info)
+    blobs.put(h, data)
+    return _Prepared(content_hash=h, info=info)
+
+
+def _prepare_chunk(args: tuple[str, list[UploadItem]]) -> list[_Prepared]:
+    blob_root, items = args
+    return [_prepare(blob_root, it) for it in items]
+
+
+def _check_labels_fit(item: UploadItem, info: MediaInfo) -> None:
+    if item.bounding_boxes:
+        if info.width is None or info.height is None:
+            raise InvalidInput("bounding boxes given for a file that is not an image")
+        for b in item.bounding_boxes:
+            if not b.inside(info.width, info.height):
+                raise InvalidInput(
+                    f"box {b.label!r} at x={b.x} y={b.y} width={b.width} height={b.height} "
+                    f"is outside the {info.width}x{info.height} image"
+                )
+    if item.structured_labels:
+        if info.values_count is None:
+            raise InvalidInput("structured labels given for a file that is not audio")
+        for s in item.structured_labels:
+            if s.end_index >= info.values_count:
+                raise InvalidInput(
+                    f"structured label {s.label!r} ends at index {s.end_index}, past the "
+                    f"sample's last index {info.values_count - 1}"
+                )
+
+
+_CHUNK = 64
+
+
+def _prepared_stream(store: Store, items: list[UploadItem | Outcome], workers: int) -> Iterator[tuple[UploadItem | Outcome, _Prepared | None]]:
+    """Each item with its prepared result, in order. Files on disk are prepared in worker
+    processes (decoding is CPU-bound); in-memory uploads in threads."""
+    root = str(store.blobs.root)
+    files = [it for it in items if isinstance(it, UploadItem)]
+    use_processes = workers > 1 and len(files) >= 4 * _CHUNK and all(it.data is None for it in files)
+    chunks = [files[i : i + _CHUNK] for i in range(0, len(files), _CHUNK)]
+    pool: Executor
+    if use_processes:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(_start_method()))
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers)
+    with pool:
+        results = pool.map(_prepare_chunk, [(root, c) for c in chunks])
+        current: Iterator[_Prepared] = iter(())
+        for it in items:
+            if isinstance(it, Outcome):
+                yield it, None
+                continue
+            nxt = next(current, None)
+            if nxt is None:
+                current = iter(next(results))
+                nxt = next(current)
+            yield it, nxt
+
+
+def _start_method() -> str:
+    # fork is cheap and the workers touch no database connection; elsewhere, spawn
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() and sys.platform == "linux" else "spawn"
 
 
 def upload(
     store: Store,
     items: Iterable[UploadItem | Outcome],
     disallow_duplicates: bool = False,
-    batch_size: int = 256,
+    batch_size: int = 500,
     on_progress: Callable[[Outcome], None] | None = None,
     workers: int | None = None,
 ) -> UploadReport:
     """Upload ``items`` (an Outcome in the stream is a rejection found while collecting).
 
-    Files are decoded, hashed and written as blobs in worker threads while the main thread
-    inserts finished samples in batches, one transaction per batch: a sample is whole or
-    absent. On an interruption, the blobs of the uncommitted batch are removed again.
+    Files are decoded, hashed and written as blobs by workers while this thread inserts
+    finished samples in batches, one transaction per batch: a sample is whole or absent. On
+    an interruption, the blobs of the uncommitted batch are removed again.
     """
     report = UploadReport()
     seen: set[str] = set()
-    pending: list[tuple[_Prepared, NewSample]] = []
+    pending: list[tuple[UploadItem, NewSample]] = []
 
     def emit(o: Outcome) -> None:
         report.outcomes.append(o)
@@ -180,41 +232,49 @@ def upload(
     def flush() -> None:
         if not pending:
             return
+        if disallow_duplicates:
+            existing = store.existing_hashes({n.content_hash for _, n in pending})
+            keep = []
+            for it, n in pending:
+                if n.content_hash in existing:
+                    emit(Outcome(it.source, "duplicate", error="a sample with the same content already exists"))
+                else:
+                    keep.append((it, n))
+            pending[:] = keep
         ids = store.add_samples([n for _, n in pending])
-        for (p, n), i in zip(pending, ids, strict=True):
-            emit(Outcome(p.item.source, "added", id=i, filename=n.filename))
+        for (it, n), i in zip(pending, ids, strict=True):
+            emit(Outcome(it.source, "added", id=i, filename=n.filename))
         pending.clear()
 
-    workers = workers or min(4, (os.cpu_count() or 1) + 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        stream = _bounded_map(pool, lambda it: it if isinstance(it, Outcome) else _prepare(store, it), items, workers * 8)
-        try:
-            for p in stream:
-                if isinstance(p, Outcome):
-                    emit(p)
-                    continue
-                if p.error is not None or p.info is None:
-                    emit(Outcome(p.item.source, "rejected", error=p.error))
-                    continue
-                if disallow_duplicates and (p.content_hash in seen or store.existing_hashes([p.content_hash])):
-                    emit(Outcome(p.item.source, "duplicate", error="a sample with the same content already exists"))
-                    continue
-                seen.add(p.content_hash)
-                pending.append((p, _new_sample(p)))
-                if len(pending) >= batch_size:
-                    flush()
-            flush()
-        except BaseException:
-            hashes = {p.content_hash for p, _ in pending}
-            if hashes:
-                for h in hashes - store.existing_hashes(hashes):
-                    store.blobs.remove(h)
-            raise
+    workers = workers or max(1, os.cpu_count() or 1)
+    try:
+        for it, p in _prepared_stream(store, list(items), workers):
+            if isinstance(it, Outcome):
+                emit(it)
+                continue
+            assert p is not None
+            if p.error is not None or p.info is None:
+                emit(Outcome(it.source, "rejected", error=p.error))
+                continue
+            if disallow_duplicates and p.content_hash in seen:
+                emit(Outcome(it.source, "duplicate", error="a sample with the same content already exists"))
+                continue
+            seen.add(p.content_hash)
+            pending.append((it, _new_sample(it, p)))
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+    except BaseException:
+        hashes = {n.content_hash for _, n in pending}
+        if hashes:
+            for h in hashes - store.existing_hashes(hashes):
+                store.blobs.remove(h)
+        raise
     return report
 
 
-def _new_sample(p: _Prepared) -> NewSample:
-    item, info = p.item, p.info
+def _new_sample(item: UploadItem, p: _Prepared) -> NewSample:
+    info = p.info
     assert info is not None
     category = split_category(p.content_hash) if item.category == "split" else item.category
     label = label_from_filename(item.name) if item.label is INFER else item.label
@@ -239,19 +299,6 @@ def _new_sample(p: _Prepared) -> NewSample:
         interval_ms=info.interval_ms,
         total_length_ms=info.total_length_ms,
     )
-
-
-def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any], ahead: int) -> Iterator[Any]:
-    """Like pool.map, in order, but never more than ``ahead`` items in flight (bounded memory)."""
-    from collections import deque
-
-    q: deque[Any] = deque()
-    for it in items:
-        q.append(pool.submit(fn, it))
-        if len(q) >= ahead:
-            yield q.popleft().result()
-    while q:
-        yield q.popleft().result()
 
 
 # --- collecting files ----------------------------------------------------------------------

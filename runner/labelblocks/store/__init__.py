@@ -120,7 +120,8 @@ class Store:
         if not db.exists() and not create:
             raise NotFound(f"no labelblocks database at {db}")
         root.mkdir(parents=True, exist_ok=True)
-        (root / BLOB_DIR).mkdir(exist_ok=True)
+        if create:
+            BlobStore(root / BLOB_DIR).create_shards()
         engine = create_engine(f"sqlite:///{db}", future=True)
         event.listen(engine, "connect", _set_sqlite_pragmas)
         # take manual control of transactions so that BEGIN IMMEDIATE is used
@@ -201,10 +202,17 @@ class Store:
                     "updated_at": now,
                 }
             )
-        result = conn.execute(
-            insert(samples).returning(samples.c.id, sort_by_parameter_order=True), rows
-        )
-        ids = [r[0] for r in result]
+        if conn.dialect.name == "sqlite":
+            # ids assigned under the write lock (BEGIN IMMEDIATE), so a plain executemany serves;
+            # it is several times faster than INSERT ... RETURNING row by row
+            start = int(conn.execute(select(func.coalesce(func.max(samples.c.id), 0))).scalar_one()) + 1
+            ids = list(range(start, start + len(rows)))
+            for r, i in zip(rows, ids, strict=True):
+                r["id"] = i
+            conn.execute(insert(samples), rows)
+        else:
+            result = conn.execute(insert(samples).returning(samples.c.id, sort_by_parameter_order=True), rows)
+            ids = [r[0] for r in result]
         md_rows = [
             {"sample_id": i, "key": k, "value": v}
             for i, s in zip(ids, new, strict=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-import tempfile
+import threading
 from pathlib import Path
 
 from ..errors import InvalidInput
@@ -15,6 +16,15 @@ _HASH = re.compile(r"^[0-9a-f]{64}$")
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._dirs: set[str] = set()
+        self._counter = itertools.count()
+
+    def create_shards(self) -> None:
+        """Create the 256 shard folders up front (a new project): creating a folder costs far
+        more than a file on many file systems, and would otherwise land inside the first upload."""
+        for i in range(256):
+            (self.root / f"{i:02x}").mkdir(parents=True, exist_ok=True)
+            self._dirs.add(f"{i:02x}")
 
     def path(self, content_hash: str) -> Path:
         # the hash is validated so that no name can escape the blob folder
@@ -30,14 +40,19 @@ class BlobStore:
         dest = self.path(content_hash)
         if dest.exists():
             return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+        sub = content_hash[:2]
+        if sub not in self._dirs:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(sub)
+        # a temporary name unique to this process, thread and call; O_EXCL never clobbers
+        tmp = dest.parent / f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._counter)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, dest)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         return dest
 
