@@ -359,6 +359,58 @@ class Store:
             self.replace_metadata(sample_id, change.metadata, conn)
         self._touch(conn, [sample_id], **values)
 
+    def apply_changes(self, conn: Connection, items: Sequence[tuple[int, SampleChange]]) -> None:
+        """Apply many samples' changes inside the caller's transaction with a few batched
+        statements. Everything is validated first; one bad change raises before any write."""
+        if not items:
+            return
+        ids = [sid for sid, _ in items]
+        rows: dict[int, Any] = {}
+        for chunk in _chunks(ids, 500):
+            rows.update(
+                (r.id, r)
+                for r in conn.execute(
+                    select(samples.c.id, samples.c.width, samples.c.height, samples.c.values_count)
+                    .where(samples.c.id.in_(chunk))
+                )
+            )
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise NotFound(f"no sample with id {', '.join(map(str, missing[:10]))}")
+        now = time.time()
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        md_ids: list[int] = []
+        md_rows: list[dict[str, Any]] = []
+        for sid, ch in items:
+            row = rows[sid]
+            values: dict[str, Any] = {"_id": sid, "updated_at": now}
+            if ch.label is not None:
+                values["label"] = ch.label
+            if ch.is_disabled is not None:
+                values["is_disabled"] = ch.is_disabled
+            if ch.bounding_boxes is not None:
+                _check_boxes_fit(ch.bounding_boxes, row.width, row.height, f"sample {sid}")
+                values["bounding_boxes"] = _dump_boxes(ch.bounding_boxes)
+            if ch.structured_labels is not None:
+                values["structured_labels"] = _dump_structured(_normalise_for(row, ch.structured_labels))
+            if ch.metadata is not None:
+                md_ids.append(sid)
+                md_rows.extend({"sample_id": sid, "key": k, "value": v} for k, v in ch.metadata.items())
+            groups.setdefault(tuple(sorted(values)), []).append(values)
+        from sqlalchemy import bindparam
+
+        for cols, params in groups.items():
+            stmt = (
+                update(samples)
+                .where(samples.c.id == bindparam("_id"))
+                .values({c: bindparam(c) for c in cols if c != "_id"})
+            )
+            conn.execute(stmt, params)
+        for chunk in _chunks(md_ids, 500):
+            conn.execute(delete(sample_metadata).where(sample_metadata.c.sample_id.in_(chunk)))
+        if md_rows:
+            conn.execute(insert(sample_metadata), md_rows)
+
     def set_categories(self, assignments: dict[int, str], conn: Connection | None = None) -> int:
         if conn is None:
             with self.transaction() as c:

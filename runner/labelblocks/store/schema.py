@@ -70,6 +70,56 @@ sample_metadata = Table(
 )
 
 
+actions = Table(
+    "actions",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("definition", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("action", String, nullable=False),
+    Column("kind", String, nullable=False),  # preview | run
+    Column("status", String, nullable=False),  # running | completed | failed | interrupted | discarded
+    Column("definition", Text, nullable=False),  # the action with resolved, non-secret parameters
+    Column("definition_hash", String(64), nullable=False),
+    Column("pid", Integer, nullable=True),
+    Column("usage", Text, nullable=False, default="{}"),
+    Column("error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_jobs_action", "action", "kind", "status"),
+)
+
+job_samples = Table(
+    "job_samples",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("sample_id", Integer, primary_key=True),
+    Column("status", String, nullable=False),  # pending | failed | applied
+    Column("failed_step", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_job_samples_status", "job_id", "status"),
+)
+
+proposals = Table(
+    "proposals",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("sample_id", Integer, primary_key=True),
+    Column("step", Integer, primary_key=True),
+    Column("change", Text, nullable=False),
+    Column("record", Text, nullable=True),
+    Column("cache_key", String(64), nullable=True),
+    Index("ix_proposals_cache_key", "cache_key"),
+)
+
+
 def _v1(conn: Connection) -> None:
     for t in (samples, sample_metadata):
         t.create(conn)
@@ -77,8 +127,14 @@ def _v1(conn: Connection) -> None:
 
 Migration = Callable[[Connection], None]
 
+def _v2(conn: Connection) -> None:
+    for t in (actions, jobs, job_samples, proposals):
+        t.create(conn)
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, _v1),
+    (2, _v2),
 ]
 
 

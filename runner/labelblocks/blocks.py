@@ -1,0 +1,130 @@
+"""The in-process Block base class.
+
+A block declares its parameters.json and implements :meth:`Block.label`, which receives a
+batch of samples (with their media) and the resolved arguments and returns one change per
+sample in the proposed-change shape. Choosing samples, overlaying earlier steps, batching,
+writing, progress, errors and resume are the runner's job.
+
+Example::
+
+    class Uppercase(Block):
+        name = "uppercase"
+        parameters = {"version": 1, "type": "ai-action",
+                      "info": {"name": "Uppercase labels", "operatesOn": ["images_single_label"]},
+                      "parameters": []}
+
+        def label(self, batch, args, context):
+            return [SampleChange(label=(s.sample.label or "").upper()) for s in batch]
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .model import Sample, SampleChange
+from .parameters import ParametersFile, load_parameters
+
+
+@dataclass
+class SampleInput:
+    """One sample as a block sees it: earlier steps' proposals applied, media on demand."""
+
+    sample: Sample
+    _read: Callable[[], bytes]
+
+    def read_bytes(self) -> bytes:
+        return self._read()
+
+    def image(self) -> Any:
+        """The image as a PIL RGB image, EXIF orientation applied."""
+        from .media import open_image
+
+        return open_image(self._read())
+
+    def audio(self) -> tuple[Any, int]:
+        """(mono float32 numpy samples, sample rate)."""
+        from .media import read_audio
+
+        return read_audio(self._read())
+
+
+@dataclass
+class SampleFailure:
+    """Return this in place of a change to fail one sample with a message (the run goes on)."""
+
+    error: str
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BlockContext:
+    """What a block may use besides its arguments."""
+
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    job_id: int | None = None
+    preview: bool = False
+    cache_dir: Path | None = None
+    # counters the block may add to (shown by `jobs show`): requests, tokens, retries, ...
+    usage: dict[str, float] = field(default_factory=dict)
+    # per-sample extra data the block wants kept in the job's record (scores, raw answers)
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def count(self, key: str, n: float = 1) -> None:
+        self.usage[key] = self.usage.get(key, 0) + n
+
+
+class Block:
+    """Base class of in-process blocks. Subclasses set ``name`` and ``parameters`` (a
+    parameters.json as a dict or a path) and implement :meth:`label`."""
+
+    name: ClassVar[str]
+    parameters: ClassVar[Mapping[str, Any] | str | Path]
+    version: ClassVar[str] = "0"
+    default_batch_size: ClassVar[int] = 16
+    # True: the block sees the whole selection in one batch (e.g. grouping across samples)
+    needs_all_samples: ClassVar[bool] = False
+
+    @classmethod
+    @functools.cache
+    def spec(cls) -> ParametersFile:
+        return load_parameters(cls.parameters, what=f"parameters.json of block {getattr(cls, 'name', cls.__name__)}")
+
+    @classmethod
+    def title(cls) -> str:
+        return cls.spec().info.name
+
+    @classmethod
+    def operates_on(cls) -> list[str]:
+        return list(cls.spec().info.operates_on)
+
+    def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
+        """Called once per run before the first batch: load models here."""
+
+    def batch_size(self, args: Mapping[str, Any]) -> int:
+        v = args.get("batch-size") or args.get("batch_size")
+        return int(v) if v else self.default_batch_size
+
+    def label(
+        self, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext
+    ) -> Sequence[SampleChange | SampleFailure]:
+        """Return one change (or SampleFailure) per sample of ``batch``, in order."""
+        raise NotImplementedError
+
+    def cache_key(self, args: Mapping[str, Any]) -> str:
+        """What, besides the sample and the parameters, the result depends on."""
+        return ""
+
+    def teardown(self) -> None:
+        """Called once after the run."""
+
+
+def merged_metadata(sample: Sample, **values: str) -> dict[str, str]:
+    """The sample's metadata with ``values`` set: metadata in a change replaces the whole
+    dictionary, so blocks that add keys start from this."""
+    md = dict(sample.metadata)
+    md.update(values)
+    return md

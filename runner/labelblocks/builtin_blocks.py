@@ -1,0 +1,112 @@
+"""Blocks that ship with labelblocks itself, registered through the same hook as any plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .blocks import Block, BlockContext, SampleFailure, SampleInput, merged_metadata
+from .hookspecs import hookimpl
+from .model import SampleChange
+
+NEAR_DUPLICATES_PARAMETERS: dict[str, Any] = {
+    "version": 1,
+    "type": "ai-action",
+    "info": {
+        "name": "Near-duplicate images",
+        "description": (
+            "Groups near-identical images by perceptual hash (pHash) and writes metadata "
+            "duplicate_group to every image that has a near-duplicate; optionally disables all but "
+            "the first (lowest id) of each group. Use duplicate_group as a keep-together key when "
+            "splitting a dataset without useful metadata: run this block, then "
+            "`labelblocks split --keep-together duplicate_group`."
+        ),
+        "operatesOn": ["images_object_detection", "images_single_label"],
+    },
+    "parameters": [
+        {"name": "Maximum Hamming distance", "type": "int", "param": "hamming-threshold", "value": 6,
+         "help": "Images whose 64-bit perceptual hashes differ in at most this many bits are near-duplicates (0-20)."},
+        {"name": "Disable duplicates", "type": "flag", "param": "disable-duplicates", "value": False,
+         "help": "Disable every image of a group except the one with the lowest id."},
+    ],
+}
+
+
+def group_hashes(hashes: Sequence[int], threshold: int) -> list[int]:
+    """Union-find grouping of 64-bit hashes within ``threshold`` bits of each other.
+
+    Pigeonhole: split the 64 bits into threshold+1 chunks; two hashes within the threshold
+    agree exactly on at least one chunk, so only hashes sharing a chunk value are compared.
+    Returns, for each input, the index of its group's first member.
+    """
+    n = len(hashes)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    parts = threshold + 1
+    bounds = [round(64 * k / parts) for k in range(parts + 1)]
+    for k in range(parts):
+        lo, hi = bounds[k], bounds[k + 1]
+        mask = ((1 << (hi - lo)) - 1) << lo
+        buckets: dict[int, list[int]] = {}
+        for i, h in enumerate(hashes):
+            buckets.setdefault(h & mask, []).append(i)
+        for members in buckets.values():
+            for a_pos, a in enumerate(members):
+                for b in members[a_pos + 1 :]:
+                    if find(a) != find(b) and (hashes[a] ^ hashes[b]).bit_count() <= threshold:
+                        ra, rb = find(a), find(b)
+                        parent[max(ra, rb)] = min(ra, rb)
+    return [find(i) for i in range(n)]
+
+
+class NearDuplicates(Block):
+    name = "near-duplicates"
+    parameters = NEAR_DUPLICATES_PARAMETERS
+    version = "1"
+    needs_all_samples = True
+
+    def label(
+        self, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext
+    ) -> Sequence[SampleChange | SampleFailure]:
+        import imagehash
+
+        threshold = int(args.get("hamming-threshold", 6))
+        if not 0 <= threshold <= 20:
+            raise ValueError(f"hamming-threshold: expected 0 to 20, got {threshold}")
+        results: list[SampleChange | SampleFailure | None] = [None] * len(batch)
+        ok: list[int] = []
+        hashes: list[int] = []
+        for i, inp in enumerate(batch):
+            try:
+                hashes.append(int(str(imagehash.phash(inp.image())), 16))
+                ok.append(i)
+            except Exception as e:
+                results[i] = SampleFailure(f"cannot hash image: {e}")
+        roots = group_hashes(hashes, threshold)
+        size: dict[int, int] = {}
+        for r in roots:
+            size[r] = size.get(r, 0) + 1
+        for pos, i in enumerate(ok):
+            s = batch[i].sample
+            root = roots[pos]
+            if size[root] < 2:
+                results[i] = SampleChange()
+                continue
+            first = batch[ok[root]].sample
+            group = f"{first.content_hash[:12]}"
+            change = SampleChange(metadata=merged_metadata(s, duplicate_group=group))
+            if args.get("disable-duplicates") and s.id != first.id:
+                change.is_disabled = True
+            results[i] = change
+        return [r if r is not None else SampleChange() for r in results]
+
+
+@hookimpl
+def register_blocks(register: Callable[[type[Block]], Any]) -> None:
+    register(NearDuplicates)

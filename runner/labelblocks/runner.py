@@ -1,0 +1,537 @@
+"""Running actions: preview (stage proposals of a job) and run (label all, applying).
+
+Data flow for a job::
+
+    select samples ─► for each step k: read the samples with steps 1..k-1's proposals of this
+    job applied ─► block.label(batch) ─► store step k's proposals (one transaction per batch)
+    ─► preview: stop here        run: apply each sample's composed change atomically
+
+Progress is recorded per sample and step, so a job killed at any moment resumes where it
+stopped: finished (sample, step) pairs are never recomputed and a sample is applied whole or
+not at all. Results are cached by (the sample's stored state, the chain of steps up to k):
+a run after a preview of the same steps reuses the preview's results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+
+from .actions import Action, validate_steps
+from .blocks import Block, BlockContext, SampleFailure, SampleInput
+from .errors import BlockError, InvalidInput, LabelblocksError, NotFound
+from .model import BoundingBox, Sample, SampleChange, parse_change
+from .parameters import ResolvedParameters
+from .plugins import BlockRegistry, RegisteredBlock
+from .secrets import redact, resolve_secrets
+from .store import Store
+from .store.schema import job_samples, jobs, proposals
+
+ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+class TooManyFailures(LabelblocksError):
+    pass
+
+
+@dataclass
+class StepPlan:
+    index: int  # 1-based
+    block: RegisteredBlock
+    resolved: ResolvedParameters
+    secrets: dict[str, str]
+    key: str  # identifies block, version and parameters
+
+    def describe(self) -> dict[str, Any]:
+        return {"step": self.index, "block": self.block.name, "version": self.block.version,
+                "parameters": self.resolved.for_record()}
+
+
+@dataclass
+class JobSummary:
+    job_id: int
+    kind: str
+    status: str
+    total: int
+    applied: int = 0
+    failed: int = 0
+    computed: int = 0
+    cached: int = 0
+    resumed: bool = False
+    usage: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"jobId": self.job_id, "kind": self.kind, "status": self.status, "samples": self.total,
+                "applied": self.applied, "failed": self.failed, "computed": self.computed, "cached": self.cached,
+                "resumed": self.resumed, "usage": self.usage}
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def sample_state_key(s: Sample) -> str:
+    """What a block's result may depend on, of the sample as stored."""
+    return _sha([s.content_hash, s.label, [b.to_json() for b in s.bounding_boxes],
+                 [x.to_json() for x in s.structured_labels], s.metadata, s.is_disabled, s.category])
+
+
+def compose(changes: Sequence[SampleChange]) -> SampleChange:
+    """The net change of chained steps: each later step's fields replace earlier ones (step k
+    saw steps 1..k-1 applied, so its whole-field values already include theirs)."""
+    out = SampleChange()
+    for ch in changes:
+        for f in ("label", "is_disabled", "bounding_boxes", "metadata", "structured_labels"):
+            v = getattr(ch, f)
+            if v is not None:
+                setattr(out, f, v)
+    return out
+
+
+def _change_json(ch: SampleChange) -> str:
+    return json.dumps(ch.to_json())
+
+
+def _load_change(text: str) -> SampleChange:
+    return SampleChange.model_validate(json.loads(text))
+
+
+class Runner:
+    def __init__(self, store: Store, registry: BlockRegistry) -> None:
+        self.store = store
+        self.registry = registry
+
+    # --- planning ------------------------------------------------------------------------------
+
+    def plan(self, action: Action) -> list[StepPlan]:
+        """Resolve every step's block, parameters and secrets. A missing secret raises here,
+        before any sample is touched."""
+        resolved = validate_steps(action, self.registry)
+        plans: list[StepPlan] = []
+        chain: list[Any] = []
+        for i, (step, res) in enumerate(zip(action.steps, resolved, strict=True), 1):
+            reg = self.registry.get(step.block)
+            secrets = resolve_secrets(reg.cls.spec().secret_names, step.block)
+            block_key = reg.cls().cache_key(res.values) if hasattr(reg.cls, "cache_key") else ""
+            chain.append([reg.name, reg.version, res.for_record(), block_key])
+            plans.append(StepPlan(i, reg, res, secrets, _sha(chain)))
+        return plans
+
+    def select(self, action: Action, ids: Sequence[int] | None = None, limit: int | None = None) -> list[int]:
+        f = action.selection()
+        if ids is not None:
+            f.ids = list(ids)
+        return self.store.select_ids(f, limit=limit)
+
+    # --- jobs --------------------------------------------------------------------------------------
+
+    def _definition(self, action: Action, plans: Sequence[StepPlan]) -> dict[str, Any]:
+        d = action.to_json()
+        d["steps"] = [p.describe() for p in plans]
+        return d
+
+    def _create_job(self, action: Action, plans: Sequence[StepPlan], kind: str, ids: Sequence[int]) -> int:
+        now = time.time()
+        definition = self._definition(action, plans)
+        with self.store.transaction() as conn:
+            job_id = conn.execute(
+                insert(jobs).values(action=action.name, kind=kind, status="running", definition=json.dumps(definition),
+                                    definition_hash=_sha(definition), pid=os.getpid(), usage="{}",
+                                    created_at=now, updated_at=now).returning(jobs.c.id)
+            ).scalar_one()
+            for i in range(0, len(ids), 5000):
+                conn.execute(insert(job_samples),
+                             [{"job_id": job_id, "sample_id": s, "status": "pending"} for s in ids[i : i + 5000]])
+        return int(job_id)
+
+    def _unfinished_run(self, action: Action, plans: Sequence[StepPlan]) -> int | None:
+        h = _sha(self._definition(action, plans))
+        with self.store.engine.connect() as conn:
+            row = conn.execute(
+                select(jobs.c.id, jobs.c.status, jobs.c.pid)
+                .where(and_(jobs.c.action == action.name, jobs.c.kind == "run", jobs.c.definition_hash == h,
+                            jobs.c.status.in_(["running", "interrupted", "failed"])))
+                .order_by(jobs.c.id.desc())
+            ).first()
+        if row is None:
+            return None
+        if row.status == "running" and row.pid and row.pid != os.getpid() and _pid_alive(row.pid):
+            raise InvalidInput(f"job {row.id} of action {action.name} is running in process {row.pid}; "
+                               "wait for it or stop it, then run again to resume")
+        return int(row.id)
+
+    def _set_status(self, job_id: int, status: str, error: str | None = None) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id)
+                         .values(status=status, error=error, updated_at=time.time(), pid=os.getpid()))
+
+    def _add_usage(self, job_id: int, usage: Mapping[str, float]) -> None:
+        if not usage:
+            return
+        with self.store.transaction() as conn:
+            cur = json.loads(conn.execute(select(jobs.c.usage).where(jobs.c.id == job_id)).scalar_one() or "{}")
+            for k, v in usage.items():
+                cur[k] = cur.get(k, 0) + v
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(usage=json.dumps(cur), updated_at=time.time()))
+
+    # --- entry points -----------------------------------------------------------------------
+
+    def preview(self, action: Action, ids: Sequence[int] | None = None, limit: int | None = 10,
+                use_cache: bool = True, max_failures: int | None = None,
+                on_progress: ProgressFn | None = None) -> JobSummary:
+        plans = self.plan(action)
+        selected = self.select(action, ids, None if ids is not None else limit)
+        if not selected:
+            raise InvalidInput(f"action {action.name} selects no samples: nothing to preview")
+        job_id = self._create_job(action, plans, "preview", selected)
+        return self._execute(job_id, action, plans, "preview", use_cache and action.cache_unchanged_steps,
+                             max_failures, on_progress)
+
+    def run(self, action: Action, use_cache: bool = True, max_failures: int | None = None,
+            on_progress: ProgressFn | None = None, resume: bool = True) -> JobSummary:
+        plans = self.plan(action)
+        job_id = self._unfinished_run(action, plans) if resume else None
+        resumed = job_id is not None
+        if job_id is None:
+            selected = self.select(action)
+            if not selected:
+                raise InvalidInput(f"action {action.name} selects no samples: nothing to run")
+            job_id = self._create_job(action, plans, "run", selected)
+        else:
+            self._set_status(job_id, "running")
+        summary = self._execute(job_id, action, plans, "run", use_cache and action.cache_unchanged_steps,
+                                max_failures, on_progress)
+        summary.resumed = resumed
+        return summary
+
+    # --- execution ------------------------------------------------------------------------------
+
+    def _execute(self, job_id: int, action: Action, plans: Sequence[StepPlan], kind: str, use_cache: bool,
+                 max_failures: int | None, on_progress: ProgressFn | None) -> JobSummary:
+        total = self._count(job_id)
+        summary = JobSummary(job_id, kind, "running", total)
+        all_secrets = [v for p in plans for v in p.secrets.values()]
+        try:
+            for plan in plans:
+                self._run_step(job_id, plan, kind, use_cache, max_failures, summary, on_progress, all_secrets)
+            if kind == "run":
+                summary.applied = self.apply(job_id, set_metadata=action.set_metadata, on_progress=on_progress)
+            status = "completed"
+        except KeyboardInterrupt:
+            self._set_status(job_id, "interrupted", "interrupted by the user")
+            raise
+        except TooManyFailures as e:
+            self._set_status(job_id, "failed", str(e))
+            summary.status = "failed"
+            summary.failed = self._count(job_id, "failed")
+            raise
+        except Exception as e:
+            self._set_status(job_id, "failed", redact(f"{type(e).__name__}: {e}", all_secrets))
+            raise
+        summary.failed = self._count(job_id, "failed")
+        summary.applied = self._count(job_id, "applied") if kind == "run" else 0
+        summary.status = status
+        self._set_status(job_id, status)
+        summary.usage = self.job_usage(job_id)
+        return summary
+
+    def _count(self, job_id: int, status: str | None = None) -> int:
+        q = select(func.count()).select_from(job_samples).where(job_samples.c.job_id == job_id)
+        if status:
+            q = q.where(job_samples.c.status == status)
+        with self.store.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def _todo(self, job_id: int, step: int) -> list[int]:
+        """Pending samples of the job without a proposal for ``step``."""
+        done = select(proposals.c.sample_id).where(and_(proposals.c.job_id == job_id, proposals.c.step == step))
+        q = (select(job_samples.c.sample_id)
+             .where(and_(job_samples.c.job_id == job_id, job_samples.c.status == "pending",
+                         job_samples.c.sample_id.not_in(done)))
+             .order_by(job_samples.c.sample_id))
+        with self.store.engine.connect() as conn:
+            return [r[0] for r in conn.execute(q)]
+
+    def _overlaid(self, job_id: int, ids: Sequence[int], before_step: int) -> list[tuple[Sample, Sample]]:
+        """(stored sample, sample with this job's steps < before_step applied) for ids."""
+        stored = self.store.get_samples(ids)
+        if before_step <= 1:
+            return [(s, s) for s in stored]
+        changes = self.proposals_for(job_id, ids, max_step=before_step - 1)
+        out = []
+        for s in stored:
+            cur = s
+            for ch in changes.get(s.id, []):
+                cur = cur.with_change(ch)
+            out.append((s, cur))
+        return out
+
+    def proposals_for(self, job_id: int, ids: Sequence[int] | None = None,
+                      max_step: int | None = None) -> dict[int, list[SampleChange]]:
+        q = select(proposals.c.sample_id, proposals.c.step, proposals.c.change).where(proposals.c.job_id == job_id)
+        if max_step is not None:
+            q = q.where(proposals.c.step <= max_step)
+        out: dict[int, list[SampleChange]] = {}
+        with self.store.engine.connect() as conn:
+            chunks = [ids[i : i + 500] for i in range(0, len(ids), 500)] if ids is not None else [None]
+            for chunk in chunks:
+                qq = q.where(proposals.c.sample_id.in_(chunk)) if chunk is not None else q
+                for sid, _step, text in conn.execute(qq.order_by(proposals.c.sample_id, proposals.c.step)):
+                    out.setdefault(sid, []).append(_load_change(text))
+        return out
+
+    def _cached(self, keys: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        out: dict[str, tuple[str, str | None]] = {}
+        with self.store.engine.connect() as conn:
+            for i in range(0, len(keys), 500):
+                for key, change, record in conn.execute(
+                    select(proposals.c.cache_key, proposals.c.change, proposals.c.record)
+                    .where(proposals.c.cache_key.in_(keys[i : i + 500]))
+                ):
+                    out[key] = (change, record)
+        return out
+
+    def _run_step(self, job_id: int, plan: StepPlan, kind: str, use_cache: bool, max_failures: int | None,
+                  summary: JobSummary, on_progress: ProgressFn | None, all_secrets: list[str]) -> None:
+        todo = self._todo(job_id, plan.index)
+        if not todo:
+            return
+        phase = f"step {plan.index}/{plan.block.name}"
+        total = len(todo)
+        done = 0
+        if on_progress:
+            on_progress(phase, 0, total)
+        block: Block | None = None
+        context = BlockContext(secrets=dict(plan.secrets), job_id=job_id, preview=(kind == "preview"),
+                               cache_dir=self.store.root / "cache")
+        args = dict(plan.resolved.values)
+        try:
+            cls = plan.block.cls
+            bs = len(todo) if cls.needs_all_samples else max(1, cls().batch_size(args))
+            for start in range(0, len(todo), bs):
+                batch_ids = todo[start : start + bs]
+                pairs = self._overlaid(job_id, batch_ids, plan.index)
+                keys = [_sha([sample_state_key(stored), plan.key]) for stored, _ in pairs]
+                hits = self._cached(keys) if use_cache and not cls.needs_all_samples else {}
+                results: dict[int, tuple[SampleChange | SampleFailure, dict[str, Any] | None]] = {}
+                need = [(i, cur) for i, (_, cur) in enumerate(pairs) if keys[i] not in hits]
+                for i, (stored, _) in enumerate(pairs):
+                    if keys[i] in hits:
+                        change_text, record_text = hits[keys[i]]
+                        results[stored.id] = (_load_change(change_text), json.loads(record_text) if record_text else None)
+                        summary.cached += 1
+                if need:
+                    if block is None:
+                        block = cls()
+                        block.setup(args, context)
+                    outs = self._label(block, [cur for _, cur in need], args, context)
+                    for (_, cur), out in zip(need, outs, strict=True):
+                        results[cur.id] = (out, context.records.pop(cur.id, None))
+                    summary.computed += len(need)
+                self._store_results(job_id, plan.index, pairs, keys, results, all_secrets)
+                if context.usage:
+                    self._add_usage(job_id, context.usage)
+                    context.usage.clear()
+                done += len(batch_ids)
+                if on_progress:
+                    on_progress(phase, done, total)
+                if max_failures is not None:
+                    failed = self._count(job_id, "failed")
+                    if failed > max_failures:
+                        raise TooManyFailures(f"{failed} samples failed, more than --max-failures {max_failures}: "
+                                              f"stopped (see `labelblocks jobs show {job_id}`)")
+        finally:
+            if block is not None:
+                block.teardown()
+
+    def _label(self, block: Block, samples: list[Sample], args: dict[str, Any],
+               context: BlockContext) -> list[SampleChange | SampleFailure]:
+        """Call the block on a batch; if the batch call raises, call it per sample so that one
+        bad sample fails alone."""
+        inputs = [SampleInput(s, self._reader(s)) for s in samples]
+        try:
+            out = list(block.label(inputs, args, context))
+            if len(out) != len(inputs):
+                raise BlockError(f"block returned {len(out)} results for {len(inputs)} samples")
+            return [_checked(o) for o in out]
+        except Exception as batch_error:
+            if len(inputs) == 1:
+                return [SampleFailure(_describe(batch_error))]
+            results: list[SampleChange | SampleFailure] = []
+            for inp in inputs:
+                try:
+                    [o] = list(block.label([inp], args, context))
+                    results.append(_checked(o))
+                except Exception as e:
+                    results.append(SampleFailure(_describe(e)))
+            return results
+
+    def _reader(self, s: Sample) -> Callable[[], bytes]:
+        path = self.store.blob_path(s)
+        return lambda: path.read_bytes()
+
+    def _store_results(self, job_id: int, step: int, pairs: Sequence[tuple[Sample, Sample]], keys: Sequence[str],
+                       results: Mapping[int, tuple[SampleChange | SampleFailure, dict[str, Any] | None]],
+                       secrets: list[str]) -> None:
+        rows = []
+        failed: list[dict[str, Any]] = []
+        for (stored, _), key in zip(pairs, keys, strict=True):
+            out, record = results[stored.id]
+            if isinstance(out, SampleFailure):
+                rec = {**(record or {}), **out.record}
+                failed.append({"_sid": stored.id, "error": redact(out.error, secrets)[:4000], "failed_step": step,
+                               "record": json.dumps(rec) if rec else None})
+                continue
+            rows.append({"job_id": job_id, "sample_id": stored.id, "step": step,
+                         "change": redact(_change_json(out), secrets),
+                         "record": redact(json.dumps(record), secrets) if record else None, "cache_key": key})
+        from sqlalchemy import bindparam
+
+        with self.store.transaction() as conn:
+            if rows:
+                conn.execute(delete(proposals).where(and_(
+                    proposals.c.job_id == job_id, proposals.c.step == step,
+                    proposals.c.sample_id.in_([r["sample_id"] for r in rows]))))
+                conn.execute(insert(proposals), rows)
+            if failed:
+                conn.execute(
+                    update(job_samples)
+                    .where(and_(job_samples.c.job_id == job_id, job_samples.c.sample_id == bindparam("_sid")))
+                    .values(status="failed", error=bindparam("error"), failed_step=bindparam("failed_step")),
+                    [{k: v for k, v in f.items() if k != "record"} for f in failed],
+                )
+
+    # --- applying ---------------------------------------------------------------------------------
+
+    def apply(self, job_id: int, ids: Sequence[int] | None = None, set_metadata: Sequence[Any] = (),
+              on_progress: ProgressFn | None = None, batch: int = 1000) -> int:
+        """Apply the job's composed proposals to pending samples (all, or ``ids``), each sample
+        atomically with its status; returns how many were applied."""
+        q = select(job_samples.c.sample_id).where(and_(job_samples.c.job_id == job_id,
+                                                       job_samples.c.status == "pending"))
+        with self.store.engine.connect() as conn:
+            pending = [r[0] for r in conn.execute(q.order_by(job_samples.c.sample_id))]
+        if ids is not None:
+            wanted = set(ids)
+            unknown = wanted - set(pending) - set(self._job_sample_ids(job_id))
+            if unknown:
+                raise NotFound(f"samples {', '.join(map(str, sorted(unknown)[:10]))} are not part of job {job_id}")
+            pending = [i for i in pending if i in wanted]
+        extra = {m.key: m.value for m in set_metadata}
+        applied = 0
+        from sqlalchemy import bindparam
+
+        for start in range(0, len(pending), batch):
+            chunk = pending[start : start + batch]
+            changes = self.proposals_for(job_id, chunk)
+            need_md = [sid for sid in chunk if extra and all(c.metadata is None for c in changes.get(sid, []))]
+            base_md = {s.id: s.metadata for s in self.store.get_samples(need_md)} if need_md else {}
+            items: list[tuple[int, SampleChange]] = []
+            for sid in chunk:
+                final = compose(changes.get(sid, []))
+                if extra:
+                    md = dict(final.metadata if final.metadata is not None else base_md.get(sid, {}))
+                    md.update(extra)
+                    final.metadata = md
+                if final.bounding_boxes is not None:
+                    final.bounding_boxes = [BoundingBox(**{**b.model_dump(), "score": None}) for b in final.bounding_boxes]
+                items.append((sid, final))
+            with self.store.transaction() as conn:
+                self.store.apply_changes(conn, items)
+                conn.execute(
+                    update(job_samples)
+                    .where(and_(job_samples.c.job_id == job_id, job_samples.c.sample_id == bindparam("_sid")))
+                    .values(status="applied"),
+                    [{"_sid": sid} for sid in chunk],
+                )
+            applied += len(chunk)
+            if on_progress:
+                on_progress("apply", applied, len(pending))
+        return applied
+
+    def _job_sample_ids(self, job_id: int) -> list[int]:
+        with self.store.engine.connect() as conn:
+            return [r[0] for r in conn.execute(select(job_samples.c.sample_id).where(job_samples.c.job_id == job_id))]
+
+    def job_usage(self, job_id: int) -> dict[str, float]:
+        with self.store.engine.connect() as conn:
+            return dict(json.loads(conn.execute(select(jobs.c.usage).where(jobs.c.id == job_id)).scalar_one() or "{}"))
+
+
+def _checked(o: Any) -> SampleChange | SampleFailure:
+    if isinstance(o, (SampleChange, SampleFailure)):
+        return o
+    if isinstance(o, dict):
+        return parse_change(o, "block result")
+    raise BlockError(f"expected a SampleChange, SampleFailure or dict from the block, got {type(o).__name__}")
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if not isinstance(e, LabelblocksError) else str(e)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- describing changes ------------------------------------------------------------------------
+
+
+def describe_change(before: Sample, change: SampleChange) -> list[str]:
+    """Human-readable lines of what ``change`` does to ``before``."""
+    lines: list[str] = []
+    if change.label is not None and change.label != before.label:
+        lines.append(f"label: {before.label or '-'} -> {change.label}")
+    if change.is_disabled is not None and change.is_disabled != before.is_disabled:
+        lines.append("disabled" if change.is_disabled else "enabled")
+    if change.bounding_boxes is not None:
+        old = {(b.x, b.y, b.width, b.height): b.label for b in before.bounding_boxes}
+        new = {(b.x, b.y, b.width, b.height): b.label for b in change.bounding_boxes}
+        added = [new[k] for k in new if k not in old]
+        removed = [old[k] for k in old if k not in new]
+        renamed = [f"{old[k]} -> {new[k]}" for k in new if k in old and old[k] != new[k]]
+        if added:
+            lines.append(f"boxes added: {len(added)} ({', '.join(_counts(added))})")
+        if removed:
+            lines.append(f"boxes removed: {len(removed)} ({', '.join(_counts(removed))})")
+        if renamed:
+            lines.append(f"boxes renamed: {', '.join(renamed)}")
+    if change.structured_labels is not None:
+        old_sl = [(x.start_index, x.end_index, x.label) for x in before.structured_labels]
+        new_sl = [(x.start_index, x.end_index, x.label) for x in change.structured_labels]
+        if old_sl != new_sl:
+            lines.append(f"structured labels: {len(new_sl)} ranges ({', '.join(_counts([x[2] for x in new_sl]))})")
+    if change.metadata is not None:
+        for k, v in change.metadata.items():
+            if before.metadata.get(k) != v:
+                shown = v if len(v) <= 60 else v[:57] + "..."
+                lines.append(f"metadata {k}: {before.metadata.get(k, '-')} -> {shown}")
+        for k in before.metadata:
+            if k not in change.metadata:
+                lines.append(f"metadata {k}: removed")
+    return lines
+
+
+def _counts(labels: Sequence[str]) -> list[str]:
+    c: dict[str, int] = {}
+    for lab in labels:
+        c[lab] = c.get(lab, 0) + 1
+    return [f"{n}x {lab}" if n > 1 else lab for lab, n in c.items()]
+
+
+def iter_batches(seq: Sequence[int], n: int) -> Iterator[Sequence[int]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]

@@ -1,0 +1,123 @@
+"""Secrets: stored outside any project, in a file only the user can read (mode 0600).
+
+An environment variable of the same name wins over the stored value. Values never appear
+in argv, logs, job records, proposals or error messages; :func:`redact` scrubs text that
+might contain them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from .errors import InvalidInput, MissingSecret
+
+CONFIG_ENV = "LABELBLOCKS_CONFIG_DIR"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def config_dir() -> Path:
+    d = os.environ.get(CONFIG_ENV)
+    if d:
+        return Path(d)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "labelblocks"
+
+
+def secrets_path() -> Path:
+    return config_dir() / "secrets.json"
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise InvalidInput(f"secret name {name!r}: expected letters, digits and '_' (an environment variable name)")
+
+
+def _load() -> dict[str, str]:
+    p = secrets_path()
+    if not p.exists():
+        return {}
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"cannot read the secrets file {p}: {e}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"the secrets file {p} is damaged: expected a JSON object")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def _save(data: Mapping[str, str]) -> None:
+    p = secrets_path()
+    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".secrets-")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(dict(data), f)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def set_secret(name: str, value: str) -> None:
+    _check_name(name)
+    if not value:
+        raise InvalidInput(f"secret {name}: the value is empty")
+    data = _load()
+    data[name] = value
+    _save(data)
+
+
+def remove_secret(name: str) -> bool:
+    data = _load()
+    if name not in data:
+        return False
+    del data[name]
+    _save(data)
+    return True
+
+
+def list_secrets() -> list[tuple[str, str]]:
+    """(name, where) pairs: 'stored', 'environment' or 'stored, overridden by environment'."""
+    stored = _load()
+    out = []
+    for name in sorted(stored):
+        out.append((name, "stored, overridden by environment" if name in os.environ else "stored"))
+    return out
+
+
+def get_secret(name: str) -> str | None:
+    return os.environ.get(name) or _load().get(name)
+
+
+def resolve_secrets(names: Iterable[str], block: str) -> dict[str, str]:
+    """The values of ``names`` (environment first, then the store). A missing one raises
+    MissingSecret naming the command that fixes it."""
+    stored = _load()
+    out: dict[str, str] = {}
+    missing = []
+    for n in names:
+        v = os.environ.get(n) or stored.get(n)
+        if v:
+            out[n] = v
+        else:
+            missing.append(n)
+    if missing:
+        cmds = " and ".join(f"`labelblocks secrets set {n}`" for n in missing)
+        raise MissingSecret(
+            f"block {block} needs the secret{'s' if len(missing) > 1 else ''} {', '.join(missing)}: "
+            f"run {cmds}, or set the environment variable{'s' if len(missing) > 1 else ''}"
+        )
+    return out
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret value in ``text`` with ``***``."""
+    for s in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(s, "***")
+    return text
