@@ -105,3 +105,35 @@ def _isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if k.startswith("LABELBLOCKS_") or k.startswith("EI_"):
             monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("LABELBLOCKS_CONFIG_DIR", str(tmp_path / "config"))
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_fake_distribution(root: Path, name: str = "fakeblocks", module: str = "tests.fake_blocks",
+                           version: str = "1.2.3", entry: str | None = None) -> Path:
+    """A real installed-distribution layout (dist-info with entry_points.txt) in ``root``."""
+    dist = root / f"{name}-{version}.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (dist / "entry_points.txt").write_text(f"[labelblocks]\n{entry or name} = {module}\n")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def fake_plugin(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Installs the fake block plugin as a distribution on sys.path (and PYTHONPATH for
+    subprocesses), so plugin discovery finds it through its entry point."""
+    import importlib
+
+    from labelblocks import plugins
+
+    root = tmp_path_factory.getbasetemp() / "fake-dist"
+    if not root.exists():
+        make_fake_distribution(root)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), str(REPO)]))
+    importlib.invalidate_caches()
+    plugins.reset()
+    yield root  # type: ignore[misc]
+    plugins.reset()

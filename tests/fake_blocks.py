@@ -1,0 +1,130 @@
+"""A fake block plugin for the runner's tests: deterministic, no models, and it records what it
+was called with (in-process in CALLS; across processes in the file named by FAKE_BLOCKS_LOG)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from labelblocks.blocks import Block, BlockContext, SampleFailure, SampleInput, merged_metadata
+from labelblocks.hookspecs import hookimpl
+from labelblocks.model import BoundingBox, SampleChange
+
+CALLS: list[dict[str, Any]] = []
+
+
+def _record(block: str, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext) -> None:
+    entry = {"block": block, "ids": [s.sample.id for s in batch], "args": dict(args), "preview": context.preview,
+             "boxes": {s.sample.id: [b.label for b in s.sample.bounding_boxes] for s in batch},
+             "labels": {s.sample.id: s.sample.label for s in batch}}
+    CALLS.append(entry)
+    log = os.environ.get("FAKE_BLOCKS_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def _spec(name: str, params: list[dict[str, Any]], secrets: list[str] | None = None) -> dict[str, Any]:
+    info: dict[str, Any] = {"name": name, "description": f"{name} (test block)", "operatesOn": ["images_object_detection"]}
+    if secrets:
+        info["requiredEnvVariables"] = secrets
+    return {"version": 1, "type": "ai-action", "info": info, "parameters": params}
+
+
+class FakeLabeler(Block):
+    """Sets the label to ``prefix`` + the file name's stem; a secret token is required."""
+
+    name = "fake-labeler"
+    parameters = _spec("Fake labeler", [
+        {"name": "Prefix", "type": "string", "param": "prefix", "value": "L-"},
+        {"name": "Delay", "type": "float", "param": "delay", "value": 0, "help": "seconds per batch"},
+        {"name": "Batch size", "type": "int", "param": "batch-size", "value": 4},
+        {"name": "Token", "type": "secret", "param": "FAKE_TOKEN"},
+    ])
+
+    def label(self, batch, args, context):
+        _record(self.name, batch, args, context)
+        if args.get("delay"):
+            time.sleep(float(args["delay"]))
+        assert context.secrets.get("FAKE_TOKEN"), "the secret must reach the block"
+        context.count("requests", len(batch))
+        return [SampleChange(label=f"{args['prefix']}{s.sample.filename.rsplit('.', 1)[0]}") for s in batch]
+
+
+class FakeBoxer(Block):
+    """Adds one box covering the top-left quarter, labelled ``label``."""
+
+    name = "fake-boxer"
+    parameters = _spec("Fake boxer", [{"name": "Label", "type": "string", "param": "label", "value": "thing"}])
+
+    def label(self, batch, args, context):
+        _record(self.name, batch, args, context)
+        out = []
+        for s in batch:
+            w, h = s.sample.width or 2, s.sample.height or 2
+            box = BoundingBox(label=args["label"], x=0, y=0, width=max(1, w // 2), height=max(1, h // 2), score=0.75)
+            out.append(SampleChange(bounding_boxes=[*s.sample.bounding_boxes, box],
+                                    metadata=merged_metadata(s.sample, labeled_by="fake-boxer")))
+        return out
+
+
+class FakeRenamer(Block):
+    """Renames boxes labelled ``from`` to ``to`` (sees earlier steps' boxes)."""
+
+    name = "fake-renamer"
+    parameters = _spec("Fake renamer", [
+        {"name": "From", "type": "string", "param": "from", "value": "thing"},
+        {"name": "To", "type": "string", "param": "to", "value": "renamed"},
+    ])
+
+    def label(self, batch, args, context):
+        _record(self.name, batch, args, context)
+        return [SampleChange(bounding_boxes=[b.model_copy(update={"label": args["to"]}) if b.label == args["from"] else b
+                                             for b in s.sample.bounding_boxes]) for s in batch]
+
+
+class FakeFail(Block):
+    """Fails the samples whose ids are listed; raises for the whole batch when any is present."""
+
+    name = "fake-fail"
+    parameters = _spec("Fake failure", [
+        {"name": "Fail ids", "type": "string", "param": "fail-ids", "value": "", "allowEmpty": True},
+        {"name": "Raise", "type": "flag", "param": "raise", "value": False},
+    ])
+
+    def label(self, batch, args, context):
+        _record(self.name, batch, args, context)
+        bad = {int(x) for x in str(args.get("fail-ids", "")).split(",") if x.strip()}
+        if args.get("raise") and any(s.sample.id in bad for s in batch):
+            raise RuntimeError(f"boom on {sorted(s.sample.id for s in batch if s.sample.id in bad)}")
+        return [SampleFailure(f"refused sample {s.sample.id}") if s.sample.id in bad else SampleChange(is_disabled=False)
+                for s in batch]
+
+
+class FakeLeaky(Block):
+    """A badly behaved block that tries to put its secret into its output and its error."""
+
+    name = "fake-leaky"
+    parameters = _spec("Fake leaky", [], secrets=["LEAKY_KEY"])
+
+    def label(self, batch, args, context):
+        key = context.secrets["LEAKY_KEY"]
+        out: list[SampleChange | SampleFailure] = []
+        for s in batch:
+            if s.sample.id % 2:
+                out.append(SampleFailure(f"upstream said: invalid key {key}"))
+            else:
+                out.append(SampleChange(metadata=merged_metadata(s.sample, note=f"used {key}")))
+        return out
+
+
+BLOCKS = [FakeLabeler, FakeBoxer, FakeRenamer, FakeFail, FakeLeaky]
+
+
+@hookimpl
+def register_blocks(register: Callable[[Any], Any]) -> None:
+    for b in BLOCKS:
+        register(b)

@@ -1,0 +1,250 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import fake_blocks
+
+from .conftest import Cli, make_image
+
+SECRET = "sk-planted-SECRET-4242-zz"
+
+
+@pytest.fixture
+def ds(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    for i in range(6):
+        make_image(tmp_path / "ds" / f"img{i}.png", size=(40, 20), seed=i)
+    cli("upload", str(tmp_path / "ds"), "--no-label", "--metadata", "site=Paris")
+    cli("metadata", "set", "--ids", "5,6", "site=Lyon")
+    monkeypatch.setenv("FAKE_TOKEN", "token-value-123")
+    fake_blocks.CALLS.clear()
+    return cli
+
+
+def test_actions_create_list_show_delete(ds: Cli, tmp_path: Path) -> None:
+    ds("actions", "create", "chain", "--step", "fake-boxer", "-p", "label=dog", "--step", "fake-renamer",
+       "-p", "from=dog", "-p", "to=puppy", "--where", "site=Paris", "--set-metadata", "ai-labeled=true")
+    [a] = ds.json("actions", "list")
+    assert a["steps"] == [{"block": "fake-boxer", "parameters": {"label": "dog"}},
+                          {"block": "fake-renamer", "parameters": {"from": "dog", "to": "puppy"}}]
+    assert a["setMetadata"] == [{"key": "ai-labeled", "value": "true"}]
+    assert "step 2: fake-renamer" in ds("actions", "show", "chain").stdout
+    r = ds("actions", "create", "chain", "--step", "fake-boxer", expect=1)
+    assert "exists" in r.output
+    ds("actions", "delete", "chain")
+    assert ds.json("actions", "list") == []
+    (tmp_path / "a.yaml").write_text("name: fromfile\nsteps:\n  - block: fake-labeler\n    parameters: {prefix: 'X-'}\n"
+                                     "dataCategory: dataWithMetadata\ndataMetadataKey: site\ndataMetadataValue: Lyon\n")
+    ds("actions", "create", "--file", str(tmp_path / "a.yaml"))
+    assert ds.json("actions", "show", "fromfile")["dataMetadataValue"] == "Lyon"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bad", "--step", "nope"], "no block named 'nope'"),
+        (["bad", "--step", "fake-boxer", "-p", "colour=red"], "unknown parameter 'colour'"),
+        (["bad", "--step", "fake-labeler", "-p", "batch-size=many"], "expected an integer, got 'many'"),
+        (["bad", "-p", "label=x"], "give --step BLOCK before"),
+        (["bad"], "at least one --step"),
+        (["bad", "--step", "fake-boxer", "-p", "label"], "expected PARAM=VALUE"),
+        (["bad", "--step", "fake-boxer", "--data", "dataWithMetadata"], "needs a metadata key"),
+        (["bad name", "--step", "fake-boxer"], "name"),
+    ],
+)
+def test_actions_validated_when_saved(ds: Cli, args: list[str], message: str) -> None:
+    r = ds("actions", "create", *args, expect=None)
+    assert r.exit_code in (1, 2) and message in r.output, r.output
+    assert ds.json("actions", "list") == []
+
+
+def test_three_step_chain_preview_sees_earlier_proposals(ds: Cli) -> None:
+    ds("actions", "create", "chain3", "--step", "fake-boxer", "-p", "label=dog", "--step", "fake-renamer",
+       "-p", "from=dog", "-p", "to=puppy", "--step", "fake-labeler", "-p", "prefix=P-", "--where", "site=Paris")
+    out = ds.json("actions", "preview", "chain3", "--limit", "3")
+    job = out["jobId"]
+    assert out["samples"] == 3 and out["failed"] == 0
+    steps = [c["block"] for c in fake_blocks.CALLS]
+    assert steps == ["fake-boxer", "fake-renamer", "fake-labeler"]
+    renamer = fake_blocks.CALLS[1]
+    # step 2 saw step 1's proposed boxes, step 3 saw step 2's renamed ones
+    assert all(v == ["dog"] for v in renamer["boxes"].values())
+    assert all(v == ["puppy"] for v in fake_blocks.CALLS[2]["boxes"].values())
+    assert all(c["preview"] for c in fake_blocks.CALLS)
+    # nothing changed in the dataset yet
+    assert all(not s["boundingBoxes"] and "label" not in s for s in ds.json("samples", "list"))
+    props = ds.json("proposals", "show", str(job))["proposedChanges"]
+    assert {(p["sampleId"], p["step"]) for p in props} == {(i, k) for i in (1, 2, 3) for k in (1, 2, 3)}
+    step1 = next(p for p in props if p["step"] == 1)
+    assert step1["proposedChanges"]["boundingBoxes"][0]["score"] == 0.75  # scores kept in the job's record
+    text = ds("proposals", "show", str(job)).stdout
+    assert "boxes added: 1 (puppy)" in text and "label: - -> P-img0" in text
+    ds("proposals", "apply", str(job), "--ids", "2")
+    s2 = ds.json("samples", "show", "2")
+    assert s2["label"] == "P-img1" and s2["boundingBoxes"] == [{"label": "puppy", "x": 0, "y": 0, "width": 20, "height": 10}]
+    assert s2["metadata"] == {"site": "Paris", "labeled_by": "fake-boxer"}
+    assert "label" not in ds.json("samples", "show", "1")
+    ds("proposals", "apply", str(job))
+    assert ds.json("samples", "show", "1")["label"] == "P-img0"
+    jobs = ds.json("jobs", "show", str(job))
+    assert jobs["counts"] == {"applied": 3} and jobs["usage"] == {"requests": 3}
+
+
+def test_discard(ds: Cli) -> None:
+    ds("actions", "create", "a", "--step", "fake-labeler")
+    job = ds.json("actions", "preview", "a", "--ids", "1,2")["jobId"]
+    ds("proposals", "discard", str(job))
+    assert ds.json("proposals", "show", str(job))["proposedChanges"] == []
+    r = ds("proposals", "apply", str(job), expect=1)
+    assert "discarded" in r.output
+
+
+def test_run_reuses_preview_and_sets_metadata(ds: Cli) -> None:
+    ds("actions", "create", "lab", "--step", "fake-boxer", "--step", "fake-labeler", "--set-metadata", "ai-labeled=true")
+    ds.json("actions", "preview", "lab", "--limit", "2")
+    fake_blocks.CALLS.clear()
+    out = ds.json("actions", "run", "lab")
+    assert out["applied"] == 6 and out["cached"] == 4 and out["computed"] == 8
+    computed_ids = sorted({i for c in fake_blocks.CALLS for i in c["ids"]})
+    assert computed_ids == [3, 4, 5, 6]
+    for s in ds.json("samples", "list"):
+        assert s["metadata"]["ai-labeled"] == "true" and s["label"].startswith("L-")
+        assert "score" not in s["boundingBoxes"][0]
+    # --no-cache recomputes; changed parameters do not reuse
+    fake_blocks.CALLS.clear()
+    ds("actions", "create", "lab2", "--step", "fake-labeler", "-p", "prefix=Q-")
+    ds.json("actions", "preview", "lab2", "--ids", "1")
+    ds.json("actions", "run", "lab2", "--no-cache")
+    # sample 1 computed twice (preview, then the uncached run); the others once
+    assert sorted(i for c in fake_blocks.CALLS for i in c["ids"]) == [1, 1, 2, 3, 4, 5, 6]
+
+
+def test_data_categories(ds: Cli) -> None:
+    ds("samples", "label", "1", "--label", "x")
+    ds("samples", "disable", "2")
+    cases = {"unlabeledData": [2, 3, 4, 5, 6], "enabledData": [1, 3, 4, 5, 6], "allData": [1, 2, 3, 4, 5, 6]}
+    for cat, ids in cases.items():
+        ds("actions", "create", cat, "--step", "fake-fail", "--data", cat)
+        ds.json("actions", "preview", cat, "--limit", "100", "--no-cache")
+        assert fake_blocks.CALLS[-1]["ids"] == ids, cat
+    ds("actions", "create", "lyon", "--step", "fake-fail", "--data", "dataWithMetadata", "--data-key", "site",
+       "--data-value", "Lyon")
+    ds.json("actions", "preview", "lyon", "--no-cache")
+    assert fake_blocks.CALLS[-1]["ids"] == [5, 6]
+
+
+def test_failures_are_recorded_and_the_run_goes_on(ds: Cli) -> None:
+    ds("actions", "create", "f", "--step", "fake-fail", "-p", "fail-ids=2,5", "-p", "raise=true",
+       "--step", "fake-labeler")
+    r = ds("actions", "run", "f", "--json", expect=1)
+    out = json.loads(r.stdout)
+    assert out["failed"] == 2 and out["applied"] == 4
+    # the failing samples never reached step 2 and were not applied
+    assert all(2 not in c["ids"] and 5 not in c["ids"] for c in fake_blocks.CALLS if c["block"] == "fake-labeler")
+    job = ds.json("jobs", "show", str(out["jobId"]))
+    assert {f["sampleId"]: f["step"] for f in job["failures"]} == {2: 1, 5: 1}
+    assert "boom on [2]" in job["failures"][0]["error"]
+    assert "label" not in ds.json("samples", "show", "2")
+    r = ds("jobs", "show", str(out["jobId"]))
+    assert "sample 5 failed at step 1" in r.stdout
+
+
+def test_max_failures_stops(ds: Cli) -> None:
+    ds("actions", "create", "f", "--step", "fake-fail", "-p", "fail-ids=1,2,3")
+    r = ds("actions", "run", "f", "--max-failures", "1", expect=1)
+    assert "more than --max-failures 1" in r.output
+    [job] = ds.json("jobs", "list")
+    assert job["status"] == "failed"
+    assert all("label" not in s for s in ds.json("samples", "list"))
+
+
+def test_missing_secret_stops_before_any_sample(ds: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FAKE_TOKEN")
+    ds("actions", "create", "lab", "--step", "fake-labeler")
+    r = ds("actions", "run", "lab", expect=1)
+    assert "needs the secret FAKE_TOKEN" in r.output and "labelblocks secrets set FAKE_TOKEN" in r.output
+    assert fake_blocks.CALLS == [] and ds.json("jobs", "list") == []
+    ds("secrets", "set", "FAKE_TOKEN", "--stdin", input="stored-token-xyz")
+    ds("actions", "run", "lab")
+    assert fake_blocks.CALLS
+
+
+def test_planted_secret_never_appears(ds: Cli, monkeypatch: pytest.MonkeyPatch, project: Path, tmp_path: Path) -> None:
+    ds("secrets", "set", "LEAKY_KEY", "--stdin", input=SECRET)
+    ds("actions", "create", "leak", "--step", "fake-leaky")
+    outputs = [ds("actions", "preview", "leak", "--limit", "4", expect=1).output,
+               ds("actions", "preview", "leak", "--limit", "4", "--json", expect=1).output]
+    job = ds.json("jobs", "list")[0]["id"]
+    outputs += [ds("jobs", "show", str(job)).output, ds("jobs", "show", str(job), "--json").output,
+                ds("proposals", "show", str(job), "--json").output, ds("jobs", "list", "--json").output]
+    ds("proposals", "apply", str(job))
+    outputs.append(ds("samples", "list", "--json").output)
+    for text in outputs:
+        assert SECRET not in text
+    assert "***" in "".join(outputs)
+    for f in (project / ".labelblocks").rglob("*"):
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f
+
+
+def test_near_duplicates_block(cli: Cli, tmp_path: Path) -> None:
+    from PIL import Image
+
+    for i in range(3):
+        make_image(tmp_path / "d" / f"a{i}.png", size=(64, 64), seed=i)
+        Image.open(tmp_path / "d" / f"a{i}.png").resize((50, 50)).save(tmp_path / "d" / f"b{i}.png")
+    cli("upload", str(tmp_path / "d"))
+    cli("actions", "create", "dd", "--step", "near-duplicates", "-p", "disable-duplicates=true")
+    cli("actions", "run", "dd")
+    s = {x["filename"]: x for x in cli.json("samples", "list", "--include-disabled")}
+    for i in range(3):
+        a, b = s[f"a{i}.png"], s[f"b{i}.png"]
+        assert a["metadata"]["duplicate_group"] == b["metadata"]["duplicate_group"]
+        assert not a["isDisabled"] and b["isDisabled"]
+    assert len({x["metadata"]["duplicate_group"] for x in s.values()}) == 3
+
+
+def test_run_resumes_after_sigkill(ds: Cli, project: Path, tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    ds("actions", "create", "slow", "--step", "fake-labeler", "-p", "delay=0.4", "-p", "batch-size=1",
+       "--step", "fake-boxer")
+    env = {**os.environ, "FAKE_BLOCKS_LOG": str(log), "FAKE_TOKEN": "t-123456"}
+    cmd = [sys.executable, "-m", "labelblocks", "--project", str(project), "actions", "run", "slow", "--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db = project / ".labelblocks" / "project.db"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.1)
+        n = sqlite3.connect(db).execute("SELECT count(*) FROM proposals").fetchone()[0]
+        if n >= 2:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = [json.loads(line) for line in log.read_text().splitlines()]
+    done_before = {i for c in first for i in c["ids"]}
+    assert 0 < len(done_before) < 6
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT status FROM jobs").fetchone()[0] == "running"
+    # no sample is half-applied: nothing was applied yet
+    assert con.execute("SELECT count(*) FROM samples WHERE label IS NOT NULL").fetchone()[0] == 0
+    finished_first = {i for (i,) in con.execute("SELECT sample_id FROM proposals WHERE step=1")}
+    assert finished_first
+    env["FAKE_BLOCKS_LOG"] = str(tmp_path / "calls2.jsonl")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["resumed"] and out["applied"] == 6
+    second = [json.loads(line) for line in (tmp_path / "calls2.jsonl").read_text().splitlines()]
+    relabeled = {i for c in second if c["block"] == "fake-labeler" for i in c["ids"]}
+    assert relabeled.isdisjoint(finished_first)
+    assert relabeled | finished_first == {1, 2, 3, 4, 5, 6}
+    for s in ds.json("samples", "list"):
+        assert s["label"] == f"L-{s['filename'][:-4]}" and len(s["boundingBoxes"]) == 1
