@@ -374,8 +374,8 @@ class Runner:
             return results
 
     def _reader(self, s: Sample) -> Callable[[], bytes]:
-        path = self.store.blob_path(s)
-        return lambda: path.read_bytes()
+        # the path is built only when a block reads the media (most batches of cheap blocks never do)
+        return lambda: self.store.blob_path(s).read_bytes()
 
     def _store_results(self, job_id: int, step: int, pairs: Sequence[tuple[Sample, Sample]], keys: Sequence[str],
                        results: Mapping[int, tuple[SampleChange | SampleFailure, dict[str, Any] | None]],

@@ -1,0 +1,123 @@
+"""Runner overhead benchmark.
+
+Preview, then apply, an action whose only step is a no-op block (it proposes one label per
+sample) over N samples (default 100,000), and compare each phase with the floor: writing the
+same changes with one batched SQL statement (executemany) in one transaction:
+  preview floor: INSERT the same proposal rows;   apply floor: UPDATE the same labels.
+Target: runner time <= 2x the floor in each phase.
+
+Usage: python benchmarks/runner.py [--samples 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from labelblocks.actions import Action, Step, save_action
+from labelblocks.blocks import Block
+from labelblocks.filters import SampleFilter
+from labelblocks.hookspecs import hookimpl
+from labelblocks.model import SampleChange
+from labelblocks.plugins import get_plugins
+from labelblocks.project import init_project, open_store
+from labelblocks.runner import Runner
+from labelblocks.store import NewSample
+
+
+class NoOp(Block):
+    name = "bench-noop"
+    parameters: ClassVar[dict[str, Any]] = {"version": 1, "type": "ai-action", "info": {"name": "No-op", "operatesOn": ["other"]},
+                                            "parameters": []}
+    default_batch_size = 1000
+
+    def label(self, batch: Any, args: Any, context: Any) -> list[SampleChange]:
+        return [SampleChange(label="bench") for _ in batch]
+
+
+class _Plugin:
+    @hookimpl
+    def register_blocks(self, register: Any) -> None:
+        register(NoOp)
+
+
+def seed(project: Path, n: int) -> None:
+    with open_store(project) as store:
+        for start in range(0, n, 20_000):
+            store.add_samples([NewSample(filename=f"s{i}.png", category="training", content_hash="0" * 64,
+                                         media_type="image/png", ext=".png", width=8, height=8,
+                                         metadata={"site": f"site{i % 10}"})
+                               for i in range(start, min(n, start + 20_000))])
+
+
+def floor_preview(db: Path, ids: list[int]) -> float:
+    con = sqlite3.connect(db)
+    change = json.dumps({"label": "bench"})
+    t = time.perf_counter()
+    with con:
+        con.executemany("INSERT INTO proposals (job_id, sample_id, step, change, record, cache_key) "
+                        "VALUES (999999, ?, 1, ?, NULL, NULL)", [(i, change) for i in ids])
+    dt = time.perf_counter() - t
+    with con:
+        con.execute("DELETE FROM proposals WHERE job_id = 999999")
+    return dt
+
+
+def floor_apply(db: Path, ids: list[int]) -> float:
+    con = sqlite3.connect(db)
+    t = time.perf_counter()
+    with con:
+        con.executemany("UPDATE samples SET label = ?, updated_at = ? WHERE id = ?",
+                        [("bench", time.time(), i) for i in ids])
+    dt = time.perf_counter() - t
+    with con:
+        con.execute("UPDATE samples SET label = NULL")
+    return dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=100_000)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="lb-bench-runner-"))
+    try:
+        project = init_project(work / "p")
+        seed(project, args.samples)
+        plugins = get_plugins()
+        plugins.pm.register(_Plugin(), name="bench")
+        plugins._registry = None
+        registry = plugins.registry()
+        db = project / ".labelblocks" / "project.db"
+        with open_store(project) as store:
+            ids = store.select_ids(SampleFilter())
+            f_prev = floor_preview(db, ids)
+            f_apply = floor_apply(db, ids)
+            action = Action(name="bench", steps=[Step(block="bench-noop")], cache_unchanged_steps=False)
+            save_action(store, action)
+            runner = Runner(store, registry)
+            t = time.perf_counter()
+            summary = runner.preview(action, limit=None, use_cache=False)
+            t_prev = time.perf_counter() - t
+            t = time.perf_counter()
+            applied = runner.apply(summary.job_id)
+            t_apply = time.perf_counter() - t
+            assert applied == args.samples
+        n = args.samples
+        print(f"{n} samples, no-op block")
+        print(f"  preview: runner {n / t_prev:9.0f} samples/s ({t_prev:.2f} s); one batched INSERT "
+              f"{n / f_prev:9.0f} samples/s ({f_prev:.2f} s); ratio {t_prev / f_prev:.2f}x (target <= 2x)")
+        print(f"  apply:   runner {n / t_apply:9.0f} samples/s ({t_apply:.2f} s); one batched UPDATE "
+              f"{n / f_apply:9.0f} samples/s ({f_apply:.2f} s); ratio {t_apply / f_apply:.2f}x (target <= 2x)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
