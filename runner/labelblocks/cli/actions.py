@@ -10,7 +10,16 @@ from typing import Any
 import click
 
 from ..errors import InvalidInput, UsageError
-from ._util import AppContext, build_filter, filter_given, filter_options, parse_ids, pass_app, print_json
+from ._util import (
+    AppContext,
+    build_filter,
+    filter_given,
+    filter_options,
+    parse_ids,
+    parse_key_values,
+    pass_app,
+    print_json,
+)
 
 
 class _StepCommand(click.Command):
@@ -134,12 +143,7 @@ def actions_create(ctx: click.Context, app: AppContext, name: str | None, step_:
             raise UsageError("give the action a NAME (or use --file)")
         if not steps:
             raise UsageError("an action needs at least one --step BLOCK")
-        md = {}
-        for item in set_metadata:
-            k, eq, v = item.partition("=")
-            if not eq or not k:
-                raise InvalidInput(f"--set-metadata: expected KEY=VALUE, got {item!r}")
-            md[k] = v
+        md = parse_key_values(set_metadata, "--set-metadata")
         doc: dict[str, Any] = {
             "name": name, "steps": steps, "dataCategory": data_category or "allData",
             "setMetadata": [{"key": k, "value": v} for k, v in md.items()], "cacheUnchangedSteps": not no_cache,

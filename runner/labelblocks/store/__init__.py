@@ -330,35 +330,6 @@ class Store:
             self._touch(conn, ch)
         return len(changed)
 
-    def replace_metadata(self, sample_id: int, md: dict[str, str], conn: Connection | None = None) -> None:
-        if conn is None:
-            with self.transaction() as c:
-                self._require(c, sample_id)
-                return self.replace_metadata(sample_id, md, c)
-        conn.execute(delete(sample_metadata).where(sample_metadata.c.sample_id == sample_id))
-        if md:
-            conn.execute(insert(sample_metadata), [{"sample_id": sample_id, "key": k, "value": v} for k, v in md.items()])
-        self._touch(conn, [sample_id])
-        return None
-
-    def apply_change(self, conn: Connection, sample_id: int, change: SampleChange) -> None:
-        """Apply a proposed change to one sample inside the caller's transaction."""
-        row = self._require(conn, sample_id)
-        values: dict[str, Any] = {}
-        if change.label is not None:
-            values["label"] = change.label
-        if change.is_disabled is not None:
-            values["is_disabled"] = change.is_disabled
-        if change.bounding_boxes is not None:
-            _check_boxes_fit(change.bounding_boxes, row.width, row.height, f"sample {sample_id}")
-            values["bounding_boxes"] = _dump_boxes(change.bounding_boxes)
-        if change.structured_labels is not None:
-            norm = _normalise_for(row, change.structured_labels)
-            values["structured_labels"] = _dump_structured(norm)
-        if change.metadata is not None:
-            self.replace_metadata(sample_id, change.metadata, conn)
-        self._touch(conn, [sample_id], **values)
-
     def apply_changes(self, conn: Connection, items: Sequence[tuple[int, SampleChange]]) -> None:
         """Apply many samples' changes inside the caller's transaction with a few batched
         statements. Everything is validated first; one bad change raises before any write."""
