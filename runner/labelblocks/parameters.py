@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InvalidInput
+from .model import format_validation_error
 
 ParamType = Literal["string", "int", "float", "select", "boolean", "flag", "secret", "bucket", "dataset", "project"]
 PARAM_TYPES: tuple[str, ...] = ParamType.__args__  # type: ignore[attr-defined]
@@ -127,11 +128,7 @@ def load_parameters(source: str | Path | Mapping[str, Any], what: str | None = N
     try:
         return ParametersFile.model_validate(doc)
     except ValidationError as e:
-        parts = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-        raise InvalidInput(f"invalid {label}: " + "; ".join(parts)) from None
+        raise InvalidInput(format_validation_error(e, label)) from None
 
 
 def json_schema() -> dict[str, Any]:
