@@ -29,12 +29,23 @@ from .model import Sample, SampleChange
 from .parameters import ParametersFile, load_parameters
 
 
-@dataclass
 class SampleInput:
-    """One sample as a block sees it: earlier steps' proposals applied, media on demand."""
+    """One sample as a block sees it: earlier steps' proposals applied, media on demand.
 
-    sample: Sample
-    _read: Callable[[], bytes]
+    ``sample`` may be given as a function: the runner then loads a batch's samples only when
+    the block first looks at one (a block that never does costs no reads)."""
+
+    __slots__ = ("_read", "_sample")
+
+    def __init__(self, sample: Sample | Callable[[], Sample], read: Callable[[], bytes]) -> None:
+        self._sample = sample
+        self._read = read
+
+    @property
+    def sample(self) -> Sample:
+        if not isinstance(self._sample, Sample):
+            self._sample = self._sample()
+        return self._sample
 
     def read_bytes(self) -> bytes:
         return self._read()
@@ -43,13 +54,13 @@ class SampleInput:
         """The image as a PIL RGB image, EXIF orientation applied."""
         from .media import open_image
 
-        return open_image(self._read())
+        return open_image(self.read_bytes())
 
     def audio(self) -> tuple[Any, int]:
         """(mono float32 numpy samples, sample rate)."""
         from .media import read_audio
 
-        return read_audio(self._read())
+        return read_audio(self.read_bytes())
 
 
 @dataclass

@@ -22,19 +22,22 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, insert, select, update
 
 from .actions import Action, validate_steps
 from .blocks import Block, BlockContext, SampleFailure, SampleInput
 from .errors import BlockError, InvalidInput, LabelblocksError, NotFound
-from .model import BoundingBox, Sample, SampleChange, parse_change
+from .model import Sample, SampleChange, parse_change
 from .parameters import ResolvedParameters
 from .plugins import BlockRegistry, RegisteredBlock
 from .secrets import redact, resolve_secrets
 from .store import Store
-from .store.schema import job_samples, jobs, proposals
+from .store.schema import job_applied, job_samples, jobs, pack_ids, proposals, unpack_ids
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+
+WRITE_ROWS = 10_000  # a step's results are committed at least every this many samples
+WRITE_SECONDS = 1.0  # ... or this often, whichever comes first (a kill loses at most this much work)
 
 
 class TooManyFailures(LabelblocksError):
@@ -73,14 +76,41 @@ class JobSummary:
                 "resumed": self.resumed, "usage": self.usage}
 
 
+@dataclass
+class JobState:
+    """Where each of a job's samples stands: pending until applied, failed or discarded."""
+
+    ids: list[int]
+    applied: set[int]
+    failed: set[int]
+    discarded: set[int]
+
+    def pending(self) -> list[int]:
+        done = self.applied | self.failed | self.discarded
+        return [i for i in self.ids if i not in done] if done else list(self.ids)
+
+    def counts(self) -> dict[str, int]:
+        c = {"pending": len(self.ids) - len(self.applied) - len(self.failed) - len(self.discarded),
+             "applied": len(self.applied), "failed": len(self.failed), "discarded": len(self.discarded)}
+        return {k: v for k, v in c.items() if v}
+
+
+def job_state(store: Store, job_id: int) -> JobState:
+    with store.engine.connect() as conn:
+        packed = conn.execute(select(jobs.c.sample_ids).where(jobs.c.id == job_id)).scalar_one_or_none()
+        applied: set[int] = set()
+        for (blob,) in conn.execute(select(job_applied.c.sample_ids).where(job_applied.c.job_id == job_id)):
+            applied.update(unpack_ids(blob))
+        failed: set[int] = set()
+        discarded: set[int] = set()
+        for sid, status in conn.execute(select(job_samples.c.sample_id, job_samples.c.status)
+                                        .where(job_samples.c.job_id == job_id)):
+            (failed if status == "failed" else discarded).add(sid)
+    return JobState(unpack_ids(packed), applied, failed, discarded)
+
+
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def sample_state_key(s: Sample) -> str:
-    """What a block's result may depend on, of the sample as stored."""
-    return _sha([s.content_hash, s.label, [b.to_json() for b in s.bounding_boxes],
-                 [x.to_json() for x in s.structured_labels], s.metadata, s.is_disabled, s.category])
 
 
 def compose(changes: Sequence[SampleChange]) -> SampleChange:
@@ -96,11 +126,11 @@ def compose(changes: Sequence[SampleChange]) -> SampleChange:
 
 
 def _change_json(ch: SampleChange) -> str:
-    return json.dumps(ch.to_json())
+    return ch.model_dump_json(by_alias=True, exclude_none=True)
 
 
 def _load_change(text: str) -> SampleChange:
-    return SampleChange.model_validate(json.loads(text))
+    return SampleChange.model_validate_json(text)
 
 
 class Runner:
@@ -144,11 +174,9 @@ class Runner:
             job_id = conn.execute(
                 insert(jobs).values(action=action.name, kind=kind, status="running", definition=json.dumps(definition),
                                     definition_hash=_sha(definition), pid=os.getpid(), usage="{}",
-                                    created_at=now, updated_at=now).returning(jobs.c.id)
+                                    created_at=now, updated_at=now, sample_ids=pack_ids(sorted(ids)))
+                .returning(jobs.c.id)
             ).scalar_one()
-            for i in range(0, len(ids), 5000):
-                conn.execute(insert(job_samples),
-                             [{"job_id": job_id, "sample_id": s, "status": "pending"} for s in ids[i : i + 5000]])
         return int(job_id)
 
     def _unfinished_run(self, action: Action, plans: Sequence[StepPlan]) -> int | None:
@@ -215,8 +243,8 @@ class Runner:
 
     def _execute(self, job_id: int, action: Action, plans: Sequence[StepPlan], kind: str, use_cache: bool,
                  max_failures: int | None, on_progress: ProgressFn | None) -> JobSummary:
-        total = self._count(job_id)
-        summary = JobSummary(job_id, kind, "running", total)
+        state = job_state(self.store, job_id)
+        summary = JobSummary(job_id, kind, "running", len(state.ids), failed=len(state.failed))
         all_secrets = [v for p in plans for v in p.secrets.values()]
         try:
             for plan in plans:
@@ -230,34 +258,25 @@ class Runner:
         except TooManyFailures as e:
             self._set_status(job_id, "failed", str(e))
             summary.status = "failed"
-            summary.failed = self._count(job_id, "failed")
             raise
         except Exception as e:
             self._set_status(job_id, "failed", redact(f"{type(e).__name__}: {e}", all_secrets))
             raise
-        summary.failed = self._count(job_id, "failed")
-        summary.applied = self._count(job_id, "applied") if kind == "run" else 0
+        counts = job_state(self.store, job_id).counts()
+        summary.failed = counts.get("failed", 0)
+        summary.applied = counts.get("applied", 0) if kind == "run" else 0
         summary.status = status
         self._set_status(job_id, status)
         summary.usage = self.job_usage(job_id)
         return summary
 
-    def _count(self, job_id: int, status: str | None = None) -> int:
-        q = select(func.count()).select_from(job_samples).where(job_samples.c.job_id == job_id)
-        if status:
-            q = q.where(job_samples.c.status == status)
-        with self.store.engine.connect() as conn:
-            return int(conn.execute(q).scalar_one())
-
     def _todo(self, job_id: int, step: int) -> list[int]:
         """Pending samples of the job without a proposal for ``step``."""
-        done = select(proposals.c.sample_id).where(and_(proposals.c.job_id == job_id, proposals.c.step == step))
-        q = (select(job_samples.c.sample_id)
-             .where(and_(job_samples.c.job_id == job_id, job_samples.c.status == "pending",
-                         job_samples.c.sample_id.not_in(done)))
-             .order_by(job_samples.c.sample_id))
         with self.store.engine.connect() as conn:
-            return [r[0] for r in conn.execute(q)]
+            done = {r[0] for r in conn.execute(select(proposals.c.sample_id)
+                                               .where(and_(proposals.c.job_id == job_id, proposals.c.step == step)))}
+        pending = job_state(self.store, job_id).pending()
+        return [i for i in pending if i not in done] if done else pending
 
     def _overlaid(self, job_id: int, ids: Sequence[int], before_step: int) -> list[tuple[Sample, Sample]]:
         """(stored sample, sample with this job's steps < before_step applied) for ids."""
@@ -312,50 +331,72 @@ class Runner:
         context = BlockContext(secrets=dict(plan.secrets), job_id=job_id, preview=(kind == "preview"),
                                cache_dir=self.store.root / "cache")
         args = dict(plan.resolved.values)
+        # cache key: this state of the sample (id and revision) under this chain of steps
+        key_prefix = plan.key[:32]
+        # results are written in one transaction per batch, or per WRITE_ROWS rows / WRITE_SECONDS
+        # for blocks so fast that a commit per batch would cost more than the block
+        buffered: list[tuple[list[int], dict[int, str], dict[int, tuple[str | SampleFailure, str | None]]]] = []
+        buffered_rows = 0
+        last_write = time.monotonic()
+
+        def flush() -> None:
+            nonlocal buffered_rows, last_write
+            if buffered:
+                self._store_results(job_id, plan.index, buffered, all_secrets)
+                buffered.clear()
+            buffered_rows = 0
+            last_write = time.monotonic()
+
         try:
             cls = plan.block.cls
             bs = len(todo) if cls.needs_all_samples else max(1, cls().batch_size(args))
             for start in range(0, len(todo), bs):
                 batch_ids = todo[start : start + bs]
-                pairs = self._overlaid(job_id, batch_ids, plan.index)
-                keys = [_sha([sample_state_key(stored), plan.key]) for stored, _ in pairs]
-                hits = self._cached(keys) if use_cache and not cls.needs_all_samples else {}
-                results: dict[int, tuple[SampleChange | SampleFailure, dict[str, Any] | None]] = {}
-                need = [(i, cur) for i, (_, cur) in enumerate(pairs) if keys[i] not in hits]
-                for i, (stored, _) in enumerate(pairs):
-                    if keys[i] in hits:
-                        change_text, record_text = hits[keys[i]]
-                        results[stored.id] = (_load_change(change_text), json.loads(record_text) if record_text else None)
-                        summary.cached += 1
+                revs = self.store.revisions(batch_ids)
+                keys = {sid: f"{key_prefix}:{sid}:{revs[sid]!r}" for sid in batch_ids if sid in revs}
+                results: dict[int, tuple[str | SampleFailure, str | None]] = {
+                    sid: (SampleFailure(f"sample {sid} was deleted"), None) for sid in batch_ids if sid not in revs}
+                if use_cache and not cls.needs_all_samples:
+                    hits = self._cached(list(keys.values()))
+                    for sid, key in keys.items():
+                        if key in hits:
+                            results[sid] = hits[key]
+                            summary.cached += 1
+                need = [sid for sid in batch_ids if sid not in results]
                 if need:
                     if block is None:
                         block = cls()
                         block.setup(args, context)
-                    outs = self._label(block, [cur for _, cur in need], args, context)
-                    for (_, cur), out in zip(need, outs, strict=True):
-                        results[cur.id] = (out, context.records.pop(cur.id, None))
+                    outs = self._label(block, _LazyBatch(self, job_id, need, plan.index), args, context)
+                    for sid, out in zip(need, outs, strict=True):
+                        record = context.records.pop(sid, None)
+                        results[sid] = (out if isinstance(out, SampleFailure) else _change_json(out),
+                                        json.dumps(record) if record else None)
                     summary.computed += len(need)
-                self._store_results(job_id, plan.index, pairs, keys, results, all_secrets)
+                summary.failed += sum(isinstance(r[0], SampleFailure) for r in results.values())
+                buffered.append((batch_ids, keys, results))
+                buffered_rows += len(batch_ids)
+                if buffered_rows >= WRITE_ROWS or time.monotonic() - last_write >= WRITE_SECONDS:
+                    flush()
                 if context.usage:
                     self._add_usage(job_id, context.usage)
                     context.usage.clear()
                 done += len(batch_ids)
                 if on_progress:
                     on_progress(phase, done, total)
-                if max_failures is not None:
-                    failed = self._count(job_id, "failed")
-                    if failed > max_failures:
-                        raise TooManyFailures(f"{failed} samples failed, more than --max-failures {max_failures}: "
-                                              f"stopped (see `labelblocks jobs show {job_id}`)")
+                if max_failures is not None and summary.failed > max_failures:
+                    raise TooManyFailures(f"{summary.failed} samples failed, more than --max-failures {max_failures}: "
+                                          f"stopped (see `labelblocks jobs show {job_id}`)")
         finally:
+            flush()  # what was computed is kept, also when stopped by Ctrl-C or too many failures
             if block is not None:
                 block.teardown()
 
-    def _label(self, block: Block, samples: list[Sample], args: dict[str, Any],
+    def _label(self, block: Block, batch: _LazyBatch, args: dict[str, Any],
                context: BlockContext) -> list[SampleChange | SampleFailure]:
         """Call the block on a batch; if the batch call raises, call it per sample so that one
         bad sample fails alone."""
-        inputs = [SampleInput(s, self._reader(s)) for s in samples]
+        inputs = batch.inputs()
         try:
             out = list(block.label(inputs, args, context))
             if len(out) != len(inputs):
@@ -373,96 +414,124 @@ class Runner:
                     results.append(SampleFailure(_describe(e)))
             return results
 
-    def _reader(self, s: Sample) -> Callable[[], bytes]:
-        # the path is built only when a block reads the media (most batches of cheap blocks never do)
-        return lambda: self.store.blob_path(s).read_bytes()
-
-    def _store_results(self, job_id: int, step: int, pairs: Sequence[tuple[Sample, Sample]], keys: Sequence[str],
-                       results: Mapping[int, tuple[SampleChange | SampleFailure, dict[str, Any] | None]],
+    def _store_results(self, job_id: int, step: int,
+                       batches: Sequence[tuple[Sequence[int], Mapping[int, str],
+                                               Mapping[int, tuple[str | SampleFailure, str | None]]]],
                        secrets: list[str]) -> None:
-        rows = []
-        failed: list[dict[str, Any]] = []
-        for (stored, _), key in zip(pairs, keys, strict=True):
-            out, record = results[stored.id]
-            if isinstance(out, SampleFailure):
-                rec = {**(record or {}), **out.record}
-                failed.append({"_sid": stored.id, "error": redact(out.error, secrets)[:4000], "failed_step": step,
-                               "record": json.dumps(rec) if rec else None})
-                continue
-            rows.append({"job_id": job_id, "sample_id": stored.id, "step": step,
-                         "change": redact(_change_json(out), secrets),
-                         "record": redact(json.dumps(record), secrets) if record else None, "cache_key": key})
-        from sqlalchemy import bindparam
-
+        """Write batches' proposals and failures in one transaction."""
+        rows: list[tuple[Any, ...]] = []
+        failed: list[tuple[Any, ...]] = []
+        for ids, keys, results in batches:
+            for sid in ids:
+                out, record = results[sid]
+                if isinstance(out, SampleFailure):
+                    failed.append((job_id, sid, step, redact(out.error, secrets)[:4000]))
+                    continue
+                if secrets:
+                    out = redact(out, secrets)
+                    record = redact(record, secrets) if record else None
+                rows.append((job_id, sid, step, out, record, keys.get(sid)))
         with self.store.transaction() as conn:
             if rows:
-                conn.execute(delete(proposals).where(and_(
-                    proposals.c.job_id == job_id, proposals.c.step == step,
-                    proposals.c.sample_id.in_([r["sample_id"] for r in rows]))))
-                conn.execute(insert(proposals), rows)
+                conn.exec_driver_sql("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, cache_key) "
+                                     "VALUES (?, ?, ?, ?, ?, ?)", rows)
             if failed:
-                conn.execute(
-                    update(job_samples)
-                    .where(and_(job_samples.c.job_id == job_id, job_samples.c.sample_id == bindparam("_sid")))
-                    .values(status="failed", error=bindparam("error"), failed_step=bindparam("failed_step")),
-                    [{k: v for k, v in f.items() if k != "record"} for f in failed],
-                )
+                conn.exec_driver_sql("INSERT OR REPLACE INTO job_samples (job_id, sample_id, status, failed_step, error) "
+                                     "VALUES (?, ?, 'failed', ?, ?)", failed)
 
     # --- applying ---------------------------------------------------------------------------------
 
     def apply(self, job_id: int, ids: Sequence[int] | None = None, set_metadata: Sequence[Any] = (),
-              on_progress: ProgressFn | None = None, batch: int = 1000) -> int:
+              on_progress: ProgressFn | None = None, batch: int = 5000) -> int:
         """Apply the job's composed proposals to pending samples (all, or ``ids``), each sample
         atomically with its status; returns how many were applied."""
-        q = select(job_samples.c.sample_id).where(and_(job_samples.c.job_id == job_id,
-                                                       job_samples.c.status == "pending"))
-        with self.store.engine.connect() as conn:
-            pending = [r[0] for r in conn.execute(q.order_by(job_samples.c.sample_id))]
+        state = job_state(self.store, job_id)
+        pending = state.pending()
         if ids is not None:
             wanted = set(ids)
-            unknown = wanted - set(pending) - set(self._job_sample_ids(job_id))
+            unknown = wanted - set(state.ids)
             if unknown:
                 raise NotFound(f"samples {', '.join(map(str, sorted(unknown)[:10]))} are not part of job {job_id}")
             pending = [i for i in pending if i in wanted]
         extra = {m.key: m.value for m in set_metadata}
         applied = 0
-        from sqlalchemy import bindparam
-
         for start in range(0, len(pending), batch):
             chunk = pending[start : start + batch]
-            changes = self.proposals_for(job_id, chunk)
-            need_md = [sid for sid in chunk if extra and all(c.metadata is None for c in changes.get(sid, []))]
+            texts = self._proposal_texts(job_id, chunk)
+            parsed = {sid: [_load_change(t) for t in ts] for sid, ts in texts.items()}
+            need_md = [sid for sid in chunk if extra and all(c.metadata is None for c in parsed.get(sid, []))]
             base_md = {s.id: s.metadata for s in self.store.get_samples(need_md)} if need_md else {}
             items: list[tuple[int, SampleChange]] = []
             for sid in chunk:
-                final = compose(changes.get(sid, []))
+                changes = parsed.get(sid)
+                final = changes[0] if changes and len(changes) == 1 else compose(changes or [])
                 if extra:
                     md = dict(final.metadata if final.metadata is not None else base_md.get(sid, {}))
                     md.update(extra)
                     final.metadata = md
-                if final.bounding_boxes is not None:
-                    final.bounding_boxes = [BoundingBox(**{**b.model_dump(), "score": None}) for b in final.bounding_boxes]
+                if final.bounding_boxes is not None:  # scores stay in the job's record only
+                    final.bounding_boxes = [b.model_copy(update={"score": None}) if b.score is not None else b
+                                            for b in final.bounding_boxes]
                 items.append((sid, final))
             with self.store.transaction() as conn:
                 self.store.apply_changes(conn, items)
-                conn.execute(
-                    update(job_samples)
-                    .where(and_(job_samples.c.job_id == job_id, job_samples.c.sample_id == bindparam("_sid")))
-                    .values(status="applied"),
-                    [{"_sid": sid} for sid in chunk],
-                )
+                conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk)))
             applied += len(chunk)
             if on_progress:
                 on_progress("apply", applied, len(pending))
         return applied
 
-    def _job_sample_ids(self, job_id: int) -> list[int]:
+    def _proposal_texts(self, job_id: int, ids: Sequence[int]) -> dict[int, list[str]]:
+        """The stored change texts of ``ids`` (sorted), in step order."""
+        wanted = set(ids)
+        out: dict[int, list[str]] = {}
         with self.store.engine.connect() as conn:
-            return [r[0] for r in conn.execute(select(job_samples.c.sample_id).where(job_samples.c.job_id == job_id))]
+            rows = conn.exec_driver_sql(
+                "SELECT sample_id, change FROM proposals WHERE job_id = ? AND sample_id BETWEEN ? AND ? "
+                "ORDER BY sample_id, step", (job_id, ids[0], ids[-1])).cursor.fetchall()
+        for sid, text in rows:
+            if sid in wanted:
+                out.setdefault(sid, []).append(text)
+        return out
 
     def job_usage(self, job_id: int) -> dict[str, float]:
         with self.store.engine.connect() as conn:
             return dict(json.loads(conn.execute(select(jobs.c.usage).where(jobs.c.id == job_id)).scalar_one() or "{}"))
+
+
+class _LazyBatch:
+    """A batch's SampleInputs; the samples (with earlier steps overlaid) are read from the
+    store only when the block first looks at one of them."""
+
+    def __init__(self, runner: Runner, job_id: int, ids: Sequence[int], step: int) -> None:
+        self._runner, self._job_id, self._ids, self._step = runner, job_id, ids, step
+        self._pairs: dict[int, tuple[Sample, Sample]] | None = None
+
+    def pair(self, sid: int) -> tuple[Sample, Sample]:
+        if self._pairs is None:
+            self._pairs = {s.id: (s, cur) for s, cur in self._runner._overlaid(self._job_id, self._ids, self._step)}
+        return self._pairs[sid]
+
+    def read(self, sid: int) -> bytes:
+        return self._runner.store.blob_path(self.pair(sid)[0]).read_bytes()
+
+    def inputs(self) -> list[SampleInput]:
+        return [_LazyInput(self, sid) for sid in self._ids]
+
+
+class _LazyInput(SampleInput):
+    __slots__ = ("_batch", "_sid")
+
+    def __init__(self, batch: _LazyBatch, sid: int) -> None:  # the base's fields are not used
+        self._batch = batch
+        self._sid = sid
+
+    @property
+    def sample(self) -> Sample:
+        return self._batch.pair(self._sid)[1]
+
+    def read_bytes(self) -> bytes:
+        return self._batch.read(self._sid)
 
 
 def _checked(o: Any) -> SampleChange | SampleFailure:

@@ -385,15 +385,11 @@ def _job_row(app: AppContext, job_id: int) -> Any:
 
 
 def _job_json(app: AppContext, row: Any) -> dict[str, Any]:
-    from sqlalchemy import func, select
+    from ..runner import job_state
 
-    from ..store.schema import job_samples
-
-    with app.store.engine.connect() as conn:
-        counts: dict[str, int] = dict(conn.execute(select(job_samples.c.status, func.count()).where(job_samples.c.job_id == row.id)
-                                   .group_by(job_samples.c.status)).all())
+    state = job_state(app.store, row.id)
     return {"id": row.id, "action": row.action, "kind": row.kind, "status": row.status,
-            "samples": sum(counts.values()), "counts": counts, "usage": json.loads(row.usage or "{}"),
+            "samples": len(state.ids), "counts": state.counts(), "usage": json.loads(row.usage or "{}"),
             "error": row.error, "definition": json.loads(row.definition), "created": row.created_at,
             "updated": row.updated_at}
 
@@ -517,15 +513,18 @@ def proposals_discard(app: AppContext, job_id: int) -> None:
     """
     import time
 
-    from sqlalchemy import and_, delete, update
+    from sqlalchemy import delete, insert, update
 
+    from ..runner import job_state
     from ..store.schema import job_samples, jobs, proposals
 
     _job_row(app, job_id)
+    pending = job_state(app.store, job_id).pending()
     with app.store.transaction() as conn:
         n = conn.execute(delete(proposals).where(proposals.c.job_id == job_id)).rowcount
-        conn.execute(update(job_samples).where(and_(job_samples.c.job_id == job_id, job_samples.c.status == "pending"))
-                     .values(status="discarded"))
+        if pending:
+            conn.execute(insert(job_samples), [{"job_id": job_id, "sample_id": sid, "status": "discarded"}
+                                               for sid in pending])
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(status="discarded", updated_at=time.time()))
     click.echo(f"Discarded {n} proposal{'s' if n != 1 else ''} of job {job_id}.")
 

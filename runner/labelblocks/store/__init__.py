@@ -332,55 +332,81 @@ class Store:
 
     def apply_changes(self, conn: Connection, items: Sequence[tuple[int, SampleChange]]) -> None:
         """Apply many samples' changes inside the caller's transaction with a few batched
-        statements. Everything is validated first; one bad change raises before any write."""
+        statements (one per combination of changed fields). Everything is validated first;
+        one bad change raises before any write."""
         if not items:
             return
-        ids = [sid for sid, _ in items]
-        rows: dict[int, Any] = {}
-        for chunk in _chunks(ids, 500):
-            rows.update(
-                (r.id, r)
-                for r in conn.execute(
-                    select(samples.c.id, samples.c.width, samples.c.height, samples.c.values_count)
-                    .where(samples.c.id.in_(chunk))
-                )
-            )
-        missing = [i for i in ids if i not in rows]
-        if missing:
-            raise NotFound(f"no sample with id {', '.join(map(str, missing[:10]))}")
+        # dimensions are needed only to check boxes and normalise structured labels
+        dims_ids = [sid for sid, ch in items if ch.bounding_boxes is not None or ch.structured_labels is not None]
+        dims: dict[int, Any] = {}
+        for chunk in _chunks(dims_ids, 500):
+            dims.update((r.id, r) for r in conn.execute(
+                select(samples.c.id, samples.c.width, samples.c.height, samples.c.values_count)
+                .where(samples.c.id.in_(chunk))))
         now = time.time()
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         md_ids: list[int] = []
-        md_rows: list[dict[str, Any]] = []
+        md_rows: list[tuple[int, str, str]] = []
         for sid, ch in items:
-            row = rows[sid]
-            values: dict[str, Any] = {"_id": sid, "updated_at": now}
+            cols: list[str] = ["updated_at"]
+            vals: list[Any] = [now]
             if ch.label is not None:
-                values["label"] = ch.label
+                cols.append("label")
+                vals.append(ch.label)
             if ch.is_disabled is not None:
-                values["is_disabled"] = ch.is_disabled
+                cols.append("is_disabled")
+                vals.append(ch.is_disabled)
             if ch.bounding_boxes is not None:
+                row = dims.get(sid)
+                if row is None:
+                    raise NotFound(f"no sample with id {sid}")
                 _check_boxes_fit(ch.bounding_boxes, row.width, row.height, f"sample {sid}")
-                values["bounding_boxes"] = _dump_boxes(ch.bounding_boxes)
+                cols.append("bounding_boxes")
+                vals.append(_dump_boxes(ch.bounding_boxes))
             if ch.structured_labels is not None:
-                values["structured_labels"] = _dump_structured(_normalise_for(row, ch.structured_labels))
+                cols.append("structured_labels")
+                if sid not in dims:
+                    raise NotFound(f"no sample with id {sid}")
+                vals.append(_dump_structured(_normalise_for(dims[sid], ch.structured_labels)))
             if ch.metadata is not None:
                 md_ids.append(sid)
-                md_rows.extend({"sample_id": sid, "key": k, "value": v} for k, v in ch.metadata.items())
-            groups.setdefault(tuple(sorted(values)), []).append(values)
-        from sqlalchemy import bindparam
-
-        for cols, params in groups.items():
-            stmt = (
-                update(samples)
-                .where(samples.c.id == bindparam("_id"))
-                .values({c: bindparam(c) for c in cols if c != "_id"})
-            )
-            conn.execute(stmt, params)
+                md_rows.extend((sid, k, v) for k, v in ch.metadata.items())
+            vals.append(sid)
+            groups.setdefault(tuple(cols), []).append(tuple(vals))
+        # plain executemany on the driver: the column names come from the fixed set above
+        updated = 0
+        for names, params in groups.items():
+            updated += conn.exec_driver_sql(
+                f"UPDATE samples SET {', '.join(c + ' = ?' for c in names)} WHERE id = ?", params).rowcount
+        if updated != len(items):  # raising rolls the caller's transaction back
+            known = self.revisions([sid for sid, _ in items], conn)
+            missing = [sid for sid, _ in items if sid not in known]
+            raise NotFound(f"no sample with id {', '.join(map(str, missing[:10]))}")
         for chunk in _chunks(md_ids, 500):
             conn.execute(delete(sample_metadata).where(sample_metadata.c.sample_id.in_(chunk)))
         if md_rows:
-            conn.execute(insert(sample_metadata), md_rows)
+            conn.exec_driver_sql("INSERT INTO sample_metadata (sample_id, key, value) VALUES (?, ?, ?)", md_rows)
+
+    def revisions(self, ids: Sequence[int], conn: Connection | None = None) -> dict[int, float]:
+        """{id: updated_at} of the samples that exist among ``ids``. Every write to a sample
+        changes its updated_at, so (id, updated_at) names one state of a sample."""
+        if conn is None:
+            with self._read() as c:
+                return self.revisions(ids, c)
+        out: dict[int, float] = {}
+        if not ids:
+            return out
+        lo, hi = min(ids), max(ids)
+        if hi - lo < 4 * len(ids):  # dense: one range scan beats long IN lists
+            wanted = set(ids)
+            rows = conn.exec_driver_sql("SELECT id, updated_at FROM samples WHERE id BETWEEN ? AND ?", (lo, hi))
+            for sid, rev in rows.cursor.fetchall():
+                if sid in wanted:
+                    out[sid] = rev
+            return out
+        for chunk in _chunks(ids, 500):
+            out.update(conn.execute(select(samples.c.id, samples.c.updated_at).where(samples.c.id.in_(chunk))).tuples())
+        return out
 
     def set_categories(self, assignments: dict[int, str], conn: Connection | None = None) -> int:
         if conn is None:

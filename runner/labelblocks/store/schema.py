@@ -7,7 +7,9 @@ version is kept in the ``schema_migrations`` table.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from array import array
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import (
     Boolean,
@@ -17,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -93,6 +96,8 @@ jobs = Table(
     Column("error", Text, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # the job's selected sample ids, packed (see labelblocks.runner.pack_ids); v3
+    Column("sample_ids", LargeBinary, nullable=True),
     Index("ix_jobs_action", "action", "kind", "status"),
 )
 
@@ -101,10 +106,21 @@ job_samples = Table(
     metadata,
     Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
     Column("sample_id", Integer, primary_key=True),
-    Column("status", String, nullable=False),  # pending | failed | applied
+    # only samples that left "pending": failed | discarded (applied ones are in job_applied)
+    Column("status", String, nullable=False),
     Column("failed_step", Integer, nullable=True),
     Column("error", Text, nullable=True),
     Index("ix_job_samples_status", "job_id", "status"),
+)
+
+# one row per applying transaction: the sample ids it applied, packed (v3)
+job_applied = Table(
+    "job_applied",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("sample_ids", LargeBinary, nullable=False),
+    Index("ix_job_applied_job", "job_id"),
 )
 
 proposals = Table(
@@ -120,6 +136,22 @@ proposals = Table(
 )
 
 
+def pack_ids(ids: Iterable[int]) -> bytes:
+    """Sample ids as little-endian int64s: a job's 100,000 ids are one 800 kB value."""
+    a = array("q", ids)
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a.tobytes()
+
+
+def unpack_ids(data: bytes | None) -> list[int]:
+    a = array("q")
+    a.frombytes(data or b"")
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a.tolist()
+
+
 def _v1(conn: Connection) -> None:
     for t in (samples, sample_metadata):
         t.create(conn)
@@ -132,9 +164,28 @@ def _v2(conn: Connection) -> None:
         t.create(conn)
 
 
+def _v3(conn: Connection) -> None:
+    """Jobs keep their sample list packed in one column and record applied samples per
+    transaction, instead of one status row per sample (a job of 100,000 samples no longer
+    writes 100,000 rows before its first step, nor updates them when applied)."""
+    cols = {r[1] for r in conn.exec_driver_sql("PRAGMA table_info(jobs)")}
+    if "sample_ids" not in cols:
+        conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN sample_ids BLOB")
+    job_applied.create(conn)
+
+    for (job_id,) in conn.exec_driver_sql("SELECT id FROM jobs").all():
+        rows = conn.exec_driver_sql("SELECT sample_id, status FROM job_samples WHERE job_id = ?", (job_id,)).all()
+        conn.exec_driver_sql("UPDATE jobs SET sample_ids = ? WHERE id = ?", (pack_ids(sorted(r[0] for r in rows)), job_id))
+        applied = [r[0] for r in rows if r[1] == "applied"]
+        if applied:
+            conn.exec_driver_sql("INSERT INTO job_applied (job_id, sample_ids) VALUES (?, ?)", (job_id, pack_ids(sorted(applied))))
+    conn.exec_driver_sql("DELETE FROM job_samples WHERE status IN ('pending', 'applied')")
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, _v1),
     (2, _v2),
+    (3, _v3),
 ]
 
 
