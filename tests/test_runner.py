@@ -248,3 +248,127 @@ def test_run_resumes_after_sigkill(ds: Cli, project: Path, tmp_path: Path) -> No
     assert relabeled | finished_first == {1, 2, 3, 4, 5, 6}
     for s in ds.json("samples", "list"):
         assert s["label"] == f"L-{s['filename'][:-4]}" and len(s["boundingBoxes"]) == 1
+
+
+def test_run_resumes_after_ctrl_c(ds: Cli, project: Path, tmp_path: Path) -> None:
+    log = tmp_path / "calls.jsonl"
+    ds("actions", "create", "slow", "--step", "fake-labeler", "-p", "delay=0.4", "-p", "batch-size=1")
+    env = {**os.environ, "FAKE_BLOCKS_LOG": str(log), "FAKE_TOKEN": "t-123456"}
+    cmd = [sys.executable, "-m", "labelblocks", "--project", str(project), "actions", "run", "slow", "--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Interrupted: run the same command again to resume." in err
+    con = sqlite3.connect(project / ".labelblocks" / "project.db")
+    assert con.execute("SELECT status FROM jobs").fetchone()[0] == "interrupted"
+    assert con.execute("SELECT count(*) FROM samples WHERE label IS NOT NULL").fetchone()[0] == 0
+    # every batch the block finished before the interrupt was written (the last call, cut
+    # short in its sleep, was not); none is lost
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    finished = {i for c in calls[:-1] for i in c["ids"]}
+    kept = {i for (i,) in con.execute("SELECT sample_id FROM proposals")}
+    assert kept == finished and 0 < len(kept) < 6
+    env["FAKE_BLOCKS_LOG"] = str(tmp_path / "calls2.jsonl")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["resumed"] and out["applied"] == 6 and out["computed"] == 6 - len(kept)
+    relabeled = {i for c in map(json.loads, (tmp_path / "calls2.jsonl").read_text().splitlines()) for i in c["ids"]}
+    assert relabeled.isdisjoint(kept) and relabeled | kept == {1, 2, 3, 4, 5, 6}
+
+
+def test_changed_sample_is_recomputed(ds: Cli) -> None:
+    ds("actions", "create", "lab", "--step", "fake-labeler")
+    ds.json("actions", "preview", "lab", "--limit", "6")
+    ds("metadata", "set", "--ids", "4", "site=Nice")  # a new state of sample 4: its cached result is stale
+    fake_blocks.CALLS.clear()
+    out = ds.json("actions", "run", "lab")
+    assert out["cached"] == 5 and out["computed"] == 1
+    assert [i for c in fake_blocks.CALLS for i in c["ids"]] == [4]
+
+
+def test_v2_jobs_migrate(tmp_path: Path) -> None:
+    """A project written before jobs packed their sample ids keeps its jobs' states."""
+    from sqlalchemy import create_engine
+
+    from labelblocks.runner import job_state
+    from labelblocks.store import Store
+    from labelblocks.store.schema import MIGRATIONS, current_version
+
+    root = tmp_path / ".labelblocks"
+    root.mkdir()
+    engine = create_engine(f"sqlite:///{root / 'project.db'}")
+    with engine.begin() as conn:
+        current_version(conn)
+        for v, fn in MIGRATIONS[:2]:
+            fn(conn)
+            conn.exec_driver_sql("INSERT INTO schema_migrations VALUES (?, 0)", (v,))
+        conn.exec_driver_sql("ALTER TABLE jobs DROP COLUMN sample_ids")  # the v2 shape
+        conn.exec_driver_sql("INSERT INTO jobs (id, action, kind, status, definition, definition_hash, usage, "
+                             "created_at, updated_at) VALUES (7, 'a', 'run', 'interrupted', '{}', 'h', '{}', 0, 0)")
+        conn.exec_driver_sql("INSERT INTO job_samples (job_id, sample_id, status) VALUES "
+                             "(7, 3, 'applied'), (7, 1, 'pending'), (7, 2, 'failed'), (7, 5, 'applied')")
+    engine.dispose()
+    with Store.open(root) as store:
+        state = job_state(store, 7)
+        assert state.ids == [1, 2, 3, 5]
+        assert state.applied == {3, 5} and state.failed == {2} and state.pending() == [1]
+        assert state.counts() == {"pending": 1, "applied": 2, "failed": 1}
+
+
+def test_example_dataset_chain_dedup_then_relabel(cli: Cli, tmp_path: Path) -> None:
+    """The README's quickstart: the shipped example dataset, a two-step chain of built-in blocks."""
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(repo / "examples" / "make_dataset.py"), str(tmp_path / "ex")], check=True,
+                   capture_output=True)
+    cli("upload", "--info-file", str(tmp_path / "ex" / "info.labels"))
+    cli("actions", "create", "clean", "--step", "near-duplicates", "-p", "disable-duplicates=true",
+        "--step", "relabel", "-p", "mapping=square -> box\ncircle -> ring", "-p", "min-box-area=1",
+        "--set-metadata", "ai-labeled=true")
+    preview = cli("actions", "preview", "clean", "--limit", "4").stdout
+    assert "label: square -> box" in preview and "boxes removed: 1 (speck)" in preview and "disabled" in preview
+    assert "metadata duplicate_group: - ->" in preview
+    out = cli.json("actions", "run", "clean")
+    assert out["applied"] == 24 and out["failed"] == 0
+    samples = cli.json("samples", "list", "--include-disabled")
+    assert {s["label"] for s in samples} == {"box", "ring"}
+    assert all(b["label"] == s["label"] for s in samples for b in s["boundingBoxes"])  # specks removed, rest renamed
+    assert sum(s["isDisabled"] for s in samples) == 12  # one frame of each near-identical pair
+    groups: dict[str, set[str]] = {}
+    for s in samples:
+        groups.setdefault(s["metadata"]["duplicate_group"], set()).add(s["metadata"]["video_file"])
+        assert s["metadata"]["ai-labeled"] == "true"
+    assert len(groups) == 12 and all(len(v) == 1 for v in groups.values())
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    (["mapping=square box"], "mapping: mapping line 1: expected `old -> new`"),
+    (["mapping= -> x"], "the label to rename is empty"),
+    (["min-box-area=150"], "min-box-area: expected 0 to 100"),
+])
+def test_relabel_arguments_checked_when_saved(cli: Cli, params: list[str], message: str) -> None:
+    args = [x for p in params for x in ("-p", p)]
+    r = cli("actions", "create", "bad", "--step", "relabel", *args, expect=1).stderr
+    assert message in r and "step 1 (relabel)" in r
+    assert cli.json("actions", "list") == []
+
+
+def test_steps_after_a_whole_set_block_are_not_cached(cli: Cli, tmp_path: Path) -> None:
+    """near-duplicates' result depends on which samples it sees together: a preview of 2 samples
+    must not stand in for the run over all of them, in its step or in the steps after it."""
+    from PIL import Image
+
+    make_image(tmp_path / "d" / "a.png", size=(64, 64), seed=1)
+    make_image(tmp_path / "d" / "c.png", size=(64, 64), seed=2)
+    Image.open(tmp_path / "d" / "a.png").resize((50, 50)).save(tmp_path / "d" / "b.png")
+    cli("upload", str(tmp_path / "d"), "--no-label")
+    cli("actions", "create", "dd", "--step", "near-duplicates", "--step", "relabel")
+    cli.json("actions", "preview", "dd", "--ids", "1,3")  # a.png and c.png: no duplicates among them
+    out = cli.json("actions", "run", "dd")
+    assert out["cached"] == 0 and out["computed"] == 6
+    s = {x["filename"]: x for x in cli.json("samples", "list")}
+    assert s["a.png"]["metadata"]["duplicate_group"] == s["b.png"]["metadata"]["duplicate_group"]

@@ -102,9 +102,11 @@ def validate_steps(action: Action, registry: BlockRegistry) -> list[ResolvedPara
     for i, step in enumerate(action.steps, 1):
         reg = registry.get(step.block)
         try:
-            out.append(resolve(reg.cls.spec(), step.parameters, block=step.block))
-        except InvalidInput as e:
+            resolved = resolve(reg.cls.spec(), step.parameters, block=step.block)
+            reg.cls.check_args(resolved.values)
+        except (InvalidInput, ValueError) as e:
             raise InvalidInput(f"step {i} ({step.block}): {e}") from None
+        out.append(resolved)
     return out
 
 

@@ -112,6 +112,11 @@ class Block:
     def operates_on(cls) -> list[str]:
         return list(cls.spec().info.operates_on)
 
+    @classmethod
+    def check_args(cls, args: Mapping[str, Any]) -> None:
+        """Check resolved arguments beyond their types (a prompt's grammar, a range); raise
+        ValueError with a message naming the parameter. Runs when an action is saved."""
+
     def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
         """Called once per run before the first batch: load models here."""
 

@@ -71,14 +71,19 @@ class NearDuplicates(Block):
     version = "1"
     needs_all_samples = True
 
+    @classmethod
+    def check_args(cls, args: Mapping[str, Any]) -> None:
+        threshold = int(args.get("hamming-threshold", 6))
+        if not 0 <= threshold <= 20:
+            raise ValueError(f"hamming-threshold: expected 0 to 20, got {threshold}")
+
     def label(
         self, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext
     ) -> Sequence[SampleChange | SampleFailure]:
         import imagehash
 
+        self.check_args(args)
         threshold = int(args.get("hamming-threshold", 6))
-        if not 0 <= threshold <= 20:
-            raise ValueError(f"hamming-threshold: expected 0 to 20, got {threshold}")
         results: list[SampleChange | SampleFailure | None] = [None] * len(batch)
         ok: list[int] = []
         hashes: list[int] = []
@@ -107,6 +112,91 @@ class NearDuplicates(Block):
         return [r if r is not None else SampleChange() for r in results]
 
 
+RELABEL_PARAMETERS: dict[str, Any] = {
+    "version": 1,
+    "type": "ai-action",
+    "info": {
+        "name": "Rename or remove labels",
+        "description": (
+            "Renames labels and bounding-box labels by a mapping, removes boxes by label or by "
+            "size. Typical second step after a zero-shot detector: map its search texts to your "
+            "class names and drop boxes too small to be useful."
+        ),
+        "operatesOn": ["images_object_detection", "images_single_label", "audio"],
+    },
+    "parameters": [
+        {"name": "Mapping", "type": "string", "param": "mapping", "value": "", "multiline": True, "optional": True,
+         "placeholder": "person -> pedestrian\nbicycle -> cyclist\ntraffic cone ->",
+         "help": "One rename per line, `old -> new`. `old ->` with nothing after the arrow removes boxes "
+                 "labelled old (a sample's own label is never removed)."},
+        {"name": "Apply to", "type": "select", "param": "apply-to", "value": "both",
+         "valid": ["both", "boxes", "label"], "help": "Rename box labels, the sample's label, or both."},
+        {"name": "Remove boxes smaller than (% of the image)", "type": "float", "param": "min-box-area",
+         "value": 0, "help": "Boxes covering less than this percentage of the image are removed (0 keeps all)."},
+    ],
+}
+
+
+def parse_mapping(text: str) -> dict[str, str]:
+    """``old -> new`` lines to {old: new}; an empty ``new`` means remove."""
+    out: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "->" not in line:
+            raise ValueError(f"mapping line {n}: expected `old -> new`, got {raw!r}")
+        old, new = (x.strip() for x in line.split("->", 1))
+        if not old:
+            raise ValueError(f"mapping line {n}: the label to rename is empty in {raw!r}")
+        out[old] = new
+    return out
+
+
+class Relabel(Block):
+    name = "relabel"
+    parameters = RELABEL_PARAMETERS
+    version = "1"
+    default_batch_size = 500
+
+    @classmethod
+    def check_args(cls, args: Mapping[str, Any]) -> None:
+        try:
+            parse_mapping(str(args.get("mapping") or ""))
+        except ValueError as e:
+            raise ValueError(f"mapping: {e}") from None
+        min_area = float(args.get("min-box-area") or 0)
+        if not 0 <= min_area <= 100:
+            raise ValueError(f"min-box-area: expected 0 to 100 (% of the image), got {min_area}")
+
+    def label(
+        self, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext
+    ) -> Sequence[SampleChange | SampleFailure]:
+        self.check_args(args)
+        mapping = parse_mapping(str(args.get("mapping") or ""))
+        target = args.get("apply-to", "both")
+        min_area = float(args.get("min-box-area") or 0)
+        out: list[SampleChange | SampleFailure] = []
+        for inp in batch:
+            s = inp.sample
+            change = SampleChange()
+            if target in ("both", "label") and s.label and mapping.get(s.label):
+                change.label = mapping[s.label]
+            if target in ("both", "boxes") and s.bounding_boxes:
+                area = (s.width or 0) * (s.height or 0)
+                boxes = []
+                for b in s.bounding_boxes:
+                    new = mapping.get(b.label, b.label) if target != "label" else b.label
+                    if not new or (min_area and area and 100 * b.width * b.height / area < min_area):
+                        continue
+                    boxes.append(b.model_copy(update={"label": new}))
+                if boxes != s.bounding_boxes:
+                    change.bounding_boxes = boxes
+            out.append(change)
+        return out
+
+
 @hookimpl
 def register_blocks(register: Callable[[type[Block]], Any]) -> None:
     register(NearDuplicates)
+    register(Relabel)

@@ -247,8 +247,13 @@ class Runner:
         summary = JobSummary(job_id, kind, "running", len(state.ids), failed=len(state.failed))
         all_secrets = [v for p in plans for v in p.secrets.values()]
         try:
+            whole_set = False
             for plan in plans:
-                self._run_step(job_id, plan, kind, use_cache, max_failures, summary, on_progress, all_secrets)
+                # a block that sees all samples at once (near-duplicates) gives results that depend
+                # on the selection, not only on the sample: neither it nor later steps are cached
+                whole_set = whole_set or plan.block.cls.needs_all_samples
+                self._run_step(job_id, plan, kind, use_cache and not whole_set, max_failures, summary, on_progress,
+                               all_secrets)
             if kind == "run":
                 summary.applied = self.apply(job_id, set_metadata=action.set_metadata, on_progress=on_progress)
             status = "completed"
@@ -356,7 +361,7 @@ class Runner:
                 keys = {sid: f"{key_prefix}:{sid}:{revs[sid]!r}" for sid in batch_ids if sid in revs}
                 results: dict[int, tuple[str | SampleFailure, str | None]] = {
                     sid: (SampleFailure(f"sample {sid} was deleted"), None) for sid in batch_ids if sid not in revs}
-                if use_cache and not cls.needs_all_samples:
+                if use_cache:
                     hits = self._cached(list(keys.values()))
                     for sid, key in keys.items():
                         if key in hits:
