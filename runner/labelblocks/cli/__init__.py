@@ -56,9 +56,9 @@ def main(ctx: click.Context, project: str | None) -> None:
 
 
 def _register() -> None:
-    from . import actions, blocks, export, metadata, project, samples, upload
+    from . import actions, blocks, export, metadata, project, samples, split, upload
 
-    for mod in (project, upload, samples, metadata, export, blocks, actions):
+    for mod in (project, upload, samples, metadata, split, export, blocks, actions):
         mod.register(main)
 
 

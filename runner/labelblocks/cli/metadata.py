@@ -113,5 +113,66 @@ def keys_cmd(app: AppContext, as_json: bool) -> None:
         click.echo(f"{k:<24} {d:>8} {n:>9}")
 
 
+@metadata_group.command("stats")
+@click.argument("key")
+@click.option("--by-label", is_flag=True, help="Count labels within each value.")
+@click.option("--by-split", is_flag=True, help="Count splits (training/validation/testing) within each value.")
+@filter_options()
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@pass_app
+def metadata_stats(app: AppContext, key: str, by_label: bool, by_split: bool, as_json: bool, **kw: Any) -> None:
+    """Count samples per value of KEY (numeric values with many distinct values are binned).
+
+    \b
+    Examples:
+      labelblocks metadata stats site --by-label
+      labelblocks metadata stats temperature --by-split --json
+    """
+    from ..stats import value_stats
+
+    r = value_stats(app.store, key, build_filter(kw), by_label, by_split)
+    if as_json:
+        print_json(r)
+        return
+    click.echo(f"{key}: {r['samples']} samples, {r['missing']} without it" + (" (numeric, binned)" if r["binned"] else ""))
+    for v in r["values"]:
+        extra = ""
+        if by_label:
+            extra += "  labels: " + ", ".join(f"{k} {n}" for k, n in v["labels"].items())
+        if by_split:
+            extra += "  splits: " + ", ".join(f"{k} {n}" for k, n in v["splits"].items())
+        click.echo(f"  {v['value'][:30]:<30}{v['count']:>9}{v['share']:>8.1%}{extra}")
+
+
+@metadata_group.command("cooccurrence")
+@click.argument("key_a")
+@click.argument("key_b")
+@filter_options()
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@pass_app
+def metadata_cooccurrence(app: AppContext, key_a: str, key_b: str, as_json: bool, **kw: Any) -> None:
+    """Count samples per pair of values of KEY_A and KEY_B (e.g. which devices each site used).
+
+    \b
+    Example:
+      labelblocks metadata cooccurrence site device
+    """
+    from ..split import MISSING
+    from ..stats import cooccurrence
+
+    r = cooccurrence(app.store, key_a, key_b, build_filter(kw))
+    if as_json:
+        print_json(r)
+        return
+    cols = sorted({b for c in r["counts"].values() for b in c}, key=lambda v: (v == MISSING, v))
+    shown = cols[:12]
+    click.echo(f"{r['samples']} samples; rows: {key_a}, columns: {key_b}")
+    click.echo(f"  {'':<20}" + "".join(f"{c[:11]:>12}" for c in shown))
+    for va, c in r["counts"].items():
+        click.echo(f"  {va[:20]:<20}" + "".join(f"{c.get(b, 0):>12}" for b in shown))
+    if len(cols) > len(shown):
+        click.echo(f"  ... {len(cols) - len(shown)} more values of {key_b} (--json has them all)")
+
+
 def register(group: click.Group) -> None:
     group.add_command(metadata_group)

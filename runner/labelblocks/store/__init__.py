@@ -470,6 +470,19 @@ class Store:
             parts.append(and_(*md_parts) if f.combinator == "and" else or_(*md_parts))
         return and_(true(), *parts)
 
+    def scan(self, f: SampleFilter, *columns: str) -> list[tuple[Any, ...]]:
+        """Raw rows (id, *columns) of the samples matching ``f``, by id: for bulk work over
+        hundreds of thousands of samples, without building a Sample per row."""
+        q = select(samples.c.id, *(samples.c[c] for c in columns)).where(self._where(f)).order_by(samples.c.id)
+        with self._read() as conn:
+            return list(conn.execute(q).cursor.fetchall())
+
+    def metadata_values(self, key: str) -> dict[int, str]:
+        """{sample id: value} of every sample that has metadata ``key``."""
+        with self._read() as conn:
+            cur = conn.exec_driver_sql("SELECT sample_id, value FROM sample_metadata WHERE key = ?", (key,)).cursor
+            return dict(cur.fetchall())
+
     def select_ids(self, f: SampleFilter, limit: int | None = None, offset: int = 0) -> list[int]:
         q = select(samples.c.id).where(self._where(f)).order_by(samples.c.id)
         if limit is not None:

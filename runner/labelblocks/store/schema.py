@@ -136,6 +136,18 @@ proposals = Table(
 )
 
 
+# one row per `labelblocks split` that wrote: the samples it placed, packed (v4). A sample in
+# any of them is "assigned": later splits never move it.
+split_runs = Table(
+    "split_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("options", Text, nullable=False),
+    Column("sample_ids", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+
 def pack_ids(ids: Iterable[int]) -> bytes:
     """Sample ids as little-endian int64s: a job's 100,000 ids are one 800 kB value."""
     a = array("q", ids)
@@ -182,10 +194,15 @@ def _v3(conn: Connection) -> None:
     conn.exec_driver_sql("DELETE FROM job_samples WHERE status IN ('pending', 'applied')")
 
 
+def _v4(conn: Connection) -> None:
+    split_runs.create(conn)
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
+    (4, _v4),
 ]
 
 
