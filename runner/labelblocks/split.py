@@ -33,7 +33,7 @@ from .store.schema import pack_ids, split_runs, unpack_ids
 
 NAMES = {"training": "train", "validation": "validation", "testing": "test"}
 NONE_LABEL = "(no label)"
-REFINE_PASSES = 3
+REFINE_PASSES = 1
 MISSING = "(missing)"
 
 
@@ -359,6 +359,18 @@ def leaks(store: Store, f: SampleFilter, keep: Sequence[str]) -> list[Leak]:
     return _leaks_in(group, names, category, keep)
 
 
+def _stored_leaks(store: Store, f: SampleFilter, data: SplitData, keep: Sequence[str]) -> list[Leak]:
+    """The leakage check after writing: the categories as the store now holds them, with the
+    groups just computed (samples added since by another process are left out)."""
+    rows = store.scan(f, "category")
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    pos = np.searchsorted(data.ids, ids).clip(0, len(data.ids) - 1)
+    known = data.ids[pos] == ids
+    cat_index = {c: i for i, c in enumerate(CATEGORIES)}
+    category = np.fromiter((cat_index.get(r[1], 0) for r in rows), dtype=np.int64, count=len(rows))
+    return _leaks_in(data.group[pos[known]], data.group_names, category[known], keep)
+
+
 def _leaks_in(group: np.ndarray, names: list[str], category: np.ndarray, keep: Sequence[str]) -> list[Leak]:
     k = len(CATEGORIES)
     counts = np.bincount(group * k + category, minlength=len(names) * k).reshape(len(names), k)
@@ -391,7 +403,7 @@ def run_split(store: Store, f: SampleFilter, opts: SplitOptions, dry_run: bool) 
     }
     if opts.keep_together:
         # the leakage check: on what the store now holds (after a dry run, on the plan)
-        found = leaks(store, f, opts.keep_together) if not dry_run else \
+        found = _stored_leaks(store, f, data, opts.keep_together) if not dry_run else \
             _leaks_in(data.group, data.group_names, result, opts.keep_together)
         report["leaks"] = [lk.to_json() for lk in found]
     return report
