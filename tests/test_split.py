@@ -269,3 +269,24 @@ def test_metadata_stats_and_cooccurrence(cli: Cli, project: Path) -> None:
     assert "A" in text and "cat 4, dog 2" in text
     assert "rows: site, columns: device" in cli("metadata", "cooccurrence", "site", "device").stdout
     assert "no sample has metadata key 'nope'" in cli("metadata", "stats", "nope", expect=1).stderr
+
+
+def test_near_duplicate_groups_as_keep_together_key(cli: Cli, tmp_path: Path) -> None:
+    """The README's recipe for data without useful metadata: near-duplicates, then split."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(repo / "examples" / "make_dataset.py"), str(tmp_path / "ex")], check=True,
+                   capture_output=True)
+    cli("upload", "--info-file", str(tmp_path / "ex" / "info.labels"))
+    cli("actions", "create", "dedup", "--step", "near-duplicates")
+    cli("actions", "run", "dedup")
+    out = cli.json("split", "--keep-together", "duplicate_group", "--train", "0.5", "--validation", "0.25",
+                   "--test", "0.25")
+    assert out["leaks"] == [] and out["groups"] == 12 and out["missingKey"] == 0
+    by_group: dict[str, set[str]] = {}
+    for s in cli.json("samples", "list"):
+        by_group.setdefault(s["metadata"]["duplicate_group"], set()).add(s["category"])
+    assert all(len(c) == 1 for c in by_group.values())
+    assert {c for cs in by_group.values() for c in cs} == set(CATEGORIES)
