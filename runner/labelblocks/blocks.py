@@ -31,20 +31,17 @@ from .parameters import ParametersFile, load_parameters
 
 class SampleInput:
     """One sample as a block sees it: earlier steps' proposals applied, media on demand.
-
-    ``sample`` may be given as a function: the runner then loads a batch's samples only when
-    the block first looks at one (a block that never does costs no reads)."""
+    (The runner passes a subclass that reads a batch's samples only when the block first
+    looks at one.)"""
 
     __slots__ = ("_read", "_sample")
 
-    def __init__(self, sample: Sample | Callable[[], Sample], read: Callable[[], bytes]) -> None:
+    def __init__(self, sample: Sample, read: Callable[[], bytes]) -> None:
         self._sample = sample
         self._read = read
 
     @property
     def sample(self) -> Sample:
-        if not isinstance(self._sample, Sample):
-            self._sample = self._sample()
         return self._sample
 
     def read_bytes(self) -> bytes:

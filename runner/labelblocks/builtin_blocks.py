@@ -82,7 +82,6 @@ class NearDuplicates(Block):
     ) -> Sequence[SampleChange | SampleFailure]:
         import imagehash
 
-        self.check_args(args)
         threshold = int(args.get("hamming-threshold", 6))
         results: list[SampleChange | SampleFailure | None] = [None] * len(batch)
         ok: list[int] = []
@@ -172,7 +171,6 @@ class Relabel(Block):
     def label(
         self, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext
     ) -> Sequence[SampleChange | SampleFailure]:
-        self.check_args(args)
         mapping = parse_mapping(str(args.get("mapping") or ""))
         target = args.get("apply-to", "both")
         min_area = float(args.get("min-box-area") or 0)

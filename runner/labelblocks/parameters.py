@@ -113,18 +113,19 @@ class ParametersFile(BaseModel):
         return names
 
 
+def _read_json(path: Path, label: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise InvalidInput(f"cannot read {label}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{label} is not valid JSON: {e.msg} at line {e.lineno}") from None
+
+
 def load_parameters(source: str | Path | Mapping[str, Any], what: str | None = None) -> ParametersFile:
     """Load and validate a parameters.json (a path or the parsed document)."""
     label = what or (str(source) if isinstance(source, (str, Path)) else "parameters.json")
-    if isinstance(source, (str, Path)):
-        try:
-            doc = json.loads(Path(source).read_text(encoding="utf-8"))
-        except OSError as e:
-            raise InvalidInput(f"cannot read {label}: {e.strerror or e}") from None
-        except json.JSONDecodeError as e:
-            raise InvalidInput(f"{label} is not valid JSON: {e.msg} at line {e.lineno}") from None
-    else:
-        doc = source
+    doc = _read_json(Path(source), label) if isinstance(source, (str, Path)) else source
     try:
         return ParametersFile.model_validate(doc)
     except ValidationError as e:
@@ -320,12 +321,7 @@ class BlockArgs:
 
 def read_ids_file(path: str | Path) -> list[int]:
     """Read a data-ids file: a bare JSON array or ``{"ids": [...]}``."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise InvalidInput(f"cannot read data ids file {path}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise InvalidInput(f"data ids file {path} is not valid JSON: {e.msg}") from None
+    doc = _read_json(Path(path), f"data ids file {path}")
     if isinstance(doc, dict):
         doc = doc.get("ids")
     if not isinstance(doc, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in doc):

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -299,16 +299,31 @@ class Runner:
 
     def proposals_for(self, job_id: int, ids: Sequence[int] | None = None,
                       max_step: int | None = None) -> dict[int, list[SampleChange]]:
-        q = select(proposals.c.sample_id, proposals.c.step, proposals.c.change).where(proposals.c.job_id == job_id)
+        """The job's proposals of ``ids`` (all when None), per sample in step order."""
+        return {sid: [_load_change(t) for t in texts]
+                for sid, texts in self._proposal_texts(job_id, ids, max_step).items()}
+
+    def _proposal_texts(self, job_id: int, ids: Sequence[int] | None = None,
+                        max_step: int | None = None) -> dict[int, list[str]]:
+        """The stored change texts of ``ids`` (all when None), per sample in step order; read
+        as one range scan over the job's proposals."""
+        sql = "SELECT sample_id, change FROM proposals WHERE job_id = ?"
+        params: list[Any] = [job_id]
         if max_step is not None:
-            q = q.where(proposals.c.step <= max_step)
-        out: dict[int, list[SampleChange]] = {}
+            sql += " AND step <= ?"
+            params.append(max_step)
+        if ids is not None:
+            if not ids:
+                return {}
+            sql += " AND sample_id BETWEEN ? AND ?"
+            params += [min(ids), max(ids)]
+        wanted = set(ids) if ids is not None else None
         with self.store.engine.connect() as conn:
-            chunks = [ids[i : i + 500] for i in range(0, len(ids), 500)] if ids is not None else [None]
-            for chunk in chunks:
-                qq = q.where(proposals.c.sample_id.in_(chunk)) if chunk is not None else q
-                for sid, _step, text in conn.execute(qq.order_by(proposals.c.sample_id, proposals.c.step)):
-                    out.setdefault(sid, []).append(_load_change(text))
+            rows = conn.exec_driver_sql(sql + " ORDER BY sample_id, step", tuple(params)).cursor.fetchall()
+        out: dict[int, list[str]] = {}
+        for sid, text in rows:
+            if wanted is None or sid in wanted:
+                out.setdefault(sid, []).append(text)
         return out
 
     def _cached(self, keys: Sequence[str]) -> dict[str, tuple[str, str | None]]:
@@ -462,8 +477,7 @@ class Runner:
         applied = 0
         for start in range(0, len(pending), batch):
             chunk = pending[start : start + batch]
-            texts = self._proposal_texts(job_id, chunk)
-            parsed = {sid: [_load_change(t) for t in ts] for sid, ts in texts.items()}
+            parsed = self.proposals_for(job_id, chunk)
             need_md = [sid for sid in chunk if extra and all(c.metadata is None for c in parsed.get(sid, []))]
             base_md = {s.id: s.metadata for s in self.store.get_samples(need_md)} if need_md else {}
             items: list[tuple[int, SampleChange]] = []
@@ -485,19 +499,6 @@ class Runner:
             if on_progress:
                 on_progress("apply", applied, len(pending))
         return applied
-
-    def _proposal_texts(self, job_id: int, ids: Sequence[int]) -> dict[int, list[str]]:
-        """The stored change texts of ``ids`` (sorted), in step order."""
-        wanted = set(ids)
-        out: dict[int, list[str]] = {}
-        with self.store.engine.connect() as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT sample_id, change FROM proposals WHERE job_id = ? AND sample_id BETWEEN ? AND ? "
-                "ORDER BY sample_id, step", (job_id, ids[0], ids[-1])).cursor.fetchall()
-        for sid, text in rows:
-            if sid in wanted:
-                out.setdefault(sid, []).append(text)
-        return out
 
     def job_usage(self, job_id: int) -> dict[str, float]:
         with self.store.engine.connect() as conn:
@@ -604,8 +605,3 @@ def _counts(labels: Sequence[str]) -> list[str]:
     for lab in labels:
         c[lab] = c.get(lab, 0) + 1
     return [f"{n}x {lab}" if n > 1 else lab for lab, n in c.items()]
-
-
-def iter_batches(seq: Sequence[int], n: int) -> Iterator[Sequence[int]]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]

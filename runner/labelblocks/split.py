@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from .store import Store
 from .store.schema import pack_ids, split_runs, unpack_ids
 
 NAMES = {"training": "train", "validation": "validation", "testing": "test"}
+CATEGORY_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
 NONE_LABEL = "(no label)"
 REFINE_PASSES = 1
 MISSING = "(missing)"
@@ -78,19 +79,30 @@ def load(store: Store, f: SampleFilter, opts: SplitOptions) -> SplitData:
         raise InvalidInput("the selection has no samples: nothing to split")
     n = len(rows)
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-    cat_index = {c: i for i, c in enumerate(CATEGORIES)}
-    category = np.fromiter((cat_index.get(r[2], 0) for r in rows), dtype=np.int8, count=n)
-    labels = [_label_of(r[1], r[3]) for r in rows]
-    keys = {k: store.metadata_values(k) for k in {*opts.keep_together, *opts.stratify_keys}}
-    for k, values in keys.items():
+    category = _category_codes(rows, 2).astype(np.int8)
+    labels = [sample_label(r[1], r[3]) for r in rows]
+    keys = key_values(store, dict.fromkeys([*opts.keep_together, *opts.stratify_keys]))
+    group, names, missing = _groups(ids, opts.keep_together, keys)
+    strat = {k: [keys[k].get(int(i), MISSING) for i in ids] for k in opts.stratify_keys}
+    return SplitData(ids, category, labels, group, names, missing, strat)
+
+
+def key_values(store: Store, keys: Iterable[str]) -> dict[str, dict[int, str]]:
+    """{key: {sample id: value}}; a key that no sample has is an error."""
+    out = {k: store.metadata_values(k) for k in keys}
+    for k, values in out.items():
         if not values:
             raise InvalidInput(f"no sample has metadata key {k!r}: see `labelblocks metadata keys`")
-    group, names, missing = _groups(ids, opts.keep_together, keys)
-    key_values = {k: [keys[k].get(int(i), MISSING) for i in ids] for k in opts.stratify_keys}
-    return SplitData(ids, category, labels, group, names, missing, key_values)
+    return out
 
 
-def _label_of(label: str | None, boxes: str) -> str:
+def _category_codes(rows: Sequence[tuple[Any, ...]], col: int) -> np.ndarray:
+    """Column ``col`` of scanned rows (a category name) as indexes into CATEGORIES."""
+    return np.fromiter((CATEGORY_INDEX.get(r[col], 0) for r in rows), dtype=np.int64, count=len(rows))
+
+
+def sample_label(label: str | None, boxes: str) -> str:
+    """The label a sample counts under: its own, else its most frequent box label."""
     if label:
         return label
     if boxes and boxes != "[]":  # object detection: the most frequent box label stands for the sample
@@ -349,14 +361,8 @@ def leaks(store: Store, f: SampleFilter, keep: Sequence[str]) -> list[Leak]:
     if not rows:
         return []
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    keys = {k: store.metadata_values(k) for k in keep}
-    for k, values in keys.items():
-        if not values:
-            raise InvalidInput(f"no sample has metadata key {k!r}: see `labelblocks metadata keys`")
-    group, names, _ = _groups(ids, keep, keys)
-    cat_index = {c: i for i, c in enumerate(CATEGORIES)}
-    category = np.fromiter((cat_index.get(r[1], 0) for r in rows), dtype=np.int64, count=len(rows))
-    return _leaks_in(group, names, category, keep)
+    group, names, _ = _groups(ids, keep, key_values(store, keep))
+    return _leaks_in(group, names, _category_codes(rows, 1), keep)
 
 
 def _stored_leaks(store: Store, f: SampleFilter, data: SplitData, keep: Sequence[str]) -> list[Leak]:
@@ -366,9 +372,7 @@ def _stored_leaks(store: Store, f: SampleFilter, data: SplitData, keep: Sequence
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     pos = np.searchsorted(data.ids, ids).clip(0, len(data.ids) - 1)
     known = data.ids[pos] == ids
-    cat_index = {c: i for i, c in enumerate(CATEGORIES)}
-    category = np.fromiter((cat_index.get(r[1], 0) for r in rows), dtype=np.int64, count=len(rows))
-    return _leaks_in(data.group[pos[known]], data.group_names, category[known], keep)
+    return _leaks_in(data.group[pos[known]], data.group_names, _category_codes(rows, 1)[known], keep)
 
 
 def _leaks_in(group: np.ndarray, names: list[str], category: np.ndarray, keep: Sequence[str]) -> list[Leak]:
@@ -393,9 +397,7 @@ def run_split(store: Store, f: SampleFilter, opts: SplitOptions, dry_run: bool) 
         if before else np.zeros(len(data.ids), dtype=bool)
     result = assign(data, opts, assigned)
     newly = ~assigned
-    changed = int((result != data.category).sum())
-    if not dry_run:
-        write(store, data, result, newly, opts)
+    changed = write(store, data, result, newly, opts) if not dry_run else int((result != data.category).sum())
     report: dict[str, Any] = {
         "dryRun": dry_run, **opts.to_json(), "samples": len(data.ids), "groups": len(data.group_names),
         "missingKey": data.missing_key, "kept": int(assigned.sum()), "placed": int(newly.sum()),

@@ -7,20 +7,12 @@ import math
 from collections import Counter
 from typing import Any
 
-from .errors import InvalidInput
 from .filters import SampleFilter
-from .split import MISSING, _label_of
+from .split import MISSING, key_values, sample_label
 from .store import Store
 
 NUMERIC_BINS = 10
 NUMERIC_MIN_DISTINCT = 20  # numeric keys with more distinct values than this are binned
-
-
-def _values(store: Store, key: str) -> dict[int, str]:
-    values = store.metadata_values(key)
-    if not values:
-        raise InvalidInput(f"no sample has metadata key {key!r}: see `labelblocks metadata keys`")
-    return values
 
 
 def _as_float(v: str) -> float | None:
@@ -53,7 +45,7 @@ def _binner(present: list[str]) -> tuple[list[str], Any] | None:
 
 def value_stats(store: Store, key: str, f: SampleFilter, by_label: bool = False, by_split: bool = False) -> dict[str, Any]:
     rows = store.scan(f, "label", "category", "bounding_boxes")
-    values = _values(store, key)
+    values = key_values(store, [key])[key]
     per_sample = [values.get(r[0]) for r in rows]
     present = [v for v in per_sample if v is not None]
     binned = _binner(present)
@@ -69,7 +61,7 @@ def value_stats(store: Store, key: str, f: SampleFilter, by_label: bool = False,
     splits: dict[str, Counter[str]] = {}
     for r, v in zip(rows, shown, strict=True):
         if by_label:
-            labels.setdefault(v, Counter())[_label_of(r[1], r[3])] += 1
+            labels.setdefault(v, Counter())[sample_label(r[1], r[3])] += 1
         if by_split:
             splits.setdefault(v, Counter())[r[2]] += 1
     n = len(rows)
@@ -87,7 +79,8 @@ def value_stats(store: Store, key: str, f: SampleFilter, by_label: bool = False,
 
 def cooccurrence(store: Store, key_a: str, key_b: str, f: SampleFilter) -> dict[str, Any]:
     rows = store.scan(f)
-    a, b = _values(store, key_a), _values(store, key_b)
+    values = key_values(store, [key_a, key_b])
+    a, b = values[key_a], values[key_b]
     table: dict[str, Counter[str]] = {}
     for (sid,) in rows:
         table.setdefault(a.get(sid, MISSING), Counter())[b.get(sid, MISSING)] += 1
