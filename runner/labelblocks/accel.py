@@ -1,0 +1,112 @@
+"""Device, precision and model loading shared by the model blocks (OWL-ViT, AudioSet).
+
+torch and transformers are imported inside the functions: importing this module costs
+nothing, so the CLI stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import BlockError
+
+T = TypeVar("T")
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU multiplies bf16 matrices natively (AMX or AVX512-BF16): there a
+    bf16 matrix product runs several times faster than fp32."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def pick_device(choice: str) -> str:
+    """``auto`` / ``cpu`` / ``cuda`` to the device to run on; asking for a GPU that is not
+    there is an error, not a silent fallback."""
+    import torch
+
+    if choice not in DEVICES:
+        raise BlockError(f"device: expected one of {', '.join(DEVICES)}, got {choice!r}")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise BlockError("device cuda: no CUDA GPU is available to torch here; use --device cpu or auto")
+    return choice
+
+
+def pick_precision(choice: str, device: str) -> str:
+    """``auto`` becomes bf16 where the hardware runs it fast (CUDA GPUs with bf16, CPUs with
+    AMX or AVX512-BF16) and fp32 elsewhere."""
+    import torch
+
+    if choice not in PRECISIONS:
+        raise BlockError(f"precision: expected one of {', '.join(PRECISIONS)}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context for ``precision`` (fp32: none). Weights stay fp32; matrix
+    products run in reduced precision, normalisations and softmax in fp32."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+def load_pretrained(load: Callable[..., T], model: str, what: str = "model") -> T:
+    """``load(model)`` (a ``from_pretrained``): from a local folder or the Hugging Face cache
+    first, downloading only when it is in neither (and the hub is not offline). "Not found"
+    becomes one clear message that names the model and says how to provide it.
+    transformers' own loading bar is off: the runner shows progress."""
+    import huggingface_hub
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    local = Path(model).expanduser()
+    try:
+        return load(model, local_files_only=True)
+    except (OSError, ValueError) as e:
+        if local.exists():
+            raise BlockError(f"cannot load {what} from the folder {model}: {_first_line(e)}") from None
+        reason = e
+    if not huggingface_hub.constants.HF_HUB_OFFLINE:
+        try:
+            return load(model)
+        except (OSError, ValueError) as e:
+            reason = e
+    raise BlockError(
+        f"{what} {model!r} was not found: it is neither a local folder nor in the Hugging Face cache, "
+        f"and it could not be downloaded. Download it where there is network "
+        f"(`hf download {model}`, then copy ~/.cache/huggingface, or set HF_HOME) or pass a local "
+        f"folder with the model's files (--model /path/to/model). ({_first_line(reason)})"
+    ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

@@ -1,0 +1,79 @@
+"""Tiny random-initialised checkpoints of the real architectures, saved with
+save_pretrained into a folder, so the blocks' real loading and inference code runs on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP's byte -> printable character table (the first 512 entries of its vocab)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def write_clip_tokenizer(folder: Path) -> int:
+    """A character-level CLIP BPE tokenizer (no merges); returns the vocab size."""
+    from transformers import CLIPTokenizer
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    CLIPTokenizer(vocab=vocab, merges=[], pad_token="!").save_pretrained(folder)
+    return len(vocab)
+
+
+def make_owl(folder: Path, v2: bool = False, seed: int = 0, image_size: int = 96, patch: int = 16) -> Path:
+    """A tiny OWL-ViT (or OWLv2) detector with tokenizer and image processor in ``folder``."""
+    import torch
+    from transformers import (
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessor,
+        Owlv2Processor,
+        OwlViTConfig,
+        OwlViTForObjectDetection,
+        OwlViTImageProcessor,
+        OwlViTProcessor,
+    )
+
+    vocab = write_clip_tokenizer(folder)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=0,
+                max_position_embeddings=16)
+    vision = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=image_size, patch_size=patch)
+    torch.manual_seed(seed)
+    if v2:
+        model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+        image_processor = Owlv2ImageProcessor(size={"height": image_size, "width": image_size})
+        processor_cls = Owlv2Processor
+    else:
+        model = OwlViTForObjectDetection(OwlViTConfig(text_config=text, vision_config=vision, projection_dim=32))
+        image_processor = OwlViTImageProcessor(size={"height": image_size, "width": image_size},
+                                               crop_size={"height": image_size, "width": image_size})
+        processor_cls = OwlViTProcessor
+    # heads scaled like trained ones: boxes near their patches, scores spread over 0.2-0.8
+    with torch.no_grad():
+        width = vision["hidden_size"] ** -0.5
+        for layer, std in ((model.box_head.dense0, width), (model.box_head.dense1, width),
+                           (model.box_head.dense2, 0.3 * width), (model.class_head.dense0, width),
+                           (model.class_head.logit_shift, 0.1 * width), (model.class_head.logit_scale, 0.1 * width)):
+            layer.weight.normal_(0.0, std)
+            layer.bias.zero_()
+        model.class_head.logit_scale.bias.fill_(3.0)
+    model.eval().save_pretrained(folder)
+    from transformers import AutoTokenizer
+
+    processor_cls(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(folder)).save_pretrained(folder)
+    return folder
