@@ -33,8 +33,11 @@ def write_clip_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
-def make_owl(folder: Path, v2: bool = False, seed: int = 0, image_size: int = 96, patch: int = 16) -> Path:
-    """A tiny OWL-ViT (or OWLv2) detector with tokenizer and image processor in ``folder``."""
+def make_owl(folder: Path, v2: bool = False, seed: int = 0, image_size: int = 96, patch: int = 16,
+             full_size: bool = False) -> Path:
+    """A tiny OWL-ViT (or OWLv2) detector with tokenizer and image processor in ``folder``.
+    ``full_size``: the published base architecture instead (OWL-ViT B/32 at 768 px, OWLv2
+    B/16 at 960 px) with random weights: the same compute as the trained model."""
     import torch
     from transformers import (
         Owlv2Config,
@@ -53,19 +56,25 @@ def make_owl(folder: Path, v2: bool = False, seed: int = 0, image_size: int = 96
                 max_position_embeddings=16)
     vision = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
                   image_size=image_size, patch_size=patch)
+    if full_size:
+        text = dict(vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=0)
+        image_size, patch = (960, 16) if v2 else (768, 32)
+        vision = dict(image_size=image_size, patch_size=patch)
     torch.manual_seed(seed)
     if v2:
-        model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+        model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision,
+                                                    **({} if full_size else {"projection_dim": 32})))
         image_processor = Owlv2ImageProcessor(size={"height": image_size, "width": image_size})
         processor_cls = Owlv2Processor
     else:
-        model = OwlViTForObjectDetection(OwlViTConfig(text_config=text, vision_config=vision, projection_dim=32))
+        model = OwlViTForObjectDetection(OwlViTConfig(text_config=text, vision_config=vision,
+                                                      **({} if full_size else {"projection_dim": 32})))
         image_processor = OwlViTImageProcessor(size={"height": image_size, "width": image_size},
                                                crop_size={"height": image_size, "width": image_size})
         processor_cls = OwlViTProcessor
     # heads scaled like trained ones: boxes near their patches, scores spread over 0.2-0.8
     with torch.no_grad():
-        width = vision["hidden_size"] ** -0.5
+        width = model.config.vision_config.hidden_size ** -0.5
         for layer, std in ((model.box_head.dense0, width), (model.box_head.dense1, width),
                            (model.box_head.dense2, 0.3 * width), (model.class_head.dense0, width),
                            (model.class_head.logit_shift, 0.1 * width), (model.class_head.logit_scale, 0.1 * width)):

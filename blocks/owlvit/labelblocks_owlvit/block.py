@@ -190,8 +190,6 @@ class Preprocessor:
     """
 
     def __init__(self, image_processor: Any) -> None:
-        import torch
-
         self.processor = image_processor
         ip = image_processor
         size = getattr(ip, "size", None) or {}
@@ -206,18 +204,24 @@ class Preprocessor:
         if self.fast:
             self.size = (int(size["width"]), int(size["height"]))
             self.resample = int(ip.resample)
-            self.scale = float(ip.rescale_factor)
-            self.mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(3, 1, 1)
-            self.std = torch.tensor(ip.image_std, dtype=torch.float32).view(3, 1, 1)
+            # (x * rescale - mean) / std as one multiply-add per value
+            std = np.asarray(ip.image_std, dtype=np.float32)
+            self.mul = (float(ip.rescale_factor) / std).astype(np.float32)
+            self.add = (-np.asarray(ip.image_mean, dtype=np.float32) / std).astype(np.float32)
 
     def __call__(self, image: Any) -> Any:
         import torch
 
         if not self.fast:
             return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
-        arr = np.array(image.resize(self.size, resample=self.resample))
-        t = torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32)
-        return (t * self.scale - self.mean) / self.std
+        # numpy, not torch: this runs in the decoding thread, and torch ops there would start a
+        # second team of compute threads competing with the model's
+        chw = np.asarray(image.resize(self.size, resample=self.resample)).transpose(2, 0, 1)
+        out = np.empty(chw.shape, dtype=np.float32)
+        for c in range(3):  # per channel plane: contiguous, 6x faster than broadcasting over HWC
+            np.multiply(chw[c], self.mul[c], out=out[c], dtype=np.float32)
+            out[c] += self.add[c]
+        return torch.from_numpy(out)
 
 
 class OwlVit(Block):
