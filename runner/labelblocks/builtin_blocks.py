@@ -117,7 +117,7 @@ RELABEL_PARAMETERS: dict[str, Any] = {
     "info": {
         "name": "Rename or remove labels",
         "description": (
-            "Renames labels and bounding-box labels by a mapping, removes boxes by label or by "
+            "Renames labels, structured (audio) labels and bounding-box labels by a mapping, removes boxes by label or by "
             "size. Typical second step after a zero-shot detector: map its search texts to your "
             "class names and drop boxes too small to be useful."
         ),
@@ -127,9 +127,10 @@ RELABEL_PARAMETERS: dict[str, Any] = {
         {"name": "Mapping", "type": "string", "param": "mapping", "value": "", "multiline": True, "optional": True,
          "placeholder": "person -> pedestrian\nbicycle -> cyclist\ntraffic cone ->",
          "help": "One rename per line, `old -> new`. `old ->` with nothing after the arrow removes boxes "
-                 "labelled old (a sample's own label is never removed)."},
+                 "labelled old (a sample's own label and audio segments are never removed)."},
         {"name": "Apply to", "type": "select", "param": "apply-to", "value": "both",
-         "valid": ["both", "boxes", "label"], "help": "Rename box labels, the sample's label, or both."},
+         "valid": ["both", "boxes", "label"],
+         "help": "Rename box labels, the sample's label (and its structured labels), or both."},
         {"name": "Remove boxes smaller than (% of the image)", "type": "float", "param": "min-box-area",
          "value": 0, "help": "Boxes covering less than this percentage of the image are removed (0 keeps all)."},
     ],
@@ -180,6 +181,10 @@ class Relabel(Block):
             change = SampleChange()
             if target in ("both", "label") and s.label and mapping.get(s.label):
                 change.label = mapping[s.label]
+            if target in ("both", "label") and any(mapping.get(x.label) for x in s.structured_labels):
+                # segments are renamed, never removed: structured labels tile the sample
+                change.structured_labels = [x.model_copy(update={"label": mapping.get(x.label) or x.label})
+                                            for x in s.structured_labels]
             if target in ("both", "boxes") and s.bounding_boxes:
                 area = (s.width or 0) * (s.height or 0)
                 boxes = []

@@ -86,3 +86,36 @@ def make_owl(folder: Path, v2: bool = False, seed: int = 0, image_size: int = 96
 
     processor_cls(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(folder)).save_pretrained(folder)
     return folder
+
+
+AUDIOSET_CLASSES = ["Speech", "Dog", "Bark", "Music", "Vehicle", "Car alarm", "Silence",
+                    "Bird vocalization, bird call, bird song"]
+
+
+def make_ast(folder: Path, seed: int = 0, full_size: bool = False) -> Path:
+    """A tiny Audio Spectrogram Transformer classifier over a few AudioSet class names, with its
+    feature extractor, in ``folder``. ``full_size``: the published AudioSet architecture (1024
+    frames x 128 mel bins, 527 classes) with random weights."""
+    import torch
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+
+    if full_size:
+        names = AUDIOSET_CLASSES + [f"AudioSet class {i}" for i in range(527 - len(AUDIOSET_CLASSES))]
+        config = ASTConfig(num_labels=527)
+        extractor = ASTFeatureExtractor()
+    else:
+        names = AUDIOSET_CLASSES
+        # 208 frames of 10 ms: a 2 s window fits whole
+        config = ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           num_mel_bins=16, max_length=208, num_labels=len(names))
+        extractor = ASTFeatureExtractor(num_mel_bins=16, max_length=208)
+    config.id2label = dict(enumerate(names))
+    config.label2id = {n: i for i, n in enumerate(names)}
+    torch.manual_seed(seed)
+    model = ASTForAudioClassification(config).eval()
+    if not full_size:
+        with torch.no_grad():  # scores spread over 0..1 so thresholds and "other" both occur
+            model.classifier.dense.weight.normal_(0.0, 2.0 / config.hidden_size**0.5)
+    model.save_pretrained(folder)
+    extractor.save_pretrained(folder)
+    return folder

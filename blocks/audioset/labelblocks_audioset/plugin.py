@@ -1,5 +1,5 @@
-"""The labelblocks plugin of this distribution: registers its blocks through the
-`register_blocks` hook (see labelblocks.hookspecs)."""
+"""The labelblocks plugin of this distribution: registers the `audioset` block through the
+`register_blocks` hook (see labelblocks.hookspecs). Importing it does not import torch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 
 from labelblocks.hookspecs import hookimpl
 
-BLOCKS: list[Any] = []
+from .block import AudioSet
+
+BLOCKS: list[Any] = [AudioSet]
 
 
 @hookimpl

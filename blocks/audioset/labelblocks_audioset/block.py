@@ -1,0 +1,264 @@
+"""The `audioset` block: AudioSet tags for windows of audio, as structured labels.
+
+- The labels of interest are checked against the model's own class names in ``setup``, before
+  any audio is read; an unknown name suggests the closest valid ones.
+- Audio (WAV / FLAC / OGG, any rate and channel count) is mixed to mono and resampled with
+  soxr to the model's rate in a background thread, which also computes the model's features,
+  while the model runs.
+- Windows from all samples of a batch go through the model together, ``batch-size`` at a time.
+- Windows are placed in value indices of the sample itself; :func:`segments` turns them into
+  structured labels that tile the sample exactly (no overlap, no gap, the last one ending at
+  valuesCount - 1).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelblocks.blocks import Block, BlockContext, SampleFailure, SampleInput, merged_metadata
+from labelblocks.errors import BlockError
+from labelblocks.model import SampleChange, StructuredLabel
+
+DEFAULT_MODEL = "MIT/ast-finetuned-audioset-10-10-0.4593"
+SAMPLES_PER_RUNNER_BATCH = 4  # runner batch = this many samples per model batch of windows
+RECORD_TOP = 3  # scores of the best classes of interest kept per window in the job's record
+
+_LINE = re.compile(r"^(?P<name>[^()]+?)\s*(?:\((?P<new>[^()]*)\))?$")
+
+
+def parse_labels(text: str) -> list[tuple[str, str]]:
+    """``name (new label)`` lines to (AudioSet name, label to write)."""
+    out: list[tuple[str, str]] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if not m:
+            raise ValueError(f"line {n}: expected `AudioSet class name` or `name (new label)`, got {raw!r}")
+        name = m["name"].strip()
+        new = (m["new"] or "").strip() or name
+        out.append((name, new))
+    if not out:
+        raise ValueError("expected at least one AudioSet class name, got none")
+    return out
+
+
+def resolve_labels(wanted: Sequence[tuple[str, str]], id2label: Mapping[int, str]) -> list[tuple[int, str]]:
+    """(class index, label to write) for each wanted name, matched case-insensitively against
+    the model's classes. Unknown names raise ValueError suggesting the closest valid names."""
+    by_lower = {name.lower(): idx for idx, name in id2label.items()}
+    out: list[tuple[int, str]] = []
+    unknown: list[str] = []
+    for name, new in wanted:
+        idx = by_lower.get(name.lower())
+        if idx is None:
+            close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.5)
+            hint = (", did you mean " + " or ".join(repr(id2label[by_lower[c]]) for c in close) + "?") if close else ""
+            unknown.append(f"{name!r}{hint}")
+        else:
+            out.append((int(idx), new))
+    if unknown:
+        raise ValueError(f"not a class of the model: {'; '.join(unknown)} "
+                         f"(`labelblocks blocks info audioset` explains the format; the model has {len(id2label)} classes)")
+    return out
+
+
+def window_starts(n_values: int, rate: float, win_ms: float, stride_ms: float) -> tuple[int, list[int]]:
+    """(window length, window starts) in value indices of a sample of ``n_values`` values at
+    ``rate`` Hz. A sample shorter than one window is one window; otherwise windows start every
+    stride until one reaches the end (the last may run past it: the model hears silence there).
+    With a stride longer than the window, the audio between windows is not heard."""
+    win = max(1, round(win_ms * rate / 1000))
+    stride = max(1, round(stride_ms * rate / 1000))
+    if n_values <= win:
+        return win, [0]
+    count = math.ceil((n_values - win) / stride) + 1
+    # with a stride longer than the window the last start could fall past the end
+    return win, [k * stride for k in range(count) if k * stride < n_values]
+
+
+def segments(starts: Sequence[int], n_values: int) -> list[tuple[int, int]]:
+    """Inclusive (start, end) segments that tile 0..n_values-1: each window's segment runs from
+    its start to the next window's start - 1; the last runs to the end."""
+    ends = [*starts[1:], n_values]
+    return [(s, e - 1) for s, e in zip(starts, ends, strict=True)]
+
+
+def merge_adjacent(labels: Sequence[StructuredLabel]) -> list[StructuredLabel]:
+    out: list[StructuredLabel] = []
+    for lab in labels:
+        if out and out[-1].label == lab.label and out[-1].end_index + 1 == lab.start_index:
+            out[-1] = out[-1].model_copy(update={"end_index": lab.end_index})
+        else:
+            out.append(lab)
+    return out
+
+
+@dataclass
+class _Prepared:
+    n_values: int
+    spans: list[tuple[int, int]]
+    features: Any  # [windows, frames, mel bins]
+
+
+class AudioSet(Block):
+    name = "audioset"
+    parameters = Path(__file__).with_name("parameters.json")
+    version = "1"
+    default_batch_size = 8
+
+    @classmethod
+    def check_args(cls, args: Mapping[str, Any]) -> None:
+        try:
+            parse_labels(str(args.get("audioset-labels") or ""))
+        except ValueError as e:
+            raise ValueError(f"audioset-labels: {e}") from None
+        for param in ("win-size-ms", "win-stride-ms"):
+            if int(args.get(param) or 0) < 1:
+                raise ValueError(f"{param}: expected a positive number of milliseconds, got {args.get(param)}")
+        conf = float(args.get("min-confidence", 0.2))
+        if not 0 <= conf <= 1:
+            raise ValueError(f"min-confidence: expected 0 to 1, got {conf}")
+        if not str(args.get("other-label", "other")).strip():
+            raise ValueError("other-label: expected a label, got an empty string")
+        if int(args.get("batch-size") or cls.default_batch_size) < 1:
+            raise ValueError(f"batch-size: expected at least 1, got {args.get('batch-size')}")
+
+    def batch_size(self, args: Mapping[str, Any]) -> int:
+        return max(1, int(args.get("batch-size") or self.default_batch_size)) * SAMPLES_PER_RUNNER_BATCH
+
+    def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
+        from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+        from labelblocks.accel import autocast, load_pretrained, pick_device, pick_precision
+
+        self.model_id = str(args.get("model") or DEFAULT_MODEL)
+        self.device = pick_device(str(args.get("device") or "auto"))
+        self.precision = pick_precision(str(args.get("precision") or "auto"), self.device)
+        self.micro_batch = max(1, int(args.get("batch-size") or self.default_batch_size))
+        self.win_ms = float(args.get("win-size-ms") or 2000)
+        self.stride_ms = float(args.get("win-stride-ms") or 2000)
+        self.min_conf = float(args.get("min-confidence", 0.2))
+        self.other = str(args.get("other-label") or "other")
+        self.merge = bool(args.get("merge-adjacent"))
+        wanted = parse_labels(str(args.get("audioset-labels") or ""))
+        # the model's classes first (config only): a misspelt name fails before any heavy work
+        from transformers import AutoConfig
+
+        config = load_pretrained(AutoConfig.from_pretrained, self.model_id, "model")
+        try:
+            self.classes = resolve_labels(wanted, {int(k): v for k, v in config.id2label.items()})
+        except ValueError as e:
+            raise BlockError(f"audioset-labels: {e}") from None
+        self.interest = np.array([idx for idx, _ in self.classes])
+        self.names = [new for _, new in self.classes]
+        self.class_names = [str(config.id2label[idx]) for idx, _ in self.classes]
+        self.labels_text = ", ".join(config.id2label[idx] for idx, _ in self.classes)
+        self.extractor = load_pretrained(AutoFeatureExtractor.from_pretrained, self.model_id, "model")
+        self.rate = int(self.extractor.sampling_rate)
+        model = load_pretrained(AutoModelForAudioClassification.from_pretrained, self.model_id, "model")
+        self.model = model.to(self.device).eval()
+        self._autocast = lambda: autocast(self.device, self.precision)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audioset-decode")
+
+    def teardown(self) -> None:
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def cache_key(self, args: Mapping[str, Any]) -> str:
+        return f"audioset-1:{args.get('model')}:{args.get('precision')}"
+
+    # -- audio -> features (background thread) ------------------------------------------------
+
+    def prepare(self, inp: SampleInput, values_count: int | None) -> _Prepared | SampleFailure:
+        import soxr
+
+        from labelblocks.media import read_audio
+
+        try:
+            audio, rate = read_audio(inp.read_bytes())
+        except Exception as e:
+            return SampleFailure(f"cannot read the audio: {type(e).__name__}: {e}")
+        n = values_count or len(audio)
+        if len(audio) == 0 or n == 0:
+            return SampleFailure("the audio is empty")
+        win, starts = window_starts(n, rate, self.win_ms, self.stride_ms)
+        x = soxr.resample(audio, rate, self.rate) if rate != self.rate else audio
+        ratio = self.rate / rate
+        length = round(win * ratio)
+        wins = []
+        for s in starts:  # a window past the end is padded with silence
+            w = x[round(s * ratio) : round(s * ratio) + length]
+            wins.append(w if len(w) == length else np.pad(w, (0, length - len(w))))
+        feats = self.extractor(wins, sampling_rate=self.rate, return_tensors="np")["input_values"]
+        return _Prepared(n, segments(starts, n), feats)
+
+    # -- the model ----------------------------------------------------------------------------
+
+    def forward(self, features: np.ndarray) -> np.ndarray:
+        """Per-class probabilities (sigmoid: AudioSet is multi-label) for a batch of windows."""
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            logits = self.model(input_values=torch.from_numpy(features).to(self.device)).logits
+            return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def label(
+        self, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext
+    ) -> Sequence[SampleChange | SampleFailure]:
+        items = list(batch)
+        samples = [inp.sample for inp in items]  # read in this thread; the decoder reads only files
+        futures = [self.pool.submit(self.prepare, inp, s.values_count) for inp, s in zip(items, samples, strict=True)]
+        prepared: list[_Prepared | SampleFailure] = []
+        scores: list[list[np.ndarray]] = []
+        queue: list[tuple[int, np.ndarray]] = []  # (sample position, one window's features)
+
+        def run(k: int) -> None:
+            feats = np.stack([f for _, f in queue[:k]])
+            for (pos, _), probs in zip(queue[:k], self.forward(feats), strict=True):
+                scores[pos].append(probs)
+            del queue[:k]
+
+        for fut in futures:
+            p = fut.result()
+            prepared.append(p)
+            scores.append([])
+            if isinstance(p, _Prepared):
+                queue.extend((len(prepared) - 1, f) for f in p.features)
+            while len(queue) >= self.micro_batch:
+                run(self.micro_batch)
+        if queue:
+            run(len(queue))
+        out: list[SampleChange | SampleFailure] = []
+        for s, p, probs in zip(samples, prepared, scores, strict=True):
+            if isinstance(p, SampleFailure):
+                out.append(p)
+                continue
+            labels: list[StructuredLabel] = []
+            windows: list[dict[str, Any]] = []
+            for (start, end), pr in zip(p.spans, probs, strict=True):
+                of_interest = pr[self.interest]
+                best = int(np.argmax(of_interest))
+                label = self.names[best] if of_interest[best] >= self.min_conf else self.other
+                labels.append(StructuredLabel(start_index=start, end_index=end, label=label))
+                top = np.argsort(-of_interest, kind="stable")[:RECORD_TOP]
+                windows.append({"startIndex": start, "endIndex": end, "label": label,
+                                "scores": {self.class_names[i]: round(float(of_interest[i]), 4) for i in top}})
+            context.records[s.id] = {"windows": windows}
+            context.count("windows", len(p.spans))
+            out.append(SampleChange(
+                structured_labels=merge_adjacent(labels) if self.merge else labels,
+                metadata=merged_metadata(s, labeled_by=self.model_id, audioset_labels=self.labels_text),
+            ))
+        return out
