@@ -1,0 +1,218 @@
+"""AudioSet block benchmark.
+
+A full-size Audio Spectrogram Transformer (AudioSet: 1024 frames x 128 mel bins, 527 classes;
+random weights, the same compute as the trained model) on 60 clips of 10 s (16 kHz WAV) in a
+real project, each measurement in its own process:
+
+- `labelblocks actions run` of an audioset action (2 s windows, stride 2 s: 5 windows a clip;
+  precision auto), windows/s of the run after the model is loaded (the load is reported apart),
+  and the real-time factor (seconds of audio labeled per second);
+- transformers' audio-classification pipeline called once per window (the common way), in its
+  default precision (fp32), on --pipeline-windows windows;
+- the floor: the bare batched model forward on prepared features (batch 8) in bf16 autocast,
+  and in fp32.
+
+Targets: >= 3x the per-window pipeline; >= 90% of the bare batched bf16 forward.
+
+Usage: python benchmarks/audioset.py [--clips 60] [--pipeline-windows 16] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+RATE = 16000
+WINDOW_S = 2.0
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_clips(folder: Path, n: int, seconds: float = 10.0) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * RATE)) / RATE
+    for i in range(n):
+        x = 0.3 * np.sin(2 * np.pi * (150 + 20 * i) * t) * (1 + np.sin(2 * np.pi * 0.5 * t)) / 2
+        sf.write(folder / f"night.{i:03d}.wav", (x + rng.normal(0, 0.05, len(t))).astype("float32"), RATE)
+
+
+def windows(folder: Path, n: int) -> list[Any]:
+    import soundfile as sf
+
+    out: list[Any] = []
+    size = int(WINDOW_S * RATE)
+    for p in sorted(folder.glob("*.wav")):
+        audio, _ = sf.read(p, dtype="float32")
+        out.extend(audio[i : i + size] for i in range(0, len(audio), size))
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def cli(project: Path, *args: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "labelblocks", "--project", str(project), *args],
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"labelblocks {' '.join(args)} failed:\n{r.stderr}")
+
+
+def worker_ours(work: Path) -> dict[str, Any]:
+    from labelblocks.cli import main
+    from labelblocks_audioset.block import AudioSet
+
+    setup_seconds = 0.0
+    real_setup = AudioSet.setup
+
+    def timed_setup(self: Any, *a: Any, **kw: Any) -> None:
+        nonlocal setup_seconds
+        t = time.perf_counter()
+        real_setup(self, *a, **kw)
+        setup_seconds += time.perf_counter() - t
+
+    AudioSet.setup = timed_setup  # type: ignore[method-assign]
+    out = io.StringIO()
+    t = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        main.main(["--project", str(work / "project"), "actions", "run", "tags", "--json"], standalone_mode=False)
+    total = time.perf_counter() - t
+    summary = json.loads(out.getvalue())
+    if summary["cached"] or summary["failed"]:
+        raise SystemExit(f"expected every clip computed, got {summary}")
+    return {"seconds": total, "setup": setup_seconds, "labeling": total - setup_seconds,
+            "windows": summary["usage"]["windows"], "peak_mb": peak_mb()}
+
+
+def worker_pipeline(work: Path, n: int) -> dict[str, Any]:
+    from transformers import pipeline
+
+    pipe = pipeline("audio-classification", model=str(work / "model"))
+    wins = windows(work / "clips", n + 1)
+    pipe(wins[-1])  # warm-up, not timed
+    t = time.perf_counter()
+    for w in wins[:n]:
+        pipe(w)
+    return {"seconds": time.perf_counter() - t, "windows": n, "peak_mb": peak_mb()}
+
+
+def worker_floor(work: Path, precision: str, n: int, batch: int) -> dict[str, Any]:
+    import torch
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    from labelblocks.accel import autocast
+
+    extractor = AutoFeatureExtractor.from_pretrained(work / "model")
+    model = AutoModelForAudioClassification.from_pretrained(work / "model").eval()
+    feats = torch.from_numpy(extractor(windows(work / "clips", n), sampling_rate=RATE,
+                                       return_tensors="np")["input_values"])
+
+    def forward(x: Any) -> None:
+        with torch.inference_mode(), autocast("cpu", precision):
+            torch.sigmoid(model(input_values=x).logits.float())
+
+    forward(feats[:batch])  # warm-up, not timed
+    t = time.perf_counter()
+    for i in range(0, n, batch):
+        forward(feats[i : i + batch])
+    return {"seconds": time.perf_counter() - t, "windows": n, "peak_mb": peak_mb()}
+
+
+def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
+
+
+def run_worker(work: Path, *args: str) -> dict[str, Any]:
+    r = subprocess.run([sys.executable, __file__, "--worker", str(work), *args], capture_output=True, text=True,
+                       check=False, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    if r.returncode != 0:
+        raise SystemExit(f"worker {args} failed:\n{r.stderr[-3000:]}")
+    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", type=int, default=60)
+    ap.add_argument("--pipeline-windows", type=int, default=16)
+    ap.add_argument("--floor-windows", type=int, default=48)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=2, help="alternated runs of labelblocks and the bf16 forward")
+    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("what", nargs="*", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        kind, *rest = a.what
+        if kind == "ours":
+            res = worker_ours(a.worker)
+        elif kind == "pipeline":
+            res = worker_pipeline(a.worker, int(rest[0]))
+        else:
+            res = worker_floor(a.worker, rest[0], int(rest[1]), int(rest[2]))
+        print(json.dumps(res))
+        return
+
+    from labelblocks.accel import pick_precision
+    from tests.blocks.tiny_models import make_ast
+
+    with tempfile.TemporaryDirectory(prefix="lb-audioset-") as tmp:
+        work = Path(tmp)
+        make_ast(work / "model", full_size=True)
+        make_clips(work / "clips", a.clips)
+        print(f"full-size AST (random weights); {a.clips} clips of 10 s; windows {WINDOW_S:g} s; batch {a.batch_size}; "
+              f"{os.cpu_count()} CPUs; precision auto = {pick_precision('auto', 'cpu')}")
+        cli(work / "project", "init", str(work / "project"))
+        cli(work / "project", "upload", str(work / "clips"), "--no-label")
+        cli(work / "project", "actions", "create", "tags", "--step", "audioset", "-p", f"model={work / 'model'}",
+            "-p", "audioset-labels=Speech\nDog\nMusic", "-p", f"batch-size={a.batch_size}")
+        ours: list[dict[str, Any]] = []
+        floor: list[dict[str, Any]] = []
+        for _ in range(a.repeat):  # alternated: this machine's speed drifts by ~10 %
+            r = run_worker(work, "ours")
+            r["rate"] = r["windows"] / r["labeling"]
+            ours.append(r)
+            r = run_worker(work, "floor", "bf16", str(a.floor_windows), str(a.batch_size))
+            r["rate"] = r["windows"] / r["seconds"]
+            floor.append(r)
+        pipe = run_worker(work, "pipeline", str(a.pipeline_windows))
+        pipe["rate"] = pipe["windows"] / pipe["seconds"]
+        fp32 = run_worker(work, "floor", "fp32", str(min(a.floor_windows, 16)), str(a.batch_size))
+        fp32["rate"] = fp32["windows"] / fp32["seconds"]
+
+    o, f = median(ours), median(floor)
+    print()
+    print(f"{'measurement':44} {'windows/s':>10} {'peak MB':>8}  notes")
+    print(f"{'labelblocks actions run (auto = bf16)':44} {o['rate']:10.2f} {o['peak_mb']:8.0f}  "
+          f"{o['windows']} windows; model load {o['setup']:.1f} s; whole command {o['seconds']:.1f} s "
+          f"= {o['windows'] / o['seconds']:.2f} windows/s")
+    print(f"{'pipeline per window, fp32 (default)':44} {pipe['rate']:10.2f} {pipe['peak_mb']:8.0f}  "
+          f"{pipe['windows']} windows")
+    print(f"{'bare batched forward, bf16 autocast':44} {f['rate']:10.2f} {f['peak_mb']:8.0f}")
+    print(f"{'bare batched forward, fp32':44} {fp32['rate']:10.2f} {fp32['peak_mb']:8.0f}")
+    print()
+    print(f"vs per-window pipeline:      {o['rate'] / pipe['rate']:6.2f}x   (target >= 3x)")
+    print(f"vs bare batched bf16:        {o['rate'] / f['rate']:6.1%}   (target >= 90%; runs: labelblocks "
+          f"{[round(r['rate'], 2) for r in ours]}, forward {[round(r['rate'], 2) for r in floor]} windows/s)")
+    print(f"real-time factor:            {o['rate'] * WINDOW_S:6.1f} s of audio per second "
+          f"({o['windows'] * WINDOW_S / o['seconds']:.1f} with model load)")
+
+
+if __name__ == "__main__":
+    main()
