@@ -160,6 +160,30 @@ class Runner:
             f.ids = list(ids)
         return self.store.select_ids(f, limit=limit)
 
+    def estimate(self, action: Action, ids: Sequence[int] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """What each step would cost on the selected samples, from blocks that can tell
+        (a classmethod ``estimate(samples, args)`` returning requests and tokens), before
+        anything is sent or staged. Later steps are estimated on the samples as stored (their
+        earlier steps' proposals do not exist yet). Needs no secrets."""
+        resolved = validate_steps(action, self.registry)
+        sample_ids = self.select(action, ids=ids, limit=limit)
+        out: list[dict[str, Any]] = []
+        samples: list[Sample] | None = None
+        for i, (step, res) in enumerate(zip(action.steps, resolved, strict=True), 1):
+            cls = self.registry.get(step.block).cls
+            item: dict[str, Any] = {"step": i, "block": step.block, "samples": len(sample_ids)}
+            fn = getattr(cls, "estimate", None)
+            if fn is None:
+                item["estimate"] = None
+            else:
+                if samples is None:
+                    samples = self.store.get_samples(sample_ids)
+                est = fn(samples, res.values)
+                item.update({"requests": est["requests"], "promptTokens": est["prompt_tokens"],
+                             "completionTokens": est["completion_tokens"]})
+            out.append(item)
+        return out
+
     # --- jobs --------------------------------------------------------------------------------------
 
     def _definition(self, action: Action, plans: Sequence[StepPlan]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The labelblocks plugin of this distribution: registers its blocks through the
+"""The labelblocks plugin of this distribution: registers the three GPT-4o blocks through the
 `register_blocks` hook (see labelblocks.hookspecs)."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ from typing import Any
 
 from labelblocks.hookspecs import hookimpl
 
-BLOCKS: list[Any] = []
+from .block import BoxRelabel, BoxValidate, ImageLabel
+
+BLOCKS: list[Any] = [ImageLabel, BoxRelabel, BoxValidate]
 
 
 @hookimpl

@@ -259,16 +259,31 @@ def _job_errors(app: AppContext, job_id: int) -> dict[int, tuple[int, str]]:
             .where(and_(job_samples.c.job_id == job_id, job_samples.c.status == "failed")))}
 
 
+def _print_estimate(steps: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print_json({"steps": steps})
+        return
+    for st in steps:
+        head = f"step {st['step']} ({st['block']}), {st['samples']} samples: "
+        if st.get("estimate", True) is None:
+            click.echo(head + "no paid requests")
+        else:
+            click.echo(head + f"{st['requests']} requests, about {st['promptTokens']} prompt tokens and "
+                              f"{st['completionTokens']} completion tokens")
+    click.echo("Nothing was sent. Answers already in the project's cache will not be paid again.")
+
+
 @actions_group.command("preview")
 @click.argument("name")
 @click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Preview this many samples.")
 @click.option("--ids", help="Preview these sample ids instead (e.g. 1,2,10-20).")
 @click.option("--no-cache", is_flag=True, help="Recompute even unchanged steps.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=None, help="Stop after more failures than this.")
+@click.option("--estimate", is_flag=True, help="Print the expected requests and tokens of paid blocks; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job summary and proposals as JSON.")
 @pass_app
 def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_cache: bool,
-                    max_failures: int | None, as_json: bool) -> None:
+                    max_failures: int | None, estimate: bool, as_json: bool) -> None:
     """Run an action on a few samples and stage the results as proposals of a new job.
 
     Nothing changes in the dataset: review with `labelblocks proposals show JOB`, then
@@ -283,6 +298,9 @@ def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_
 
     action = get_action(app.store, name)
     runner = _runner(app)
+    if estimate:
+        _print_estimate(runner.estimate(action, ids=parse_ids([ids]) if ids else None, limit=limit), as_json)
+        return
     progress = _Progress(not as_json)
     try:
         summary = runner.preview(action, ids=parse_ids([ids]) if ids else None, limit=limit,
@@ -308,10 +326,11 @@ def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_
 @click.option("--no-cache", is_flag=True, help="Recompute even samples previewed with the same steps.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=None, help="Stop after more failures than this.")
 @click.option("--restart", is_flag=True, help="Start a new job instead of resuming an unfinished one.")
+@click.option("--estimate", is_flag=True, help="Print the expected requests and tokens of paid blocks; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job summary as JSON.")
 @pass_app
 def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | None, restart: bool,
-                as_json: bool) -> None:
+                estimate: bool, as_json: bool) -> None:
     """Label every selected sample: run all steps, then apply each sample's result atomically.
 
     An interrupted run (Ctrl-C, a crash, a kill) resumes when run again: finished samples are
@@ -326,6 +345,9 @@ def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | 
 
     action = get_action(app.store, name)
     runner = _runner(app)
+    if estimate:
+        _print_estimate(runner.estimate(action), as_json)
+        return
     progress = _Progress(not as_json)
     try:
         summary = runner.run(action, use_cache=not no_cache, max_failures=max_failures, on_progress=progress,
