@@ -12,8 +12,9 @@ import base64
 import io
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ LABEL_SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}, "r
 VALID_SCHEMA = {"type": "object", "properties": {"valid": {"type": "boolean"}, "reason": {"type": "string"}},
                 "required": ["valid", "reason"], "additionalProperties": False}
 SYSTEM = "You label data for a machine learning dataset. Answer only with the JSON object asked for."
-SAMPLES_PER_REQUEST_SLOT = 8  # runner batch = concurrency x this: few idle slots at a batch's end
+SAMPLES_PER_REQUEST_SLOT = 16  # runner batch = concurrency x this: few idle slots at a batch's end
 TEXT_TOKENS_PER_CHAR = 0.25
 ANSWER_TOKENS = 60
 REQUEST_OVERHEAD_TOKENS = 20
@@ -119,11 +120,13 @@ class Gpt4oBlock(Block):
                                  timeout=float(args.get("timeout") or 60), max_retries=int(args.get("max-retries") or 0),
                                  concurrency=self.concurrency, cache=cache)
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"{self.name}-request")
+        self.prepare_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{self.name}-encode")
         self._reported = self.client.usage.as_dict()
 
     def teardown(self) -> None:
-        if hasattr(self, "pool"):
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        for pool in ("prepare_pool", "pool"):
+            if hasattr(self, pool):
+                getattr(self, pool).shutdown(wait=True, cancel_futures=True)
         if hasattr(self, "client"):
             self.client.close()
             if self.client.cache is not None:
@@ -159,26 +162,34 @@ class Gpt4oBlock(Block):
         self, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext
     ) -> Sequence[SampleChange | SampleFailure]:
         items = list(batch)
+        samples = [inp.sample for inp in items]  # read in this thread; the workers read only files
         results: list[SampleChange | SampleFailure | None] = [None] * len(items)
-        requests_: list[Request] = []
-        for pos, inp in enumerate(items):
+        asked: list[tuple[Request, Future[tuple[dict[str, Any], str] | SampleFailure]]] = []
+        lock = threading.Lock()
+
+        def prepare(pos: int) -> None:
+            # decode and encode off the main thread; each request is sent as soon as it is ready
             try:
-                image = inp.image()
+                image = items[pos].image()
+                reqs = self.requests_for(pos, samples[pos], image, args)
             except Exception as e:
                 results[pos] = SampleFailure(f"cannot read the image: {type(e).__name__}: {e}")
-                continue
-            requests_.extend(self.requests_for(pos, inp.sample, image, args))
-        answers = list(self.pool.map(self._ask, requests_))
+                return
+            with lock:
+                asked.extend((r, self.pool.submit(self._ask, r)) for r in reqs)
+
+        list(self.prepare_pool.map(prepare, range(len(items))))
+        answers = [(req, fut.result()) for req, fut in sorted(asked, key=lambda x: (x[0].pos, x[0].box or 0))]
         per_sample: dict[int, list[tuple[Request, dict[str, Any]]]] = {}
-        for req, ans in zip(requests_, answers, strict=True):
+        for req, ans in answers:
             if isinstance(ans, SampleFailure):
                 if results[req.pos] is None:
                     results[req.pos] = ans
                 continue
             per_sample.setdefault(req.pos, []).append((req, ans[0]))
-        for pos, inp in enumerate(items):
+        for pos, sample in enumerate(samples):
             if results[pos] is None:
-                results[pos] = self.change_for(inp.sample, per_sample.get(pos, []), args)
+                results[pos] = self.change_for(sample, per_sample.get(pos, []), args)
         now = self.client.usage.as_dict()
         for k, v in now.items():
             if v - self._reported[k]:

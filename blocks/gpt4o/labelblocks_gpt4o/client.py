@@ -207,7 +207,8 @@ class ChatClient:
                         raise UnreadableAnswer("the response has no choices[0].message.content",
                                                self._redact(response.text[:2000])) from None
                 text = self._redact(response.text[:500])
-                if response.status_code == 400 and not self._json_mode_only and "response_format" in text:
+                if (response.status_code == 400 and body["response_format"]["type"] == "json_schema"
+                        and "response_format" in text):
                     # an OpenAI-compatible server without structured outputs: JSON mode instead
                     self._json_mode_only = True
                     body = {**body, "response_format": {"type": "json_object"}}
