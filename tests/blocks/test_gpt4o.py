@@ -256,3 +256,29 @@ def test_client_gives_up_after_max_retries() -> None:
 def test_image_sizing_and_tokens(size: tuple[int, int], detail: str, sent: tuple[int, int], tokens: int) -> None:
     assert fit(*size, detail) == sent
     assert image_tokens(*size, detail) == tokens
+
+
+def test_owlvit_then_gpt4o_relabel_in_one_action(dataset: Cli, tmp_path: Path) -> None:
+    from tests.blocks.tiny_models import make_owl
+
+    cli = dataset
+    model = make_owl(tmp_path / "owl")
+
+    def answer(req: dict[str, Any], image: Any) -> str:
+        return json.dumps({"label": "car" if image.width >= image.height else "remove", "reason": "shape"})
+
+    with Emulator(answer=answer) as emu:
+        cli("actions", "create", "vehicles", "--step", "owlvit", "-p", f"model={model}", "-p", "precision=fp32",
+            "-p", "prompt=a vehicle (vehicle, 0.0)", "-p", "nms=true", "-p", "nms-iou-threshold=0.1",
+            "--step", "gpt4o-bbox-relabel", "-p", f"base-url={emu.base_url}",
+            "-p", "which-labels=vehicle")
+        preview = cli.json("actions", "preview", "vehicles", "--limit", "3")
+        props = cli.json("proposals", "show", str(preview["jobId"]))["proposedChanges"]
+        step1 = {p["sampleId"]: p["proposedChanges"]["boundingBoxes"] for p in props if p["step"] == 1}
+        asked = sum(len(b) for b in step1.values())
+        assert asked > 0 and emu.ok == asked  # one request per owlvit box
+        out = cli.json("actions", "run", "vehicles")
+        assert out["failed"] == 0
+        boxes = [b for s in cli.json("samples", "list") for b in s["boundingBoxes"]]
+        assert boxes and {b["label"] for b in boxes} == {"car"}
+        assert all(b["width"] >= b["height"] for b in boxes)  # tall crops were removed
