@@ -59,6 +59,9 @@ class Emulator:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out in two writes: without this, Nagle's algorithm holds the
+            # body until the client's delayed ACK (40 ms), which no real API server does
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass
