@@ -20,12 +20,8 @@ Usage: python benchmarks/audioset.py [--clips 60] [--pipeline-windows 16] [--rep
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,13 +30,14 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _workers import cli, median, peak_mb, run_worker, timed_action_run  # noqa: E402
 
 RATE = 16000
 WINDOW_S = 2.0
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_clips(folder: Path, n: int, seconds: float = 10.0) -> None:
@@ -68,37 +65,14 @@ def windows(folder: Path, n: int) -> list[Any]:
     return out[:n]
 
 
-def cli(project: Path, *args: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "labelblocks", "--project", str(project), *args],
-                       capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise SystemExit(f"labelblocks {' '.join(args)} failed:\n{r.stderr}")
 
 
 def worker_ours(work: Path) -> dict[str, Any]:
-    from labelblocks.cli import main
     from labelblocks_audioset.block import AudioSet
 
-    setup_seconds = 0.0
-    real_setup = AudioSet.setup
-
-    def timed_setup(self: Any, *a: Any, **kw: Any) -> None:
-        nonlocal setup_seconds
-        t = time.perf_counter()
-        real_setup(self, *a, **kw)
-        setup_seconds += time.perf_counter() - t
-
-    AudioSet.setup = timed_setup  # type: ignore[method-assign]
-    out = io.StringIO()
-    t = time.perf_counter()
-    with contextlib.redirect_stdout(out):
-        main.main(["--project", str(work / "project"), "actions", "run", "tags", "--json"], standalone_mode=False)
-    total = time.perf_counter() - t
-    summary = json.loads(out.getvalue())
-    if summary["cached"] or summary["failed"]:
-        raise SystemExit(f"expected every clip computed, got {summary}")
-    return {"seconds": total, "setup": setup_seconds, "labeling": total - setup_seconds,
-            "windows": summary["usage"]["windows"], "peak_mb": peak_mb()}
+    r = timed_action_run(work / "project", "tags", AudioSet)
+    r["windows"] = r.pop("summary")["usage"]["windows"]
+    return r
 
 
 def worker_pipeline(work: Path, n: int) -> dict[str, Any]:
@@ -135,17 +109,8 @@ def worker_floor(work: Path, precision: str, n: int, batch: int) -> dict[str, An
     return {"seconds": time.perf_counter() - t, "windows": n, "peak_mb": peak_mb()}
 
 
-def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
 
 
-def run_worker(work: Path, *args: str) -> dict[str, Any]:
-    r = subprocess.run([sys.executable, __file__, "--worker", str(work), *args], capture_output=True, text=True,
-                       check=False, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
-    if r.returncode != 0:
-        raise SystemExit(f"worker {args} failed:\n{r.stderr[-3000:]}")
-    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
-    return out
 
 
 def main() -> None:
@@ -185,15 +150,15 @@ def main() -> None:
         ours: list[dict[str, Any]] = []
         floor: list[dict[str, Any]] = []
         for _ in range(a.repeat):  # alternated: this machine's speed drifts by ~10 %
-            r = run_worker(work, "ours")
+            r = run_worker(__file__, work, "ours")
             r["rate"] = r["windows"] / r["labeling"]
             ours.append(r)
-            r = run_worker(work, "floor", "bf16", str(a.floor_windows), str(a.batch_size))
+            r = run_worker(__file__, work, "floor", "bf16", str(a.floor_windows), str(a.batch_size))
             r["rate"] = r["windows"] / r["seconds"]
             floor.append(r)
-        pipe = run_worker(work, "pipeline", str(a.pipeline_windows))
+        pipe = run_worker(__file__, work, "pipeline", str(a.pipeline_windows))
         pipe["rate"] = pipe["windows"] / pipe["seconds"]
-        fp32 = run_worker(work, "floor", "fp32", str(min(a.floor_windows, 16)), str(a.batch_size))
+        fp32 = run_worker(__file__, work, "floor", "fp32", str(min(a.floor_windows, 16)), str(a.batch_size))
         fp32["rate"] = fp32["windows"] / fp32["seconds"]
 
     o, f = median(ours), median(floor)

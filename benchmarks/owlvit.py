@@ -21,12 +21,8 @@ Usage: python benchmarks/owlvit.py [--images 32] [--pipeline-images 8] [--batch-
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +31,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _workers import cli, median, peak_mb, run_worker, timed_action_run  # noqa: E402
 
 # The random-weight heads score patches between about 0.2 and 0.8; at 0.75 a prompt finds a
 # box or two per image, as a trained model does. (At 0.2 every patch would be a box: thousands
@@ -45,8 +44,6 @@ PROMPTS = {k: [f"a {n} ({n}, {THRESHOLD})" for n in NAMES[:k]] for k in (1, 3, 1
 LABELS3 = [f"a {n}" for n in NAMES[:3]]
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_images(folder: Path, n: int) -> list[Path]:
@@ -66,39 +63,14 @@ def make_images(folder: Path, n: int) -> list[Path]:
     return out
 
 
-def cli(project: Path, *args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "labelblocks", "--project", str(project), *args],
-                       capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise SystemExit(f"labelblocks {' '.join(args)} failed:\n{r.stderr}")
-    return r.stdout
 
 
 # -- workers (each in its own process) ------------------------------------------------------------
 
 def worker_ours(work: Path, action: str) -> dict[str, Any]:
-    from labelblocks.cli import main
     from labelblocks_owlvit.block import OwlVit
 
-    setup_seconds = 0.0
-    real_setup = OwlVit.setup
-
-    def timed_setup(self: Any, *a: Any, **kw: Any) -> None:
-        nonlocal setup_seconds
-        t = time.perf_counter()
-        real_setup(self, *a, **kw)
-        setup_seconds += time.perf_counter() - t
-
-    OwlVit.setup = timed_setup  # type: ignore[method-assign]
-    out = io.StringIO()
-    t = time.perf_counter()
-    with contextlib.redirect_stdout(out):
-        main.main(["--project", str(work / "project"), "actions", "run", action, "--json"], standalone_mode=False)
-    total = time.perf_counter() - t
-    summary = json.loads(out.getvalue())
-    if summary["cached"] or summary["failed"]:
-        raise SystemExit(f"expected every image computed, got {summary}")
-    return {"seconds": total, "setup": setup_seconds, "labeling": total - setup_seconds, "peak_mb": peak_mb()}
+    return timed_action_run(work / "project", action, OwlVit)
 
 
 def worker_pipeline(work: Path, precision: str, n: int) -> dict[str, Any]:
@@ -148,19 +120,8 @@ def worker_floor(work: Path, precision: str, n: int, batch: int) -> dict[str, An
     return {"seconds": time.perf_counter() - t, "images": n, "peak_mb": peak_mb()}
 
 
-def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
 
 
-def run_worker(work: Path, *args: str) -> dict[str, Any]:
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, __file__, "--worker", str(work), *args], capture_output=True, text=True,
-                       check=False, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
-    if r.returncode != 0:
-        raise SystemExit(f"worker {args} failed:\n{r.stderr[-3000:]}")
-    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
-    out["process_seconds"] = time.perf_counter() - t
-    return out
 
 
 def main() -> None:
@@ -205,12 +166,12 @@ def main() -> None:
         results: dict[str, dict[str, Any]] = {}
 
         def ours(i: int) -> dict[str, Any]:
-            r = run_worker(work, "ours", f"a{i}")
+            r = run_worker(__file__, work, "ours", f"a{i}")
             r["rate"] = n / r["labeling"]
             return r
 
         def floor(prec: str) -> dict[str, Any]:
-            r = run_worker(work, "floor", prec, str(n), str(a.batch_size))
+            r = run_worker(__file__, work, "floor", prec, str(n), str(a.batch_size))
             r["rate"] = r["images"] / r["seconds"]
             return r
 
@@ -225,7 +186,7 @@ def main() -> None:
             if i:
                 results[f"labelblocks, {name}"] = ours(i)
         for prec in ("fp32", "bf16"):
-            r = run_worker(work, "pipeline", prec, str(a.pipeline_images))
+            r = run_worker(__file__, work, "pipeline", prec, str(a.pipeline_images))
             r["rate"] = r["images"] / r["seconds"]
             results[f"pipeline per image, 3 labels, {prec}" + (" (default)" if prec == "fp32" else "")] = r
         results["bare batched forward, fp32"] = floor("fp32")
