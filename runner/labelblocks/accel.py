@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+from .blocks import Block, BlockContext
 from .errors import BlockError
 
 T = TypeVar("T")
@@ -110,3 +112,36 @@ def load_pretrained(load: Callable[..., T], model: str, what: str = "model") -> 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:300] if text else type(e).__name__
+
+
+class ModelBlock(Block):
+    """Base of blocks that run a torch model: the ``device``, ``precision`` and ``batch-size``
+    parameters, autocast, and one background thread that decodes the next inputs while the
+    model runs. ``batch-size`` is what goes through the model at once; the runner hands the
+    block ``runner_batch_factor`` times as many samples per batch (and commits per batch)."""
+
+    runner_batch_factor: ClassVar[int] = 8
+
+    @classmethod
+    def check_args(cls, args: Mapping[str, Any]) -> None:
+        if int(args.get("batch-size") or cls.default_batch_size) < 1:
+            raise ValueError(f"batch-size: expected at least 1, got {args.get('batch-size')}")
+
+    def batch_size(self, args: Mapping[str, Any]) -> int:
+        return max(1, int(args.get("batch-size") or self.default_batch_size)) * self.runner_batch_factor
+
+    def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
+        """Chooses device and precision and starts the decoding thread; subclasses load their
+        model after calling this."""
+        self.device = pick_device(str(args.get("device") or "auto"))
+        self.precision = pick_precision(str(args.get("precision") or "auto"), self.device)
+        self.micro_batch = max(1, int(args.get("batch-size") or self.default_batch_size))
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-decode")
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return autocast(self.device, self.precision)
+
+    def teardown(self) -> None:
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -17,19 +17,18 @@ import difflib
 import math
 import re
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from labelblocks.blocks import Block, BlockContext, SampleFailure, SampleInput, merged_metadata
+from labelblocks.accel import ModelBlock
+from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, merged_metadata
 from labelblocks.errors import BlockError
 from labelblocks.model import SampleChange, StructuredLabel
 
 DEFAULT_MODEL = "MIT/ast-finetuned-audioset-10-10-0.4593"
-SAMPLES_PER_RUNNER_BATCH = 4  # runner batch = this many samples per model batch of windows
 RECORD_TOP = 3  # scores of the best classes of interest kept per window in the job's record
 
 _LINE = re.compile(r"^(?P<name>[^()]+?)\s*(?:\((?P<new>[^()]*)\))?$")
@@ -111,11 +110,12 @@ class _Prepared:
     features: Any  # [windows, frames, mel bins]
 
 
-class AudioSet(Block):
+class AudioSet(ModelBlock):
     name = "audioset"
     parameters = Path(__file__).with_name("parameters.json")
     version = "1"
     default_batch_size = 8
+    runner_batch_factor = 4  # samples per runner batch for each window of a model batch
 
     @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> None:
@@ -131,21 +131,14 @@ class AudioSet(Block):
             raise ValueError(f"min-confidence: expected 0 to 1, got {conf}")
         if not str(args.get("other-label", "other")).strip():
             raise ValueError("other-label: expected a label, got an empty string")
-        if int(args.get("batch-size") or cls.default_batch_size) < 1:
-            raise ValueError(f"batch-size: expected at least 1, got {args.get('batch-size')}")
-
-    def batch_size(self, args: Mapping[str, Any]) -> int:
-        return max(1, int(args.get("batch-size") or self.default_batch_size)) * SAMPLES_PER_RUNNER_BATCH
+        super().check_args(args)
 
     def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
         from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-        from labelblocks.accel import autocast, load_pretrained, pick_device, pick_precision
+        from labelblocks.accel import load_pretrained
 
         self.model_id = str(args.get("model") or DEFAULT_MODEL)
-        self.device = pick_device(str(args.get("device") or "auto"))
-        self.precision = pick_precision(str(args.get("precision") or "auto"), self.device)
-        self.micro_batch = max(1, int(args.get("batch-size") or self.default_batch_size))
         self.win_ms = float(args.get("win-size-ms") or 2000)
         self.stride_ms = float(args.get("win-stride-ms") or 2000)
         self.min_conf = float(args.get("min-confidence", 0.2))
@@ -164,17 +157,11 @@ class AudioSet(Block):
         self.names = [new for _, new in self.classes]
         self.class_names = [str(config.id2label[idx]) for idx, _ in self.classes]
         self.labels_text = ", ".join(config.id2label[idx] for idx, _ in self.classes)
+        super().setup(args, context)
         self.extractor = load_pretrained(AutoFeatureExtractor.from_pretrained, self.model_id, "model")
         self.rate = int(self.extractor.sampling_rate)
         model = load_pretrained(AutoModelForAudioClassification.from_pretrained, self.model_id, "model")
         self.model = model.to(self.device).eval()
-        self._autocast = lambda: autocast(self.device, self.precision)
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audioset-decode")
-
-    def teardown(self) -> None:
-        pool = getattr(self, "pool", None)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
 
     def cache_key(self, args: Mapping[str, Any]) -> str:
         return f"audioset-1:{args.get('model')}:{args.get('precision')}"
@@ -210,7 +197,7 @@ class AudioSet(Block):
         """Per-class probabilities (sigmoid: AudioSet is multi-label) for a batch of windows."""
         import torch
 
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.autocast():
             logits = self.model(input_values=torch.from_numpy(features).to(self.device)).logits
             return torch.sigmoid(logits.float()).cpu().numpy()
 

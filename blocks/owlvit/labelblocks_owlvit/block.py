@@ -19,21 +19,20 @@ import math
 import re
 from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from labelblocks.blocks import Block, BlockContext, SampleFailure, SampleInput, merged_metadata
+from labelblocks.accel import ModelBlock
+from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, merged_metadata
 from labelblocks.errors import BlockError
 from labelblocks.model import BoundingBox, SampleChange
 
 DEFAULT_MIN_CONFIDENCE = 0.1
 DELETE_MODES = ("no", "matching-prompt", "yes")
-# micro-batches of `batch-size` images per runner batch: results are committed per runner batch
-MICRO_BATCHES_PER_RUNNER_BATCH = 8
 # micro-batches decoded ahead of the model
 PREFETCH = 2
 # candidates below the threshold kept in the job's record for tuning: score >= this share of
@@ -224,11 +223,12 @@ class Preprocessor:
         return torch.from_numpy(out)
 
 
-class OwlVit(Block):
+class OwlVit(ModelBlock):
     name = "owlvit"
     parameters = Path(__file__).with_name("parameters.json")
     version = "1"
     default_batch_size = 4
+    runner_batch_factor = 8  # micro-batches of `batch-size` images per runner batch
 
     @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> None:
@@ -247,24 +247,17 @@ class OwlVit(Block):
         iou = float(args.get("nms-iou-threshold", 0.3))
         if not 0 <= iou <= 1:
             raise ValueError(f"nms-iou-threshold: expected 0 to 1, got {iou}")
-        if int(args.get("batch-size") or cls.default_batch_size) < 1:
-            raise ValueError(f"batch-size: expected at least 1, got {args.get('batch-size')}")
-
-    def batch_size(self, args: Mapping[str, Any]) -> int:
-        return max(1, int(args.get("batch-size") or self.default_batch_size)) * MICRO_BATCHES_PER_RUNNER_BATCH
+        super().check_args(args)
 
     def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
         import torch
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        from labelblocks.accel import autocast, load_pretrained, pick_device, pick_precision
+        from labelblocks.accel import load_pretrained
 
         self.queries = parse_prompt(str(args.get("prompt") or ""))
         self.labels = {q.label for q in self.queries}
         self.model_id = str(args.get("model") or "google/owlvit-base-patch32")
-        self.device = pick_device(str(args.get("device") or "auto"))
-        self.precision = pick_precision(str(args.get("precision") or "auto"), self.device)
-        self.micro_batch = max(1, int(args.get("batch-size") or self.default_batch_size))
         self.filters = Filters(
             min_area_pct=float(args.get("ignore-objects-smaller-than") or 0),
             max_area_pct=float(args.get("ignore-objects-larger-than", 100)),
@@ -274,6 +267,7 @@ class OwlVit(Block):
         if self.delete_mode not in DELETE_MODES:
             raise BlockError(f"delete_existing_bounding_boxes: expected one of {', '.join(DELETE_MODES)}, "
                              f"got {self.delete_mode!r}")
+        super().setup(args, context)
         processor = load_pretrained(AutoProcessor.from_pretrained, self.model_id, "model")
         model = load_pretrained(AutoModelForZeroShotObjectDetection.from_pretrained, self.model_id, "model")
         if not hasattr(model, "image_embedder") or not hasattr(model, "class_predictor"):
@@ -281,7 +275,6 @@ class OwlVit(Block):
         self.model = model.to(self.device).eval()
         self.padded_square = model.config.model_type == "owlv2"  # OWLv2 pads images to a square
         self.preprocess = Preprocessor(processor.image_processor)
-        self._autocast = lambda: autocast(self.device, self.precision)
         # the text queries, embedded once for the whole run
         tokenizer = processor.tokenizer
         max_len = int(model.config.text_config.max_position_embeddings)
@@ -296,12 +289,6 @@ class OwlVit(Block):
                                          attention_mask=tokens["attention_mask"].to(self.device))
             q = out.pooler_output if hasattr(out, "pooler_output") else out
         self.query_embeds = q.to(torch.float32)[None]  # [1, queries, dim]
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="owlvit-decode")
-
-    def teardown(self) -> None:
-        pool = getattr(self, "pool", None)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
 
     def cache_key(self, args: Mapping[str, Any]) -> str:
         return f"owlvit-1:{args.get('model')}:{args.get('precision')}"
@@ -314,7 +301,7 @@ class OwlVit(Block):
         import torch
 
         model = self.model
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.autocast():
             pv = pixel_values.to(self.device, non_blocking=True)
             feature_map = model.image_embedder(pixel_values=pv)[0]
             b, h, w, d = feature_map.shape
