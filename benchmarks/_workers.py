@@ -33,6 +33,15 @@ def cli(project: Path, *args: str) -> str:
     return r.stdout
 
 
+def timed_batches(forward: Any, data: Any, batch: int) -> float:
+    """Seconds ``forward`` takes over ``data`` in slices of ``batch``, after one untimed warm-up."""
+    forward(data[:batch])
+    t = time.perf_counter()
+    for i in range(0, len(data), batch):
+        forward(data[i : i + batch])
+    return time.perf_counter() - t
+
+
 def run_worker(script: str, work: Path, *args: str) -> dict[str, Any]:
     """``python SCRIPT --worker WORK ARGS...``: the JSON object its last line prints."""
     t = time.perf_counter()

@@ -32,12 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _workers import cli, median, peak_mb, run_worker, timed_action_run  # noqa: E402
+from _workers import cli, median, peak_mb, run_worker, timed_action_run, timed_batches  # noqa: E402
 
 RATE = 16000
 WINDOW_S = 2.0
-
-
 
 
 def make_clips(folder: Path, n: int, seconds: float = 10.0) -> None:
@@ -63,8 +61,6 @@ def windows(folder: Path, n: int) -> list[Any]:
         if len(out) >= n:
             break
     return out[:n]
-
-
 
 
 def worker_ours(work: Path) -> dict[str, Any]:
@@ -102,15 +98,7 @@ def worker_floor(work: Path, precision: str, n: int, batch: int) -> dict[str, An
         with torch.inference_mode(), autocast("cpu", precision):
             torch.sigmoid(model(input_values=x).logits.float())
 
-    forward(feats[:batch])  # warm-up, not timed
-    t = time.perf_counter()
-    for i in range(0, n, batch):
-        forward(feats[i : i + batch])
-    return {"seconds": time.perf_counter() - t, "windows": n, "peak_mb": peak_mb()}
-
-
-
-
+    return {"seconds": timed_batches(forward, feats, batch), "windows": n, "peak_mb": peak_mb()}
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _workers import cli, median, peak_mb, run_worker, timed_action_run  # noqa: E402
+from _workers import cli, median, peak_mb, run_worker, timed_action_run, timed_batches  # noqa: E402
 
 # The random-weight heads score patches between about 0.2 and 0.8; at 0.75 a prompt finds a
 # box or two per image, as a trained model does. (At 0.2 every patch would be a box: thousands
@@ -42,8 +42,6 @@ THRESHOLD = 0.75
 NAMES = ["person", "car", "dog", "cat", "bus", "bike", "tree", "sign", "bird", "cup"]
 PROMPTS = {k: [f"a {n} ({n}, {THRESHOLD})" for n in NAMES[:k]] for k in (1, 3, 10)}
 LABELS3 = [f"a {n}" for n in NAMES[:3]]
-
-
 
 
 def make_images(folder: Path, n: int) -> list[Path]:
@@ -61,8 +59,6 @@ def make_images(folder: Path, n: int) -> list[Path]:
         Image.fromarray(img).save(path, quality=90)
         out.append(path)
     return out
-
-
 
 
 # -- workers (each in its own process) ------------------------------------------------------------
@@ -113,15 +109,7 @@ def worker_floor(work: Path, precision: str, n: int, batch: int) -> dict[str, An
             model.class_predictor(feats, queries.expand(b, -1, -1))
             model.box_predictor(feats, fmap)
 
-    forward(pixels[:batch])  # warm-up, not timed
-    t = time.perf_counter()
-    for i in range(0, n, batch):
-        forward(pixels[i : i + batch])
-    return {"seconds": time.perf_counter() - t, "images": n, "peak_mb": peak_mb()}
-
-
-
-
+    return {"seconds": timed_batches(forward, pixels, batch), "images": n, "peak_mb": peak_mb()}
 
 
 def main() -> None:

@@ -98,6 +98,14 @@ def blob_files(project: Path) -> list[Path]:
     return [p for p in (project / DATA_DIR / "blobs").rglob("*") if p.is_file()]
 
 
+def corrupt_stored_copy(project: Path, original: Path, garbage: bytes) -> None:
+    """Overwrite the project's stored copy of ``original`` (a file that went bad on disk after
+    upload: uploads refuse corrupt files)."""
+    blob = next(p for p in blob_files(project) if p.read_bytes() == original.read_bytes())
+    blob.chmod(0o644)
+    blob.write_bytes(garbage)
+
+
 @pytest.fixture(autouse=True)
 def _isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's project, secrets or plugins."""

@@ -24,7 +24,7 @@ from labelblocks_audioset.block import (
     window_starts,
 )
 from tests.blocks.tiny_models import AUDIOSET_CLASSES, make_ast
-from tests.conftest import Cli, blob_files, make_audio
+from tests.conftest import Cli, corrupt_stored_copy, make_audio
 
 LABELS = "Speech\nbark (dog)\nMusic"
 
@@ -240,9 +240,7 @@ def test_audioset_then_relabel_through_preview_and_run(cli: Cli, tmp_path: Path,
     make_audio(tmp_path / "au" / "night3.wav", seconds=1, rate=44100, seed=2)
     broken = make_audio(tmp_path / "au" / "night4.wav", seconds=2, rate=16000, seed=3)
     cli("upload", str(tmp_path / "au"), "--no-label")
-    blob = next(p for p in blob_files(cli.project) if p.read_bytes() == broken.read_bytes())
-    blob.chmod(0o644)
-    blob.write_bytes(b"RIFF\x00\x00\x00\x00WAVE broken")
+    corrupt_stored_copy(cli.project, broken, b"RIFF\x00\x00\x00\x00WAVE broken")
     info = cli.json("blocks", "info", "audioset")
     assert "overlapping windows become consecutive" in info["description"]
     cli("actions", "create", "tags", "--step", "audioset", "-p", f"model={ast}", "-p", "audioset-labels=" + LABELS,

@@ -15,7 +15,7 @@ from labelblocks.blocks import BlockContext, SampleFailure, SampleInput
 from labelblocks.model import BoundingBox, Sample, SampleChange
 from labelblocks_owlvit.block import Filters, OwlVit, Preprocessor, Query, detections, kept_boxes, nms, parse_prompt
 from tests.blocks.tiny_models import make_owl
-from tests.conftest import Cli, blob_files, make_image
+from tests.conftest import Cli, corrupt_stored_copy, make_image
 
 pytest.importorskip("transformers")
 
@@ -313,10 +313,7 @@ def test_owlvit_then_relabel_through_preview_and_run(cli: Cli, tmp_path: Path, o
         make_image(tmp_path / "d" / f"street.{i}.png", size=(64, 48), seed=i)
     broken = make_image(tmp_path / "d" / "street.broken.png", size=(64, 48), seed=99)
     cli("upload", str(tmp_path / "d"))
-    # the stored file of one image goes bad after upload (uploads refuse corrupt images)
-    blob = next(p for p in blob_files(cli.project) if p.read_bytes() == broken.read_bytes())
-    blob.chmod(0o644)
-    blob.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    corrupt_stored_copy(cli.project, broken, b"\x89PNG\r\n\x1a\n broken")
     assert "owlvit" in cli("blocks", "list").stdout
     info = cli.json("blocks", "info", "owlvit")
     assert {p["param"] for p in info["parameters"]} >= {"prompt", "delete_existing_bounding_boxes", "nms",

@@ -89,12 +89,11 @@ def retry_delay(response: requests.Response | None, attempt: int, rng: random.Ra
     headers when the server sent them, else exponential backoff with full jitter."""
     if response is not None:
         h = response.headers
-        for name in ("retry-after-ms",):
-            if h.get(name):
-                try:
-                    return min(MAX_BACKOFF_S, float(h[name]) / 1000)
-                except ValueError:
-                    pass
+        if h.get("retry-after-ms"):
+            try:
+                return min(MAX_BACKOFF_S, float(h["retry-after-ms"]) / 1000)
+            except ValueError:
+                pass
         if h.get("retry-after"):
             v = h["retry-after"].strip()
             try:

@@ -248,6 +248,10 @@ def _print_preview(app: AppContext, runner: Any, job_id: int, limit: int = 50) -
         click.echo(f"... and {len(ids) - limit} more: `labelblocks proposals show {job_id}`")
 
 
+def _errors_json(errors: dict[int, tuple[int, str]]) -> list[dict[str, Any]]:
+    return [{"sampleId": k, "step": v[0], "error": v[1]} for k, v in sorted(errors.items())]
+
+
 def _job_errors(app: AppContext, job_id: int) -> dict[int, tuple[int, str]]:
     from sqlalchemy import and_, select
 
@@ -310,7 +314,7 @@ def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_
     if as_json:
         out = summary.to_json()
         out["proposals"] = _proposals_json(runner, summary.job_id)
-        out["errors"] = [{"sampleId": k, "step": v[0], "error": v[1]} for k, v in _job_errors(app, summary.job_id).items()]
+        out["errors"] = _errors_json(_job_errors(app, summary.job_id))
         print_json(out)
     else:
         click.echo(f"Preview job {summary.job_id}: {summary.total} samples, {summary.failed} failed, "
@@ -457,7 +461,7 @@ def jobs_show(app: AppContext, job_id: int, as_json: bool) -> None:
     j = _job_json(app, _job_row(app, job_id))
     errors = _job_errors(app, job_id)
     if as_json:
-        j["failures"] = [{"sampleId": k, "step": v[0], "error": v[1]} for k, v in sorted(errors.items())]
+        j["failures"] = _errors_json(errors)
         print_json(j)
         return
     click.echo(f"job {j['id']}: {j['kind']} of action {j['action']} — {j['status']}")
