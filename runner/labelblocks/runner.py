@@ -133,6 +133,65 @@ def _load_change(text: str) -> SampleChange:
     return SampleChange.model_validate_json(text)
 
 
+def read_proposals(store: Store, job_id: int, ids: Sequence[int] | None = None,
+                   max_step: int | None = None) -> dict[int, list[SampleChange]]:
+    """A job's proposals of ``ids`` (all when None), per sample in step order."""
+    return {sid: [_load_change(t) for t in texts]
+            for sid, texts in _proposal_texts(store, job_id, ids, max_step).items()}
+
+
+def _proposal_texts(store: Store, job_id: int, ids: Sequence[int] | None = None,
+                    max_step: int | None = None) -> dict[int, list[str]]:
+    """The stored change texts of ``ids`` (all when None), per sample in step order; read
+    as one range scan over the job's proposals."""
+    sql = "SELECT sample_id, change FROM proposals WHERE job_id = ?"
+    params: list[Any] = [job_id]
+    if max_step is not None:
+        sql += " AND step <= ?"
+        params.append(max_step)
+    if ids is not None:
+        if not ids:
+            return {}
+        sql += " AND sample_id BETWEEN ? AND ?"
+        params += [min(ids), max(ids)]
+    wanted = set(ids) if ids is not None else None
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(sql + " ORDER BY sample_id, step", tuple(params)).cursor.fetchall()
+    out: dict[int, list[str]] = {}
+    for sid, text in rows:
+        if wanted is None or sid in wanted:
+            out.setdefault(sid, []).append(text)
+    return out
+
+
+def overlay(store: Store, job_id: int, stored: Sequence[Sample], max_step: int | None = None) -> list[Sample]:
+    """``stored`` samples with the job's proposals up to ``max_step`` (all when None) applied:
+    what step ``max_step + 1`` of a chain sees."""
+    if max_step is not None and max_step < 1:
+        return list(stored)
+    changes = read_proposals(store, job_id, [s.id for s in stored], max_step)
+    out = []
+    for s in stored:
+        for ch in changes.get(s.id, []):
+            s = s.with_change(ch)
+        out.append(s)
+    return out
+
+
+def stage_proposal(store: Store, job_id: int, sample_id: int, step: int, change: SampleChange,
+                   merge: bool = False, cache_key: str | None = None) -> None:
+    """Store ``change`` as the job's proposal for the sample at ``step`` (replacing it; with
+    ``merge``, only the fields ``change`` sets replace those of the stored proposal)."""
+    with store.transaction() as conn:
+        if merge:
+            row = conn.execute(select(proposals.c.change).where(and_(
+                proposals.c.job_id == job_id, proposals.c.sample_id == sample_id, proposals.c.step == step))).first()
+            if row is not None:
+                change = compose([_load_change(row[0]), change])
+        conn.exec_driver_sql("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, cache_key) "
+                             "VALUES (?, ?, ?, ?, NULL, ?)", (job_id, sample_id, step, _change_json(change), cache_key))
+
+
 class Runner:
     def __init__(self, store: Store, registry: BlockRegistry) -> None:
         self.store = store
@@ -310,45 +369,12 @@ class Runner:
     def _overlaid(self, job_id: int, ids: Sequence[int], before_step: int) -> list[tuple[Sample, Sample]]:
         """(stored sample, sample with this job's steps < before_step applied) for ids."""
         stored = self.store.get_samples(ids)
-        if before_step <= 1:
-            return [(s, s) for s in stored]
-        changes = self.proposals_for(job_id, ids, max_step=before_step - 1)
-        out = []
-        for s in stored:
-            cur = s
-            for ch in changes.get(s.id, []):
-                cur = cur.with_change(ch)
-            out.append((s, cur))
-        return out
+        return list(zip(stored, overlay(self.store, job_id, stored, before_step - 1), strict=True))
 
     def proposals_for(self, job_id: int, ids: Sequence[int] | None = None,
                       max_step: int | None = None) -> dict[int, list[SampleChange]]:
         """The job's proposals of ``ids`` (all when None), per sample in step order."""
-        return {sid: [_load_change(t) for t in texts]
-                for sid, texts in self._proposal_texts(job_id, ids, max_step).items()}
-
-    def _proposal_texts(self, job_id: int, ids: Sequence[int] | None = None,
-                        max_step: int | None = None) -> dict[int, list[str]]:
-        """The stored change texts of ``ids`` (all when None), per sample in step order; read
-        as one range scan over the job's proposals."""
-        sql = "SELECT sample_id, change FROM proposals WHERE job_id = ?"
-        params: list[Any] = [job_id]
-        if max_step is not None:
-            sql += " AND step <= ?"
-            params.append(max_step)
-        if ids is not None:
-            if not ids:
-                return {}
-            sql += " AND sample_id BETWEEN ? AND ?"
-            params += [min(ids), max(ids)]
-        wanted = set(ids) if ids is not None else None
-        with self.store.engine.connect() as conn:
-            rows = conn.exec_driver_sql(sql + " ORDER BY sample_id, step", tuple(params)).cursor.fetchall()
-        out: dict[int, list[str]] = {}
-        for sid, text in rows:
-            if wanted is None or sid in wanted:
-                out.setdefault(sid, []).append(text)
-        return out
+        return read_proposals(self.store, job_id, ids, max_step)
 
     def _cached(self, keys: Sequence[str]) -> dict[str, tuple[str, str | None]]:
         out: dict[str, tuple[str, str | None]] = {}

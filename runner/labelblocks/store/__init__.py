@@ -500,10 +500,10 @@ class Store:
             return int(conn.execute(q).scalar_one())
 
     def list_samples(
-        self, f: SampleFilter | None = None, limit: int | None = 50, offset: int = 0
+        self, f: SampleFilter | None = None, limit: int | None = 50, offset: int = 0, descending: bool = False
     ) -> list[Sample]:
         f = f or SampleFilter()
-        q = select(samples).where(self._where(f)).order_by(samples.c.id)
+        q = select(samples).where(self._where(f)).order_by(samples.c.id.desc() if descending else samples.c.id)
         if limit is not None:
             q = q.limit(limit)
         if offset:

@@ -148,6 +148,34 @@ split_runs = Table(
 )
 
 
+# project API keys for the HTTP API (v5): only a hash of each key is stored
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String, nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),  # the key's first characters, to tell keys apart
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+    Column("last_used_at", Float, nullable=True),
+)
+
+# blocks that run outside the process (v5): a program or a container image with a parameters.json
+external_blocks = Table(
+    "external_blocks",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("kind", String, nullable=False),  # command | image
+    Column("directory", String, nullable=True),  # where the command runs (command blocks)
+    Column("command", Text, nullable=True),  # JSON list: the program and its fixed arguments
+    Column("image", String, nullable=True),
+    Column("parameters", Text, nullable=False),  # the parameters.json, validated
+    Column("timeout", Float, nullable=True),  # seconds a step may run
+    Column("created_at", Float, nullable=False),
+)
+
+
 def pack_ids(ids: Iterable[int]) -> bytes:
     """Sample ids as little-endian int64s: a job's 100,000 ids are one 800 kB value."""
     a = array("q", ids)
@@ -198,11 +226,17 @@ def _v4(conn: Connection) -> None:
     split_runs.create(conn)
 
 
+def _v5(conn: Connection) -> None:
+    api_keys.create(conn)
+    external_blocks.create(conn)
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
     (4, _v4),
+    (5, _v5),
 ]
 
 

@@ -1,0 +1,125 @@
+"""``labelblocks serve`` and ``labelblocks keys ...``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+
+from ._util import AppContext, pass_app, print_json
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: every one).")
+@click.option("--port", type=click.IntRange(0, 65535), default=4800, show_default=True, help="Port to listen on.")
+@click.option("--max-upload-mb", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Largest ingestion request, all files together.")
+@click.option("--max-file-mb", type=click.IntRange(min=1), default=128, show_default=True, help="Largest uploaded file.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes (each opens the project's database; writes are serialised by SQLite).")
+@pass_app
+def serve_cmd(app: AppContext, host: str, port: int, max_upload_mb: int, max_file_mb: int, workers: int) -> None:
+    """Serve the project over HTTP: the protocol's raw-data API under /v1/api/1/...,
+    its ingestion service under /api/{training,testing,validation,split}/files, a health
+    check at /healthz and the OpenAPI document at /openapi.json.
+
+    Every request but the health check needs a key from `labelblocks keys create` in the
+    x-api-key header.
+
+    \b
+    Example:
+      labelblocks keys create --name laptop
+      labelblocks serve --port 4800
+      curl -H "x-api-key: $KEY" "http://127.0.0.1:4800/v1/api/1/raw-data?limit=5"
+    """
+    from ..server import Limits
+    from ..server.app import MB
+
+    limits = Limits(upload_bytes=max_upload_mb * MB, file_bytes=max_file_mb * MB)
+    project_dir = app.project_dir
+    app.store  # noqa: B018 - opens (and migrates) the project before the server starts
+    click.echo(f"Serving {project_dir} on http://{host}:{port} (API base http://{host}:{port}/v1)", err=True)
+    if workers > 1:
+        import os
+
+        import uvicorn
+
+        os.environ["LABELBLOCKS_SERVE_PROJECT"] = str(project_dir)
+        os.environ["LABELBLOCKS_SERVE_LIMITS"] = f"{limits.upload_bytes},{limits.file_bytes}"
+        uvicorn.run("labelblocks.server.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    log_level="info")
+        return
+    from ..server import serve
+
+    serve(project_dir, host, port, limits=limits)
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """Project API keys for the HTTP API (`labelblocks serve`)."""
+
+
+@keys_group.command("create")
+@click.option("--name", default="", help="A name to tell the key apart (default: its creation time).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_app
+def keys_create(app: AppContext, name: str, as_json: bool) -> None:
+    """Create a project API key and print it once: only its hash is kept.
+
+    \b
+    Example:
+      KEY=$(labelblocks keys create --name ci --json | jq -r .key)
+    """
+    from ..keys import create_key
+
+    rec, key = create_key(app.store, name)
+    if as_json:
+        print_json({**rec.to_json(), "key": key})
+        return
+    click.echo(key)
+    click.echo(f"Key {rec.id} ({rec.name}) created. It is shown only now: store it somewhere safe.", err=True)
+
+
+@keys_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_app
+def keys_list(app: AppContext, as_json: bool) -> None:
+    """List the project's keys (their first characters, never the keys).
+
+    \b
+    Example:
+      labelblocks keys list
+    """
+    from ..keys import list_keys
+
+    keys = list_keys(app.store)
+    if as_json:
+        print_json([k.to_json() for k in keys])
+        return
+    if not keys:
+        click.echo("No keys: create one with `labelblocks keys create`.")
+    for k in keys:
+        when = datetime.fromtimestamp(k.created_at).strftime("%Y-%m-%d %H:%M")
+        status = "revoked" if k.revoked_at else "active"
+        click.echo(f"{k.id:>4}  {k.prefix}...  {status:<8} {when}  {k.name}")
+
+
+@keys_group.command("revoke")
+@click.argument("key")
+@pass_app
+def keys_revoke(app: AppContext, key: str) -> None:
+    """Revoke a key (by id, name or its shown first characters): it stops working at once.
+
+    \b
+    Example:
+      labelblocks keys revoke 2
+    """
+    from ..keys import revoke_key
+
+    k = revoke_key(app.store, key)
+    click.echo(f"Revoked key {k.id} ({k.name}).")
+
+
+def register(group: click.Group) -> None:
+    for c in (serve_cmd, keys_group):
+        group.add_command(c)

@@ -1,0 +1,100 @@
+"""The protocol's ingestion service: ``POST /api/{training|testing|validation|split}/files``.
+
+Multipart field ``data`` (one or many files) and the headers ``x-label`` (URL-encoded),
+``x-no-label: 1``, ``x-metadata`` (a JSON object of strings), ``x-disallow-duplicates: 1``,
+``x-add-date-id: 1`` and ``x-file-name``. Files go through the same pipeline as
+``labelblocks upload``: one bad file is refused alone, with its reason, and the others land.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import urllib.parse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+
+from ..uploads import INFER, UPLOAD_CATEGORIES, Outcome, UploadItem, upload
+
+if TYPE_CHECKING:
+    from .app import ServerState
+
+
+def _flag(request: Request, name: str) -> bool:
+    return request.headers.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def safe_name(name: str) -> str:
+    """A file name without folders or control characters (``../../x.png`` is ``x.png``)."""
+    base = Path(name.replace("\\", "/")).name
+    base = "".join(ch for ch in base if ch.isprintable())
+    return base.strip() or "file"
+
+
+def _date_id(name: str) -> str:
+    p = Path(name)
+    return f"{p.stem}.{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}{p.suffix}"
+
+
+async def ingest_request(state: ServerState, category: str, request: Request) -> JSONResponse:
+    from .app import ApiError
+
+    if category not in UPLOAD_CATEGORIES:
+        raise ApiError(404, f"unknown category {category!r}: expected one of {', '.join(UPLOAD_CATEGORIES)}")
+    label: Any = INFER
+    if _flag(request, "x-no-label"):
+        label = None
+    elif "x-label" in request.headers:
+        label = urllib.parse.unquote(request.headers["x-label"]).strip() or None
+    metadata: dict[str, str] = {}
+    if "x-metadata" in request.headers:
+        try:
+            md = json.loads(request.headers["x-metadata"])
+        except json.JSONDecodeError as e:
+            raise ApiError(400, f"x-metadata: expected a JSON object of strings, got invalid JSON ({e.msg})") from None
+        if not isinstance(md, dict) or not all(isinstance(k, str) and k and isinstance(v, str) for k, v in md.items()):
+            raise ApiError(400, "x-metadata: expected a JSON object of non-empty string keys and string values")
+        metadata = md
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise ApiError(400, f"expected a multipart/form-data body with files in the field 'data', got {content_type or 'no content type'!r}")
+    limits = state.limits
+    try:
+        form = await request.form(max_files=limits.files, max_fields=100, max_part_size=limits.file_bytes)
+    except ApiError:
+        raise
+    except Exception as e:
+        if type(e).__name__ == "_TooLarge":
+            raise
+        raise ApiError(400, f"malformed multipart body: {e}") from None
+    try:
+        files = [f for f in form.getlist("data") if isinstance(f, UploadFile)]
+        if not files:
+            raise ApiError(400, "no files: send them in the multipart field 'data'")
+        file_name = request.headers.get("x-file-name")
+        if file_name is not None and len(files) != 1:
+            raise ApiError(400, f"x-file-name names one file, but {len(files)} were sent")
+        items: list[UploadItem | Outcome] = []
+        for f in files:
+            name = safe_name(urllib.parse.unquote(file_name) if file_name is not None else (f.filename or "file"))
+            if _flag(request, "x-add-date-id"):
+                name = _date_id(name)
+            data = await f.read(limits.file_bytes + 1)
+            if len(data) > limits.file_bytes:
+                items.append(Outcome(name, "rejected", error=f"file too large: the limit is {limits.file_bytes} bytes"))
+                continue
+            items.append(UploadItem(source=name, name=name, category=category, label=label, metadata=dict(metadata),
+                                    data=data))
+    finally:
+        await form.close()
+    report = await run_in_threadpool(upload, state.store, items, _flag(request, "x-disallow-duplicates"))
+    out = report.to_json()
+    for f in out["files"]:
+        f["fileName"] = f.pop("path")
+    return JSONResponse(out)
