@@ -27,6 +27,7 @@ from sqlalchemy import and_, insert, select, update
 from .actions import Action, validate_steps
 from .blocks import Block, BlockContext, SampleFailure, SampleInput
 from .errors import BlockError, InvalidInput, LabelblocksError, NotFound
+from .external import ExternalBlock, run_external_step
 from .model import Sample, SampleChange, parse_change
 from .parameters import ResolvedParameters
 from .plugins import BlockRegistry, RegisteredBlock
@@ -419,7 +420,8 @@ class Runner:
 
         try:
             cls = plan.block.cls
-            bs = len(todo) if cls.needs_all_samples else max(1, cls().batch_size(args))
+            external = issubclass(cls, ExternalBlock)  # one process for the whole step
+            bs = len(todo) if cls.needs_all_samples or external else max(1, cls().batch_size(args))
             for start in range(0, len(todo), bs):
                 batch_ids = todo[start : start + bs]
                 revs = self.store.revisions(batch_ids)
@@ -433,7 +435,17 @@ class Runner:
                             results[sid] = hits[key]
                             summary.cached += 1
                 need = [sid for sid in batch_ids if sid not in results]
-                if need:
+                if need and external:
+                    cached_n = len(batch_ids) - len(need)
+
+                    def ext_progress(n: int, _base: int = done + cached_n) -> None:
+                        if on_progress:
+                            on_progress(phase, _base + n, total)
+
+                    left = run_external_step(self, job_id, plan, need, all_secrets, ext_progress)
+                    results.update((sid, (ext, None)) for sid, ext in left.items())
+                    summary.computed += len(need)
+                elif need:
                     if block is None:
                         block = cls()
                         block.setup(args, context)
@@ -444,7 +456,8 @@ class Runner:
                                         json.dumps(record) if record else None)
                     summary.computed += len(need)
                 summary.failed += sum(isinstance(r[0], SampleFailure) for r in results.values())
-                buffered.append((batch_ids, keys, results))
+                # an external block's own proposals are already stored (by the API, as they arrived)
+                buffered.append(([sid for sid in batch_ids if sid in results] if external else batch_ids, keys, results))
                 buffered_rows += len(batch_ids)
                 if buffered_rows >= WRITE_ROWS or time.monotonic() - last_write >= WRITE_SECONDS:
                     flush()
@@ -464,25 +477,7 @@ class Runner:
 
     def _label(self, block: Block, batch: _LazyBatch, args: dict[str, Any],
                context: BlockContext) -> list[SampleChange | SampleFailure]:
-        """Call the block on a batch; if the batch call raises, call it per sample so that one
-        bad sample fails alone."""
-        inputs = batch.inputs()
-        try:
-            out = list(block.label(inputs, args, context))
-            if len(out) != len(inputs):
-                raise BlockError(f"block returned {len(out)} results for {len(inputs)} samples")
-            return [_checked(o) for o in out]
-        except Exception as batch_error:
-            if len(inputs) == 1:
-                return [SampleFailure(_describe(batch_error))]
-            results: list[SampleChange | SampleFailure] = []
-            for inp in inputs:
-                try:
-                    [o] = list(block.label([inp], args, context))
-                    results.append(_checked(o))
-                except Exception as e:
-                    results.append(SampleFailure(_describe(e)))
-            return results
+        return label_batch(block, batch.inputs(), args, context)
 
     def _store_results(self, job_id: int, step: int,
                        batches: Sequence[tuple[Sequence[int], Mapping[int, str],
@@ -588,6 +583,28 @@ class _LazyInput(SampleInput):
 
     def read_bytes(self) -> bytes:
         return self._batch.read(self._sid)
+
+
+def label_batch(block: Block, inputs: Sequence[SampleInput], args: Mapping[str, Any],
+                context: BlockContext) -> list[SampleChange | SampleFailure]:
+    """Call the block on a batch; if the batch call raises, call it per sample so that one
+    bad sample fails alone."""
+    try:
+        out = list(block.label(inputs, args, context))
+        if len(out) != len(inputs):
+            raise BlockError(f"block returned {len(out)} results for {len(inputs)} samples")
+        return [_checked(o) for o in out]
+    except Exception as batch_error:
+        if len(inputs) == 1:
+            return [SampleFailure(_describe(batch_error))]
+        results: list[SampleChange | SampleFailure] = []
+        for inp in inputs:
+            try:
+                [o] = list(block.label([inp], args, context))
+                results.append(_checked(o))
+            except Exception as e:
+                results.append(SampleFailure(_describe(e)))
+        return results
 
 
 def _checked(o: Any) -> SampleChange | SampleFailure:

@@ -39,6 +39,21 @@ class AppContext:
             self._store = open_store(self.project_dir)
         return self._store
 
+    def registry(self, need_project: bool = True) -> Any:
+        """The installed blocks plus the project's external blocks (outside a project, with
+        ``need_project=False``: the installed blocks only)."""
+        from ..errors import ProjectNotFound
+        from ..external import add_to_registry
+        from ..plugins import get_registry
+
+        try:
+            store = self.store
+        except ProjectNotFound:
+            if need_project:
+                raise
+            return get_registry()
+        return add_to_registry(get_registry(), store)
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()

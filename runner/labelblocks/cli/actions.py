@@ -85,10 +85,9 @@ class _Progress:
 
 
 def _runner(app: AppContext) -> Any:
-    from ..plugins import get_registry
     from ..runner import Runner
 
-    return Runner(app.store, get_registry())
+    return Runner(app.store, app.registry())
 
 
 @click.group("actions")
@@ -129,7 +128,6 @@ def actions_create(ctx: click.Context, app: AppContext, name: str | None, step_:
       labelblocks actions create --file action.yaml
     """
     from ..actions import load_action_file, parse_action, save_action, validate_steps
-    from ..plugins import get_registry
 
     steps = ctx.meta.get("lb_steps", [])
     if file_ is not None:
@@ -156,7 +154,7 @@ def actions_create(ctx: click.Context, app: AppContext, name: str | None, step_:
             doc["filter"] = build_filter(kw).model_dump(exclude_defaults=True)
         action = parse_action(doc)
     action.selection()  # checks the data category's key
-    validate_steps(action, get_registry())
+    validate_steps(action, app.registry())
     save_action(app.store, action, replace=replace)
     click.echo(f"Saved action {action.name} ({len(action.steps)} step{'s' if len(action.steps) != 1 else ''}).")
 
