@@ -81,9 +81,11 @@ def _probe_image(data: bytes, ext: str) -> MediaInfo:
             img.load()
     except InvalidInput:
         raise
+    except Image.DecompressionBombError as e:
+        raise InvalidInput(f"image is larger than the limit of {MAX_IMAGE_PIXELS} pixels, refused before decoding ({e})") from None
     except UnidentifiedImageError:
         raise InvalidInput(f"not a readable image (expected {ext} data)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
         raise InvalidInput(f"corrupt image: {e}") from None
     if w <= 0 or h <= 0:
         raise InvalidInput(f"image has no pixels ({w}x{h})")

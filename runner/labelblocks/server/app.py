@@ -148,7 +148,7 @@ class _BodyLimit:
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge()
+                    raise BodyTooLarge()
             return msg
 
         async def tracked_send(msg: Message) -> None:
@@ -159,13 +159,13 @@ class _BodyLimit:
 
         try:
             await self.app(scope, counted, tracked_send)
-        except _TooLarge:
+        except BodyTooLarge:
             if not started:
                 await too_big(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class BodyTooLarge(Exception):
+    """Raised while a request body is read, once it passes its limit (answered with 413)."""
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -408,7 +408,7 @@ def create_app(project_dir: Path | str, store: Store | None = None, limits: Limi
                 raise ApiError(403, f"this key belongs to job {a.scope.job_id}, not job {job_id}")
             _stage(state, a.scope, sample_id, change, merge=False)
         else:
-            stage_proposal(store, job_id, sample_id, _last_step(store, job_id), change)
+            stage_proposal(store, job_id, sample_id, _step_for(store, job_id, sample_id), change)
         return JSONResponse({"success": True})
 
     # --- ingestion ---------------------------------------------------------------------------
@@ -441,16 +441,20 @@ def _stage(state: ServerState, scope: JobScope, sample_id: int, change: SampleCh
     scope.proposed.add(sample_id)
 
 
-def _last_step(store: Store, job_id: int) -> int:
+def _step_for(store: Store, job_id: int, sample_id: int) -> int:
+    """Where a proposal posted with a project key goes: the job's last step (its changes win
+    when the job is applied). The sample must be one of the job's."""
     from sqlalchemy import select
 
-    from ..store.schema import jobs
+    from ..store.schema import jobs, unpack_ids
 
     with store.engine.connect() as conn:
-        definition = conn.execute(select(jobs.c.definition).where(jobs.c.id == job_id)).scalar_one_or_none()
-    if definition is None:
+        row = conn.execute(select(jobs.c.definition, jobs.c.sample_ids).where(jobs.c.id == job_id)).first()
+    if row is None:
         raise NotFound(f"no job {job_id}")
-    return max(1, len(json.loads(definition).get("steps", [])))
+    if sample_id not in set(unpack_ids(row.sample_ids)):
+        raise ApiError(400, f"sample {sample_id} is not part of job {job_id}")
+    return max(1, len(json.loads(row.definition).get("steps", [])))
 
 
 def _proposals_by_step(store: Store, job_id: int) -> dict[int, list[tuple[int, dict[str, Any]]]]:

@@ -43,7 +43,7 @@ def _date_id(name: str) -> str:
 
 
 async def ingest_request(state: ServerState, category: str, request: Request) -> JSONResponse:
-    from .app import ApiError
+    from .app import ApiError, BodyTooLarge
 
     if category not in UPLOAD_CATEGORIES:
         raise ApiError(404, f"unknown category {category!r}: expected one of {', '.join(UPLOAD_CATEGORIES)}")
@@ -67,11 +67,9 @@ async def ingest_request(state: ServerState, category: str, request: Request) ->
     limits = state.limits
     try:
         form = await request.form(max_files=limits.files, max_fields=100, max_part_size=limits.file_bytes)
-    except ApiError:
+    except (ApiError, BodyTooLarge):
         raise
     except Exception as e:
-        if type(e).__name__ == "_TooLarge":
-            raise
         raise ApiError(400, f"malformed multipart body: {e}") from None
     try:
         files = [f for f in form.getlist("data") if isinstance(f, UploadFile)]
@@ -81,20 +79,24 @@ async def ingest_request(state: ServerState, category: str, request: Request) ->
         if file_name is not None and len(files) != 1:
             raise ApiError(400, f"x-file-name names one file, but {len(files)} were sent")
         items: list[UploadItem | Outcome] = []
+        names: list[str] = []
         for f in files:
             name = safe_name(urllib.parse.unquote(file_name) if file_name is not None else (f.filename or "file"))
             if _flag(request, "x-add-date-id"):
                 name = _date_id(name)
             data = await f.read(limits.file_bytes + 1)
+            source = str(len(names))  # outcomes come back in processing order: answer in request order
+            names.append(name)
             if len(data) > limits.file_bytes:
-                items.append(Outcome(name, "rejected", error=f"file too large: the limit is {limits.file_bytes} bytes"))
+                items.append(Outcome(source, "rejected", error=f"file too large: the limit is {limits.file_bytes} bytes"))
                 continue
-            items.append(UploadItem(source=name, name=name, category=category, label=label, metadata=dict(metadata),
+            items.append(UploadItem(source=source, name=name, category=category, label=label, metadata=dict(metadata),
                                     data=data))
     finally:
         await form.close()
     report = await run_in_threadpool(upload, state.store, items, _flag(request, "x-disallow-duplicates"))
     out = report.to_json()
+    out["files"].sort(key=lambda f: int(f["path"]))
     for f in out["files"]:
-        f["fileName"] = f.pop("path")
+        f["fileName"] = names[int(f.pop("path"))]
     return JSONResponse(out)
