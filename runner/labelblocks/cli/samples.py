@@ -31,16 +31,22 @@ def _summary_line(s: Sample) -> str:
 @click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="At most this many samples.")
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many samples first.")
 @click.option("--json", "as_json", is_flag=True, help="Print samples as a JSON list.")
+@click.option("--count", "count_only", is_flag=True, help="Print only how many samples match.")
 @pass_app
-def list_cmd(app: AppContext, limit: int, offset: int, as_json: bool, **kw: Any) -> None:
+def list_cmd(app: AppContext, limit: int, offset: int, as_json: bool, count_only: bool, **kw: Any) -> None:
     """List samples matching the filters, by id.
 
     \b
     Examples:
       labelblocks samples list --where site=Paris --where site=Lyon --missing reviewed
       labelblocks samples list --filter-json '[{"key":"device","op":"neq","values":["cam2"]}]' --json
+      labelblocks samples list --where site=Paris --count
     """
     f = build_filter(kw)
+    if count_only:
+        n = app.store.count(f)
+        print_json({"count": n}) if as_json else click.echo(n)
+        return
     rows = app.store.list_samples(f, limit=limit, offset=offset)
     if as_json:
         print_json([s.to_json() for s in rows])

@@ -6,6 +6,7 @@ Every write happens in one transaction; a sample is never half-written.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -108,6 +109,7 @@ class Store:
         self.root = root
         self.engine = engine
         self.blobs = BlobStore(root / BLOB_DIR)
+        self._write_lock = threading.RLock()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -157,8 +159,12 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A write transaction: committed when the block ends, rolled back on any error."""
-        with self.engine.connect().execution_options(lb_write=True) as conn, conn.begin():
+        """A write transaction: committed when the block ends, rolled back on any error.
+
+        Threads of one process queue on a lock first: SQLite's own wait for a busy database
+        sleeps in growing steps, which under many concurrent writers (the HTTP API) costs far
+        more than the writes. Other processes still wait through SQLite's busy timeout."""
+        with self._write_lock, self.engine.connect().execution_options(lb_write=True) as conn, conn.begin():
             yield conn
 
     @contextmanager
@@ -424,7 +430,11 @@ class Store:
 
     # --- reading samples -------------------------------------------------------------------
 
-    def _where(self, f: SampleFilter) -> ColumnElement[bool]:
+    def _where(self, f: SampleFilter, counting: bool = False) -> ColumnElement[bool]:
+        """The filter as SQL. ``counting``: metadata equality as ``id IN (ids from the
+        key/value index)``, which SQLite drives from the index (a count touches every match;
+        8x faster than a correlated EXISTS per sample); a page keeps EXISTS, which stops after
+        its first rows in id order."""
         s = samples.c
         parts: list[ColumnElement[bool]] = []
         if f.ids is not None:
@@ -459,6 +469,10 @@ class Store:
         md_parts: list[ColumnElement[bool]] = []
         m = sample_metadata.c
         for c in f.metadata:
+            if counting and c.op == "eq":
+                sub = select(m.sample_id).where(m.key == c.key)
+                md_parts.append(s.id.in_(sub.where(m.value.in_(c.values)) if c.values else sub))
+                continue
             cond = and_(m.sample_id == s.id, m.key == c.key)
             if c.values:
                 cond = and_(cond, m.value.in_(c.values))
@@ -495,7 +509,7 @@ class Store:
     def count(self, f: SampleFilter | None = None) -> int:
         q = select(func.count()).select_from(samples)
         if f is not None:
-            q = q.where(self._where(f))
+            q = q.where(self._where(f, counting=True))
         with self._read() as conn:
             return int(conn.execute(q).scalar_one())
 
