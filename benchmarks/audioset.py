@@ -14,7 +14,11 @@ real project, each measurement in its own process:
 
 Targets: >= 3x the per-window pipeline; >= 90% of the bare batched bf16 forward.
 
+With --device cuda the same measurements run on the GPU, and --batch-sizes 1,16,64 adds the
+run and the bf16 forward at each batch size.
+
 Usage: python benchmarks/audioset.py [--clips 60] [--pipeline-windows 16] [--repeat 2]
+       python benchmarks/audioset.py --device cuda --clips 300 --batch-sizes 1,16,64
 """
 
 from __future__ import annotations
@@ -63,18 +67,18 @@ def windows(folder: Path, n: int) -> list[Any]:
     return out[:n]
 
 
-def worker_ours(work: Path) -> dict[str, Any]:
+def worker_ours(work: Path, action: str = "tags") -> dict[str, Any]:
     from labelblocks_audioset.block import AudioSet
 
-    r = timed_action_run(work / "project", "tags", AudioSet)
+    r = timed_action_run(work / "project", action, AudioSet)
     r["windows"] = r.pop("summary")["usage"]["windows"]
     return r
 
 
-def worker_pipeline(work: Path, n: int) -> dict[str, Any]:
+def worker_pipeline(work: Path, n: int, device: str = "cpu") -> dict[str, Any]:
     from transformers import pipeline
 
-    pipe = pipeline("audio-classification", model=str(work / "model"))
+    pipe = pipeline("audio-classification", model=str(work / "model"), device=0 if device == "cuda" else -1)
     wins = windows(work / "clips", n + 1)
     pipe(wins[-1])  # warm-up, not timed
     t = time.perf_counter()
@@ -83,20 +87,20 @@ def worker_pipeline(work: Path, n: int) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t, "windows": n, "peak_mb": peak_mb()}
 
 
-def worker_floor(work: Path, precision: str, n: int, batch: int) -> dict[str, Any]:
+def worker_floor(work: Path, precision: str, n: int, batch: int, device: str = "cpu") -> dict[str, Any]:
     import torch
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
     from labelblocks.accel import autocast
 
     extractor = AutoFeatureExtractor.from_pretrained(work / "model")
-    model = AutoModelForAudioClassification.from_pretrained(work / "model").eval()
+    model = AutoModelForAudioClassification.from_pretrained(work / "model").eval().to(device)
     feats = torch.from_numpy(extractor(windows(work / "clips", n), sampling_rate=RATE,
-                                       return_tensors="np")["input_values"])
+                                       return_tensors="np")["input_values"]).to(device)
 
     def forward(x: Any) -> None:
-        with torch.inference_mode(), autocast("cpu", precision):
-            torch.sigmoid(model(input_values=x).logits.float())
+        with torch.inference_mode(), autocast(device, precision):
+            torch.sigmoid(model(input_values=x).logits.float()).cpu()  # results back on the host, as the block has them
 
     return {"seconds": timed_batches(forward, feats, batch), "windows": n, "peak_mb": peak_mb()}
 
@@ -108,17 +112,19 @@ def main() -> None:
     ap.add_argument("--floor-windows", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=2, help="alternated runs of labelblocks and the bf16 forward")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--batch-sizes", default="", help="also measure the run and the bf16 forward at these batch sizes")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("what", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         kind, *rest = a.what
         if kind == "ours":
-            res = worker_ours(a.worker)
+            res = worker_ours(a.worker, *rest)
         elif kind == "pipeline":
-            res = worker_pipeline(a.worker, int(rest[0]))
+            res = worker_pipeline(a.worker, int(rest[0]), rest[1])
         else:
-            res = worker_floor(a.worker, rest[0], int(rest[1]), int(rest[2]))
+            res = worker_floor(a.worker, rest[0], int(rest[1]), int(rest[2]), rest[3])
         print(json.dumps(res))
         return
 
@@ -129,30 +135,39 @@ def main() -> None:
         work = Path(tmp)
         make_ast(work / "model", full_size=True)
         make_clips(work / "clips", a.clips)
+        dev = a.device
+        where = torch_device_name(dev)
         print(f"full-size AST (random weights); {a.clips} clips of 10 s; windows {WINDOW_S:g} s; batch {a.batch_size}; "
-              f"{os.cpu_count()} CPUs; precision auto = {pick_precision('auto', 'cpu')}")
+              f"{where}; precision auto = {pick_precision('auto', dev)}")
         cli(work / "project", "init", str(work / "project"))
         cli(work / "project", "upload", str(work / "clips"), "--no-label")
-        cli(work / "project", "actions", "create", "tags", "--step", "audioset", "-p", f"model={work / 'model'}",
-            "-p", "audioset-labels=Speech\nDog\nMusic", "-p", f"batch-size={a.batch_size}")
+        sizes = [a.batch_size, *(int(b) for b in a.batch_sizes.split(",") if b and int(b) != a.batch_size)]
+        for bs in sizes:
+            cli(work / "project", "actions", "create", f"tags{bs}", "--step", "audioset", "-p", f"model={work / 'model'}",
+                "-p", "audioset-labels=Speech\nDog\nMusic", "-p", f"batch-size={bs}", "-p", f"device={dev}")
         ours: list[dict[str, Any]] = []
         floor: list[dict[str, Any]] = []
         for _ in range(a.repeat):  # alternated: this machine's speed drifts by ~10 %
-            r = run_worker(__file__, work, "ours")
+            r = run_worker(__file__, work, "ours", f"tags{a.batch_size}")
             r["rate"] = r["windows"] / r["labeling"]
             ours.append(r)
-            r = run_worker(__file__, work, "floor", "bf16", str(a.floor_windows), str(a.batch_size))
+            r = run_worker(__file__, work, "floor", "bf16", str(a.floor_windows), str(a.batch_size), dev)
             r["rate"] = r["windows"] / r["seconds"]
             floor.append(r)
-        pipe = run_worker(__file__, work, "pipeline", str(a.pipeline_windows))
+        pipe = run_worker(__file__, work, "pipeline", str(a.pipeline_windows), dev)
         pipe["rate"] = pipe["windows"] / pipe["seconds"]
-        fp32 = run_worker(__file__, work, "floor", "fp32", str(min(a.floor_windows, 16)), str(a.batch_size))
+        fp32 = run_worker(__file__, work, "floor", "fp32", str(min(a.floor_windows, 16)), str(a.batch_size), dev)
         fp32["rate"] = fp32["windows"] / fp32["seconds"]
+        per_size = []
+        for bs in sizes[1:]:
+            r = run_worker(__file__, work, "ours", f"tags{bs}")
+            f_bs = run_worker(__file__, work, "floor", "bf16", str(max(a.floor_windows, 2 * bs)), str(bs), dev)
+            per_size.append((bs, r["windows"] / r["labeling"], f_bs["windows"] / f_bs["seconds"]))
 
     o, f = median(ours), median(floor)
     print()
     print(f"{'measurement':44} {'windows/s':>10} {'peak MB':>8}  notes")
-    print(f"{'labelblocks actions run (auto = bf16)':44} {o['rate']:10.2f} {o['peak_mb']:8.0f}  "
+    print(f"{'labelblocks actions run (auto precision)':44} {o['rate']:10.2f} {o['peak_mb']:8.0f}  "
           f"{o['windows']} windows; model load {o['setup']:.1f} s; whole command {o['seconds']:.1f} s "
           f"= {o['windows'] / o['seconds']:.2f} windows/s")
     print(f"{'pipeline per window, fp32 (default)':44} {pipe['rate']:10.2f} {pipe['peak_mb']:8.0f}  "
@@ -165,6 +180,17 @@ def main() -> None:
           f"{[round(r['rate'], 2) for r in ours]}, forward {[round(r['rate'], 2) for r in floor]} windows/s)")
     print(f"real-time factor:            {o['rate'] * WINDOW_S:6.1f} s of audio per second "
           f"({o['windows'] * WINDOW_S / o['seconds']:.1f} with model load)")
+    for bs, rate, frate in per_size:
+        print(f"batch {bs:>3}: labelblocks actions run {rate:8.2f} windows/s; bare bf16 forward {frate:8.2f} windows/s "
+              f"({rate / frate:.0%})")
+
+
+def torch_device_name(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"{os.cpu_count()} CPUs"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -114,6 +115,14 @@ def _first_line(e: BaseException) -> str:
     return text[0][:300] if text else type(e).__name__
 
 
+def decode_workers(device: str) -> int:
+    """Threads that decode and preprocess inputs: one on the CPU, where the model's own
+    threads need the cores; on a GPU the cores are free, and one thread cannot feed it."""
+    if not device.startswith("cuda"):
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 class ModelBlock(Block):
     """Base of blocks that run a torch model: the ``device``, ``precision`` and ``batch-size``
     parameters, autocast, and one background thread that decodes the next inputs while the
@@ -136,7 +145,7 @@ class ModelBlock(Block):
         self.device = pick_device(str(args.get("device") or "auto"))
         self.precision = pick_precision(str(args.get("precision") or "auto"), self.device)
         self.micro_batch = max(1, int(args.get("batch-size") or self.default_batch_size))
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-decode")
+        self.pool = ThreadPoolExecutor(max_workers=decode_workers(self.device), thread_name_prefix=f"{self.name}-decode")
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.device, self.precision)
