@@ -172,6 +172,24 @@ def test_scores_match_the_transformers_pipeline(ast: Path) -> None:
         assert results[i].structured_labels[0].label == (best if theirs[best] >= 0.2 else "other")
 
 
+@pytest.mark.parametrize("seconds", [0.02, 0.5, 2.0, 12.0])  # shorter than a frame ... longer than the model's input
+def test_batched_features_equal_the_extractor(ast: Path, seconds: float) -> None:
+    from transformers import AutoFeatureExtractor
+
+    from labelblocks_audioset.block import BatchedFbank
+
+    extractor = AutoFeatureExtractor.from_pretrained(ast)
+    assert BatchedFbank.supports(extractor)
+    rng = np.random.default_rng(3)
+    n = max(400, int(seconds * 16000))  # the extractor itself needs one whole frame
+    audio = (rng.standard_normal((3, n)) * 0.2).astype("float32")
+    theirs = extractor(list(audio), sampling_rate=16000, return_tensors="np")["input_values"]
+    ours = BatchedFbank(extractor, "cpu")(audio).numpy()
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() < 1e-4
+    assert BatchedFbank(extractor, "cpu")(audio[:, :100]).shape == (3, extractor.max_length, extractor.num_mel_bins)
+
+
 def test_bf16_scores_stay_within_002_of_fp32(ast: Path) -> None:
     clips = [wav(5.0, seed=s) for s in range(3)]
     labels = {"audioset-labels": "\n".join(AUDIOSET_CLASSES)}

@@ -3,8 +3,9 @@
 - The labels of interest are checked against the model's own class names in ``setup``, before
   any audio is read; an unknown name suggests the closest valid ones.
 - Audio (WAV / FLAC / OGG, any rate and channel count) is mixed to mono and resampled with
-  soxr to the model's rate in a background thread, which also computes the model's features,
-  while the model runs.
+  soxr to the model's rate in a background thread while the model runs; the AST's log-mel
+  features of a whole model batch are computed at once on the model's device
+  (:class:`BatchedFbank`).
 - Windows from all samples of a batch go through the model together, ``batch-size`` at a time.
 - Windows are placed in value indices of the sample itself; :func:`segments` turns them into
   structured labels that tile the sample exactly (no overlap, no gap, the last one ending at
@@ -107,7 +108,59 @@ def merge_adjacent(labels: Sequence[StructuredLabel]) -> list[StructuredLabel]:
 class _Prepared:
     n_values: int
     spans: list[tuple[int, int]]
-    features: Any  # [windows, frames, mel bins]
+    features: Any  # [windows, frames, mel bins], or [windows, values] of audio when BatchedFbank computes them
+
+
+class BatchedFbank:
+    """The AST feature extractor's log-mel filter bank (Kaldi-style: 25 ms frames every 10 ms,
+    DC removal, pre-emphasis 0.97, Hann window, 512-point FFT, power, Kaldi mel bins, log;
+    then padded or cut to ``max_length`` frames and normalised), computed for a whole batch of
+    windows at once with torch on the model's device. The extractor computes it window by
+    window, frame by frame: on a GPU that, not the model, was the bottleneck (5.8 ms a window
+    against 1.1 ms for the model's forward on an H100)."""
+
+    FRAME, HOP, NFFT, PRE, FLOOR = 400, 160, 512, 0.97, 1.192092955078125e-07
+
+    def __init__(self, extractor: Any, device: str) -> None:
+        import torch
+        from transformers.audio_utils import mel_filter_bank, window_function
+
+        self.dtype = torch.float32 if device.startswith("cuda") else torch.float64
+        rate = int(extractor.sampling_rate)
+        mel = mel_filter_bank(num_frequency_bins=self.NFFT // 2 + 1, num_mel_filters=int(extractor.num_mel_bins),
+                              min_frequency=20, max_frequency=rate // 2, sampling_rate=rate, norm=None,
+                              mel_scale="kaldi", triangularize_in_mel_space=True)
+        self.mel = torch.as_tensor(mel, dtype=self.dtype, device=device)  # [257, mel bins]
+        self.window = torch.as_tensor(window_function(self.FRAME, "hann", periodic=False), dtype=self.dtype,
+                                      device=device)
+        self.max_length = int(extractor.max_length)
+        self.normalize = bool(extractor.do_normalize)
+        self.mean, self.std = float(extractor.mean), float(extractor.std)
+        self.device = device
+
+    @staticmethod
+    def supports(extractor: Any) -> bool:
+        return type(extractor).__name__ == "ASTFeatureExtractor"
+
+    def __call__(self, audio: np.ndarray) -> Any:
+        """[windows, values] of audio -> [windows, max_length, mel bins] features (a tensor on the device)."""
+        import torch
+
+        x = torch.as_tensor(audio, device=self.device).to(self.dtype)
+        if x.shape[1] < self.FRAME:  # a window shorter than one frame is one frame, padded with silence
+            x = torch.nn.functional.pad(x, (0, self.FRAME - x.shape[1]))
+        frames = x.unfold(1, self.FRAME, self.HOP)  # [W, F, 400]
+        frames = frames - frames.mean(dim=-1, keepdim=True)
+        frames = torch.cat([frames[..., :1] * (1 - self.PRE), frames[..., 1:] - self.PRE * frames[..., :-1]], dim=-1)
+        power = torch.fft.rfft(frames * self.window, n=self.NFFT).abs() ** 2  # [W, F, 257]
+        fbank = torch.clamp(power @ self.mel, min=self.FLOOR).log()  # [W, F, mel bins]
+        n = fbank.shape[1]
+        if n < self.max_length:
+            fbank = torch.nn.functional.pad(fbank, (0, 0, 0, self.max_length - n))
+        fbank = fbank[:, : self.max_length]
+        if self.normalize:
+            fbank = (fbank - self.mean) / (self.std * 2)
+        return fbank.float()
 
 
 class AudioSet(ModelBlock):
@@ -160,6 +213,7 @@ class AudioSet(ModelBlock):
         super().setup(args, context)
         self.extractor = load_pretrained(AutoFeatureExtractor.from_pretrained, self.model_id, "model")
         self.rate = int(self.extractor.sampling_rate)
+        self.fbank = BatchedFbank(self.extractor, self.device) if BatchedFbank.supports(self.extractor) else None
         model = load_pretrained(AutoModelForAudioClassification.from_pretrained, self.model_id, "model")
         self.model = model.to(self.device).eval()
 
@@ -183,11 +237,13 @@ class AudioSet(ModelBlock):
         win, starts = window_starts(n, rate, self.win_ms, self.stride_ms)
         x = soxr.resample(audio, rate, self.rate) if rate != self.rate else audio
         ratio = self.rate / rate
-        length = round(win * ratio)
+        length = round(self.win_ms * self.rate / 1000)  # the same for every sample: windows stack into one batch
         wins = []
         for s in starts:  # a window past the end is padded with silence
             w = x[round(s * ratio) : round(s * ratio) + length]
             wins.append(w if len(w) == length else np.pad(w, (0, length - len(w))))
+        if self.fbank is not None:  # features are computed per model batch, on the model's device
+            return _Prepared(n, segments(starts, n), np.stack(wins).astype(np.float32, copy=False))
         feats = self.extractor(wins, sampling_rate=self.rate, return_tensors="np")["input_values"]
         return _Prepared(n, segments(starts, n), feats)
 
@@ -197,8 +253,10 @@ class AudioSet(ModelBlock):
         """Per-class probabilities (sigmoid: AudioSet is multi-label) for a batch of windows."""
         import torch
 
-        with torch.inference_mode(), self.autocast():
-            logits = self.model(input_values=torch.from_numpy(features).to(self.device)).logits
+        with torch.inference_mode():
+            x = self.fbank(features) if self.fbank is not None else torch.from_numpy(features).to(self.device)
+            with self.autocast():
+                logits = self.model(input_values=x).logits
             return torch.sigmoid(logits.float()).cpu().numpy()
 
     def label(
