@@ -234,7 +234,7 @@ class AudioSet(ModelBlock):
         n = values_count or len(audio)
         if len(audio) == 0 or n == 0:
             return SampleFailure("the audio is empty")
-        win, starts = window_starts(n, rate, self.win_ms, self.stride_ms)
+        _, starts = window_starts(n, rate, self.win_ms, self.stride_ms)
         x = soxr.resample(audio, rate, self.rate) if rate != self.rate else audio
         ratio = self.rate / rate
         length = round(self.win_ms * self.rate / 1000)  # the same for every sample: windows stack into one batch
