@@ -194,6 +194,9 @@ def test_failing_block_fails_its_unfinished_samples_with_the_log_tail(ds: Cli, p
     assert set(failures) == {4, 5, 6}
     assert all("exited with code 3" in e and "giving up at sample 4" in e for e in failures.values())
     assert all(TOKEN not in e for e in failures.values())
+    log = ds("jobs", "log", str(out["jobId"]), "--tail", "2").output
+    assert "giving up at sample 4" in log and len(log.splitlines()) == 2
+    assert "jobs log" in ds("jobs", "show", str(out["jobId"])).output
     labels = {sid: s.get("label") for sid, s in _samples(ds).items()}
     assert labels[1] == "none" and labels[4] is None
 

@@ -470,8 +470,35 @@ def jobs_show(app: AppContext, job_id: int, as_json: bool) -> None:
         click.echo("  usage: " + ", ".join(f"{k}={v:g}" for k, v in sorted(j["usage"].items())))
     if j["error"]:
         click.echo(f"  error: {j['error']}")
+    from ..external import job_log_path
+
+    if job_log_path(app.store, job_id).exists():
+        click.echo(f"  log: `labelblocks jobs log {job_id}`")
     for sid, (step, err) in sorted(errors.items())[:50]:
         click.echo(f"  sample {sid} failed at step {step}: {err}")
+
+
+@jobs_group.command("log")
+@click.argument("job_id", type=int)
+@click.option("--tail", "tail", type=click.IntRange(min=1), default=None, help="Only the last N lines.")
+@pass_app
+def jobs_log(app: AppContext, job_id: int, tail: int | None) -> None:
+    """Print what a job's external blocks wrote (their output, secrets redacted).
+
+    \b
+    Example:
+      labelblocks jobs log 3 --tail 50
+    """
+    from ..external import job_log_path
+
+    _job_row(app, job_id)
+    path = job_log_path(app.store, job_id)
+    if not path.exists():
+        click.echo(f"Job {job_id} has no log: only external blocks write one.", err=True)
+        return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for line in lines[-tail:] if tail else lines:
+        click.echo(line)
 
 
 @click.group("proposals")
