@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sqlite3
+import subprocess
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +120,19 @@ def _isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def kill_when(proc: subprocess.Popen[bytes], project: Path, count_sql: str, at_least: int, timeout: float = 60) -> None:
+    """SIGKILL ``proc`` as soon as ``count_sql`` counts ``at_least`` rows in the project's
+    database (or after ``timeout`` seconds), and reap it."""
+    db = project / DATA_DIR / "project.db"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.1)
+        if sqlite3.connect(db).execute(count_sql).fetchone()[0] >= at_least:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def make_fake_distribution(root: Path, name: str = "fakeblocks", module: str = "tests.fake_blocks",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 from labelblocks.builtin_blocks import Relabel
 from labelblocks.external import dockerfile_command
 
-from .conftest import Cli, make_image
+from .conftest import Cli, kill_when, make_image
 
 BLOCKS = Path(__file__).parent / "external_blocks"
 TOKEN = "py-block-TOKEN-secret-98765"
@@ -218,15 +217,8 @@ def test_external_step_resumes_after_sigkill(ds: Cli, project: Path, tmp_path: P
     env = {**os.environ}
     cmd = [sys.executable, "-m", "labelblocks", "--project", str(project), "actions", "run", "slow", "--json"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    db = project / ".labelblocks" / "project.db"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        time.sleep(0.1)
-        if sqlite3.connect(db).execute("SELECT count(*) FROM proposals WHERE step = 2").fetchone()[0] >= 2:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    con = sqlite3.connect(db)
+    kill_when(proc, project, "SELECT count(*) FROM proposals WHERE step = 2", 2)
+    con = sqlite3.connect(project / ".labelblocks" / "project.db")
     finished = {i for (i,) in con.execute("SELECT sample_id FROM proposals WHERE step = 2")}
     assert 2 <= len(finished) < 6
     assert con.execute("SELECT count(*) FROM samples WHERE label IS NOT NULL").fetchone()[0] == 0

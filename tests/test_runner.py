@@ -13,7 +13,7 @@ import pytest
 
 from tests import fake_blocks
 
-from .conftest import Cli, make_image
+from .conftest import Cli, kill_when, make_image
 
 SECRET = "sk-planted-SECRET-4242-zz"
 
@@ -219,15 +219,8 @@ def test_run_resumes_after_sigkill(ds: Cli, project: Path, tmp_path: Path) -> No
     env = {**os.environ, "FAKE_BLOCKS_LOG": str(log), "FAKE_TOKEN": "t-123456"}
     cmd = [sys.executable, "-m", "labelblocks", "--project", str(project), "actions", "run", "slow", "--json"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    kill_when(proc, project, "SELECT count(*) FROM proposals", 2)
     db = project / ".labelblocks" / "project.db"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        time.sleep(0.1)
-        n = sqlite3.connect(db).execute("SELECT count(*) FROM proposals").fetchone()[0]
-        if n >= 2:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
     first = [json.loads(line) for line in log.read_text().splitlines()]
     done_before = {i for c in first for i in c["ids"]}
     assert 0 < len(done_before) < 6

@@ -381,17 +381,19 @@ def create_app(project_dir: Path | str, store: Store | None = None, limits: Limi
         store.update_metadata([sample_id], md)
         return JSONResponse({"success": True})
 
-    @app.post("/v1/api/{project_id}/raw-data/{sample_id}/disable", tags=["raw-data"])
-    def disable(project_id: int, sample_id: int, request: Request) -> JSONResponse:
+    def set_disabled(project_id: int, sample_id: int, request: Request, disabled: bool) -> JSONResponse:
         a = auth(request)
         check_project(project_id)
-        return write(a, sample_id, SampleChange(is_disabled=True), lambda: store.set_disabled([sample_id], True))
+        return write(a, sample_id, SampleChange(is_disabled=disabled),
+                     lambda: store.set_disabled([sample_id], disabled))
+
+    @app.post("/v1/api/{project_id}/raw-data/{sample_id}/disable", tags=["raw-data"])
+    def disable(project_id: int, sample_id: int, request: Request) -> JSONResponse:
+        return set_disabled(project_id, sample_id, request, True)
 
     @app.post("/v1/api/{project_id}/raw-data/{sample_id}/enable", tags=["raw-data"])
     def enable(project_id: int, sample_id: int, request: Request) -> JSONResponse:
-        a = auth(request)
-        check_project(project_id)
-        return write(a, sample_id, SampleChange(is_disabled=False), lambda: store.set_disabled([sample_id], False))
+        return set_disabled(project_id, sample_id, request, False)
 
     @app.post("/v1/api/{project_id}/raw-data/{sample_id}/propose-changes", tags=["raw-data"])
     async def propose(project_id: int, sample_id: int, request: Request) -> JSONResponse:
