@@ -1,5 +1,7 @@
 # The labelblocks runner with the bundled blocks. Any bundled block can run as a protocol block:
-#   docker run --rm -e EI_API_ENDPOINT -e EI_PROJECT_API_KEY labelblocks blocks run owlvit --data-ids-file ids.json
+#   docker run --rm -e EI_API_ENDPOINT -e EI_PROJECT_API_KEY -v "$PWD:/data" labelblocks blocks run owlvit --data-ids-file ids.json
+# and a project can use the image as a container block:
+#   labelblocks blocks add --image labelblocks --command "blocks run owlvit" --parameters owlvit-parameters.json
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \

@@ -175,6 +175,27 @@ def test_image_block_runs_through_docker_run(ds: Cli, tmp_path: Path, monkeypatc
     assert ids_file.startswith(mount.split(":")[0])  # the ids file is inside the mounted folder
 
 
+def test_runner_image_serves_as_a_bundled_block(ds: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner's own image (entry point `labelblocks`) runs an installed block as a
+    container block: `docker run ... labelblocks blocks run relabel <protocol argv>`."""
+    bin_dir, log = _fake_docker(tmp_path, {"labelblocks:test": {
+        "command": [sys.executable, "-m", "labelblocks"], "cwd": str(tmp_path)}})
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    spec = tmp_path / "relabel.json"
+    spec.write_text(json.dumps(Relabel.spec().model_dump(by_alias=True, exclude_none=True)))
+    ds("blocks", "add", "--image", "labelblocks:test", "--command", "blocks run relabel", "--parameters", str(spec),
+       "--name", "relabel-docker")
+    assert ds.json("blocks", "info", "relabel-docker")["runs"] == "container image labelblocks:test with blocks run relabel"
+    ds("actions", "create", "rd", "--step", "fake-boxer", "-p", "label=thing", "--step", "relabel-docker",
+       "-p", "mapping=thing -> gadget")
+    run = ds.json("actions", "run", "rd")
+    assert run["applied"] == 6 and run["failed"] == 0
+    assert all([b["label"] for b in s["boundingBoxes"]] == ["gadget"] for s in _samples(ds).values())
+    [call] = [json.loads(line) for line in log.read_text().splitlines()]
+    argv = call["argv"]
+    assert argv[argv.index("labelblocks:test") + 1 : argv.index("labelblocks:test") + 4] == ["blocks", "run", "relabel"]
+
+
 def test_missing_docker_is_a_clear_error(ds: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
     ds("blocks", "add", "--image", "x/y:1", "--parameters", str(BLOCKS / "py_block" / "parameters.json"))

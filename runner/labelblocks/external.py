@@ -67,7 +67,7 @@ class ExternalBlock(Block):
     @classmethod
     def describe(cls) -> str:
         if cls.kind == "image":
-            return f"container image {cls.image}"
+            return f"container image {cls.image}" + (f" with {shlex.join(cls.command)}" if cls.command else "")
         return f"{shlex.join(cls.command)} (in {cls.directory})"
 
 
@@ -148,6 +148,7 @@ def add_block(store: Store, registry: BlockRegistry, path: Path | None = None, c
         if parameters is None:
             raise InvalidInput(f"--image {image}: also pass --parameters FILE (the image's parameters.json)")
         params_file = parameters
+        argv = shlex.split(command) if command else []  # arguments before the protocol's, after the image
         kind = "image"
     spec = load_parameters(params_file)
     doc = spec.model_dump(by_alias=True, exclude_none=True)
@@ -250,7 +251,7 @@ def _docker_argv(cls: type[ExternalBlock], env: dict[str, str], mount: str, name
     for k in sorted(env):
         if k not in PASS_ENV or k.startswith("EI_"):
             out += ["-e", k]
-    return [*out, str(cls.image), *argv]
+    return [*out, str(cls.image), *cls.command, *argv]
 
 
 def run_external_step(runner: Runner, job_id: int, plan: StepPlan, need: list[int], all_secrets: list[str],

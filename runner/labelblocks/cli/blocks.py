@@ -111,7 +111,8 @@ def blocks_info(app: AppContext, name: str, as_json: bool) -> None:
 
 @blocks_group.command("add")
 @click.argument("path", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--command", help="The command to run in the block's folder (default: its Dockerfile's ENTRYPOINT/CMD).")
+@click.option("--command", help="The command to run in the block's folder (default: its Dockerfile's ENTRYPOINT/CMD); "
+              "with --image, arguments given to the image before the protocol's.")
 @click.option("--image", help="Register a container image instead of a folder (needs --parameters).")
 @click.option("--parameters", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="The block's parameters.json (default: the folder's).")
@@ -130,6 +131,7 @@ def blocks_add(app: AppContext, path: Path | None, command: str | None, image: s
       labelblocks blocks add ./my-block --command "python3 main.py"
       labelblocks blocks add ./ai-labeling-block            # command from its Dockerfile
       labelblocks blocks add --image ghcr.io/me/block:1 --parameters parameters.json --timeout 3600
+      labelblocks blocks add --image labelblocks --command "blocks run owlvit" --parameters owlvit.json --name owlvit-docker
     """
     from ..external import add_block
 
