@@ -431,6 +431,9 @@ class Store:
     # --- reading samples -------------------------------------------------------------------
 
     def _where(self, f: SampleFilter, counting: bool = False) -> ColumnElement[bool]:
+        return and_(true(), *self._conditions(f, counting))
+
+    def _conditions(self, f: SampleFilter, counting: bool = False) -> list[ColumnElement[bool]]:
         """The filter as SQL. ``counting``: metadata equality as ``id IN (ids from the
         key/value index)``, which SQLite drives from the index (a count touches every match;
         8x faster than a correlated EXISTS per sample); a page keeps EXISTS, which stops after
@@ -482,7 +485,7 @@ class Store:
             md_parts.append(not_(exists().where(m.sample_id == s.id)))
         if md_parts:
             parts.append(and_(*md_parts) if f.combinator == "and" else or_(*md_parts))
-        return and_(true(), *parts)
+        return parts
 
     def scan(self, f: SampleFilter, *columns: str) -> list[tuple[Any, ...]]:
         """Raw rows (id, *columns) of the samples matching ``f``, by id: for bulk work over
@@ -508,8 +511,9 @@ class Store:
 
     def count(self, f: SampleFilter | None = None) -> int:
         q = select(func.count()).select_from(samples)
-        if f is not None:
-            q = q.where(self._where(f, counting=True))
+        parts = self._conditions(f, counting=True) if f is not None else []
+        if parts:  # without a WHERE clause SQLite counts from the table's b-tree, without a scan
+            q = q.where(and_(*parts))
         with self._read() as conn:
             return int(conn.execute(q).scalar_one())
 
