@@ -162,7 +162,9 @@ def test_keys_hashed_listed_revoked(data: Cli, server: BackgroundServer, project
     assert "no API key" in data("keys", "revoke", "nope", expect=1).output
     health = requests.get(server.host + "/healthz", timeout=10)
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    spec = requests.get(server.host + "/openapi.json", timeout=10).json()
+    assert requests.get(server.host + "/openapi.json", timeout=10).status_code == 401
+    active = data.json("keys", "create")["key"]
+    spec = requests.get(server.host + "/openapi.json", headers={"x-api-key": active}, timeout=10).json()
     assert "/v1/api/{project_id}/raw-data/{sample_id}/propose-changes" in spec["paths"]
     assert "/api/{category}/files" in spec["paths"]
 

@@ -181,7 +181,8 @@ def create_app(project_dir: Path | str, store: Store | None = None, limits: Limi
     db = store.root / "project.db"
     created = datetime.fromtimestamp(db.stat().st_ctime if db.exists() else time.time(), tz=UTC)
     state = ServerState(store, ProjectInfo(PROJECT_ID, project_dir.name, "labelblocks", created), limits or Limits())
-    app = FastAPI(title="labelblocks", version=__version__,
+    # the OpenAPI document is served below, behind the key like everything but the health check
+    app = FastAPI(title="labelblocks", version=__version__, openapi_url=None, docs_url=None, redoc_url=None,
                   description="The Edge Impulse AI-labeling protocol's raw-data and ingestion API for a labelblocks project.")
     app.state.lb = state
     app.add_middleware(_BodyLimit, limits=state.limits)
@@ -247,6 +248,11 @@ def create_app(project_dir: Path | str, store: Store | None = None, limits: Limi
     def health() -> dict[str, Any]:
         """Liveness: needs no key."""
         return {"success": True, "status": "ok", "version": __version__}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(request: Request) -> JSONResponse:
+        auth(request)
+        return JSONResponse(app.openapi())
 
     @app.get("/v1/api/projects", tags=["projects"])
     def list_projects(request: Request) -> dict[str, Any]:
