@@ -299,6 +299,14 @@ def test_job_key_is_limited_to_its_step(data: Cli, server: BackgroundServer) -> 
     assert denied.status_code == 403 and "not part of job" in denied.json()["error"]
     other = _post(server, "/api/1/raw-data/1/propose-changes", jkey, json={"jobId": job + 1, "proposedChanges": {}})
     assert other.status_code == 403
+    # published blocks page category=training then testing: a job's validation samples are found
+    server.state.store.set_categories({1: "validation"})
+    listed = _get(server, "/api/1/raw-data", jkey, params={"category": "training", "labels": "", "limit": 1000}).json()
+    assert 1 in {s["id"] for s in listed["samples"]}
+    key = data.json("keys", "create")["key"]
+    assert 1 not in {s["id"] for s in _get(server, "/api/1/raw-data", key, params={"category": "training"}).json()["samples"]}
+    upload = _post(server, "/api/training/files", jkey, files=[("data", ("a.png", b"x", "image/png"))])
+    assert upload.status_code == 403 and "cannot upload" in upload.json()["error"]
     server.state.remove_job_key(jkey)
     assert _get(server, "/api/1/raw-data/1", jkey).status_code == 401
 

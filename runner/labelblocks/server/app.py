@@ -5,7 +5,9 @@ Every route but the health check needs a project API key in ``x-api-key`` (see
 an external block runs. With a job key, reading a sample with ``proposedActionsJobId`` shows
 the job's earlier steps applied, ``propose-changes`` stages the step's result, and the
 direct writes (bounding-boxes, edit-label, metadata, ...) are staged as that step's proposal
-too: nothing reaches the dataset before the runner applies the job.
+too: nothing reaches the dataset before the runner applies the job. A job key cannot upload;
+listing ``category=training`` with it includes validation samples, because published blocks
+find their samples by paging training, then testing.
 
 Errors have the protocol's shape ``{"success": false, "error": "..."}``.
 """
@@ -276,6 +278,10 @@ def create_app(project_dir: Path | str, store: Store | None = None, limits: Limi
         a = auth(request)
         check_project(project_id)
         f = _list_filter(category, labels, filename or search, includeDisabled, dataType, minId, maxId, metadata)
+        if a.scope is not None and f.categories == ["training"]:
+            # published blocks find their samples by paging training, then testing: a job's
+            # validation samples (from `labelblocks split`) must not be skipped silently
+            f.categories = ["training", "validation"]
         if limit < 0 or offset < 0:
             raise ApiError(400, f"expected limit and offset >= 0, got limit={limit} offset={offset}")
         limit = min(limit, state.limits.page)
@@ -423,7 +429,8 @@ def create_app(project_dir: Path | str, store: Store | None = None, limits: Limi
 
     @app.post("/api/{category}/files", tags=["ingestion"])
     async def ingest(category: str, request: Request) -> JSONResponse:
-        auth(request)
+        if auth(request).scope is not None:
+            raise ApiError(403, "a job's key cannot upload samples: an action's results are proposals, applied after review")
         from .ingestion import ingest_request
 
         return await ingest_request(state, category, request)
