@@ -101,7 +101,7 @@ def test_python_block_chained_preview_apply_and_run(ds: Cli, project: Path) -> N
     assert TOKEN not in log and "token is ***" in log
     assert "PY_BLOCK_SEEN set: False" in log  # only declared secrets and the contract's variables reach it
     assert "notes: ['first line', 'second line']" in log  # multiline values arrive encoded, decode back
-    assert "ids: [1, 2, 3]" in log
+    assert "ids: [1, 2, 3]" in log and "proposed no change" not in log
     # the same proposals over the API's listing endpoint, as the protocol shows them
     assert "P-car" in ds("proposals", "show", str(job)).output
 
@@ -202,6 +202,19 @@ def test_missing_docker_is_a_clear_error(ds: Cli, tmp_path: Path, monkeypatch: p
     ds("actions", "create", "a", "--step", "y")
     out = ds("actions", "run", "a", expect=1).output
     assert "cannot start 'docker'" in out and "Docker installed" in out
+
+
+def test_a_block_that_proposes_nothing(ds: Cli, tmp_path: Path, project: Path) -> None:
+    folder = tmp_path / "idle"
+    folder.mkdir()
+    (folder / "parameters.json").write_text(json.dumps({"version": 1, "info": {"name": "Idle"}, "parameters": []}))
+    ds("blocks", "add", str(folder), "--command", "true")
+    ds("actions", "create", "idle", "--step", "idle")
+    before = _samples(ds)
+    out = ds.json("actions", "run", "idle")
+    assert out["applied"] == 6 and out["failed"] == 0
+    assert _samples(ds) == {sid: {**s, "updated": _samples(ds)[sid]["updated"]} for sid, s in before.items()}
+    assert "the block proposed no change for 6 of its 6 samples" in _job_log(project, out["jobId"])
 
 
 def test_failing_block_fails_its_unfinished_samples_with_the_log_tail(ds: Cli, project: Path) -> None:

@@ -313,6 +313,9 @@ def run_external_step(runner: Runner, job_id: int, plan: StepPlan, need: list[in
                 _stop(proc, cls, container)
                 raise
             reader.join(timeout=5)
+            silent = sum(sid not in scope.proposed for sid in need)
+            if silent and error is None and rc == 0:
+                log.line(f"the block proposed no change for {silent} of its {len(need)} samples")
         finally:
             server.state.remove_job_key(key)
             log.close()
