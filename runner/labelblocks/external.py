@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -47,6 +48,7 @@ from .store.schema import external_blocks
 if TYPE_CHECKING:
     from .plugins import BlockRegistry
     from .runner import Runner, StepPlan
+    from .server import JobScope
 
 EXTERNAL_PLUGIN = "external"
 PASS_ENV = ("PATH", "HOME", "USER", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "SYSTEMROOT", "PYTHONPATH",
@@ -266,71 +268,76 @@ def run_external_step(runner: Runner, job_id: int, plan: StepPlan, need: list[in
     store = runner.store
     scope = JobScope(job_id=job_id, step=plan.index, sample_ids=frozenset(need), cache_prefix=plan.key[:32])
     tmp = Path(tempfile.mkdtemp(prefix=f"labelblocks-job{job_id}-"))
-    ids_file = tmp / "data-ids.json"
-    write_ids_file(ids_file, need)
-    log = _LogWriter(job_log_path(store, job_id), f"[step {plan.index} {plan.block.name}]", all_secrets)
-    with BackgroundServer(store.root.parent, store=store) as server:
-        key = server.state.add_job_key(scope)
-        secrets = [*all_secrets, key]
-        log._secrets = secrets
-        env = _environment(server.url, server.host, key, plan.secrets)
-        block_argv = render_argv(plan.resolved, data_ids_file=ids_file, propose_actions=job_id)
-        container = f"labelblocks-job{job_id}-step{plan.index}-{os.getpid()}"
-        if cls.kind == "image":
-            argv = _docker_argv(cls, env, str(tmp), container, block_argv)
-            cwd = str(tmp)
-        else:
-            argv = [*cls.command, *block_argv]
-            cwd = cls.directory or str(tmp)
-        log.line(f"$ {shlex.join(argv)}")
-        rc: int | None = None
-        error: str | None = None
-        try:
+    rc: int | None = None
+    error: str | None = None
+    try:
+        ids_file = tmp / "data-ids.json"
+        write_ids_file(ids_file, need)
+        with BackgroundServer(store.root.parent, store=store) as server:
+            key = server.state.add_job_key(scope)
+            log = _LogWriter(job_log_path(store, job_id), f"[step {plan.index} {plan.block.name}]", [*all_secrets, key])
             try:
-                proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-            except OSError as e:
-                raise InvalidInput(f"block {cls.name}: cannot start {argv[0]!r}: {e.strerror or e}"
-                                   + (" (is Docker installed?)" if cls.kind == "image" else "")) from None
-            reader = threading.Thread(target=log.pump, args=(proc.stdout,), daemon=True)
-            reader.start()
-            deadline = time.monotonic() + cls.timeout if cls.timeout else None
-            try:
-                while True:
-                    try:
-                        rc = proc.wait(timeout=0.2)
-                        break
-                    except subprocess.TimeoutExpired:
-                        pass
-                    if on_progress:
-                        on_progress(len(scope.proposed))
-                    if deadline is not None and time.monotonic() > deadline:
-                        _stop(proc, cls, container)
-                        error = f"block {cls.name} ran past its time limit of {cls.timeout:g} s and was stopped"
-                        log.line(error)
-                        break
-            except BaseException:
-                _stop(proc, cls, container)
-                raise
-            reader.join(timeout=5)
-            silent = sum(sid not in scope.proposed for sid in need)
-            if silent and error is None and rc == 0:
-                log.line(f"the block proposed no change for {silent} of its {len(need)} samples")
-        finally:
-            server.state.remove_job_key(key)
-            log.close()
-            for p in tmp.iterdir():
-                p.unlink()
-            tmp.rmdir()
+                env = _environment(server.url, server.host, key, plan.secrets)
+                block_argv = render_argv(plan.resolved, data_ids_file=ids_file, propose_actions=job_id)
+                container = f"labelblocks-job{job_id}-step{plan.index}-{os.getpid()}"
+                if cls.kind == "image":
+                    argv, cwd = _docker_argv(cls, env, str(tmp), container, block_argv), str(tmp)
+                else:
+                    argv, cwd = [*cls.command, *block_argv], cls.directory or str(tmp)
+                log.line(f"$ {shlex.join(argv)}")
+                rc, error = _supervise(argv, cwd, env, cls, container, log, scope, on_progress)
+                missing = [sid for sid in need if sid not in scope.proposed]
+                if missing and error is None and rc == 0:
+                    log.line(f"the block proposed no change for {len(missing)} of its {len(need)} samples")
+            finally:
+                server.state.remove_job_key(key)
+                log.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if on_progress:
         on_progress(len(scope.proposed))
     if error is None and rc != 0:
         error = f"block {cls.name} exited with code {rc}"
-    missing = [sid for sid in need if sid not in scope.proposed]
     if error is None:
         return {sid: "{}" for sid in missing}  # finished without a change for these samples
     tail = "\n".join(log.tail)
     return {sid: SampleFailure(f"{error}; last output:\n{tail}" if tail else error) for sid in missing}
+
+
+def _supervise(argv: list[str], cwd: str, env: dict[str, str], cls: type[ExternalBlock], container: str,
+               log: _LogWriter, scope: JobScope, on_progress: Callable[[int], None] | None) -> tuple[int | None, str | None]:
+    """Run the block's process to its end (or its time limit), its output into the log;
+    (exit code, error). Ctrl-C or any failure here stops the process."""
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    except OSError as e:
+        raise InvalidInput(f"block {cls.name}: cannot start {argv[0]!r}: {e.strerror or e}"
+                           + (" (is Docker installed?)" if cls.kind == "image" else "")) from None
+    reader = threading.Thread(target=log.pump, args=(proc.stdout,), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + cls.timeout if cls.timeout else None
+    rc: int | None = None
+    error: str | None = None
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if on_progress:
+                on_progress(len(scope.proposed))
+            if deadline is not None and time.monotonic() > deadline:
+                _stop(proc, cls, container)
+                error = f"block {cls.name} ran past its time limit of {cls.timeout:g} s and was stopped"
+                log.line(error)
+                break
+    except BaseException:
+        _stop(proc, cls, container)
+        raise
+    reader.join(timeout=5)
+    return rc, error
 
 
 def _stop(proc: subprocess.Popen[bytes], cls: type[ExternalBlock], container: str) -> None:
