@@ -295,6 +295,12 @@ def test_job_key_is_limited_to_its_step(data: Cli, server: BackgroundServer) -> 
     changes = {(p["sampleId"], p["step"]): p["proposedChanges"]
                for p in data.json("proposals", "show", str(job))["proposedChanges"]}
     assert changes[(1, 2)] == {"label": "staged"}
+    # two metadata writes of one step add up (the protocol's metadata endpoint adds or updates keys)
+    assert _post(server, "/api/1/raw-data/1/metadata", jkey, json={"metadata": {"a": "1"}}).status_code == 200
+    assert _post(server, "/api/1/raw-data/1/metadata", jkey, json={"metadata": {"b": "2"}}).status_code == 200
+    step2 = {p["sampleId"]: p["proposedChanges"] for p in data.json("proposals", "show", str(job))["proposedChanges"]
+             if p["step"] == 2}
+    assert step2[1] == {"label": "staged", "metadata": {"site": "Paris", "labeled_by": "fake-boxer", "a": "1", "b": "2"}}
     denied = _post(server, "/api/1/raw-data/2/edit-label", jkey, json={"label": "x"})
     assert denied.status_code == 403 and "not part of job" in denied.json()["error"]
     other = _post(server, "/api/1/raw-data/1/propose-changes", jkey, json={"jobId": job + 1, "proposedChanges": {}})

@@ -386,10 +386,11 @@ def create_app(project_dir: Path | str, store: Store | None = None, limits: Limi
         a = auth(request)
         check_project(project_id)
         md = parse_change({"metadata": (await body(request)).get("metadata") or {}}, "metadata").metadata or {}
-        if a.scope is not None:  # a change's metadata replaces the whole: start from the sample's
-            cur = sample_of(a, sample_id, a.scope.job_id).metadata
-            return write(a, sample_id, SampleChange(metadata={**cur, **md}), lambda: None)
-        store.get_sample(sample_id)
+        if a.scope is not None:
+            # the protocol adds or updates keys; a change's metadata replaces the whole: start from
+            # the sample as this step has it so far (earlier steps and this step's own writes)
+            [cur] = overlay(store, a.scope.job_id, [store.get_sample(sample_id)], a.scope.step)
+            return write(a, sample_id, SampleChange(metadata={**cur.metadata, **md}), lambda: None)
         store.update_metadata([sample_id], md)
         return JSONResponse({"success": True})
 
