@@ -323,7 +323,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_command(data: Cli, project: Path, key: str) -> None:
+def test_serve_command(data: Cli, project: Path, tmp_path: Path) -> None:
+    from labelblocks.project import init_project
+
+    bare = init_project(tmp_path / "bare")  # no key yet: serve says how to make one
+    proc = subprocess.Popen([sys.executable, "-m", "labelblocks", "--project", str(bare), "serve", "--port",
+                             str(_free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline() for _ in range(2)]
+        assert "no active API key" in "".join(lines) and "labelblocks keys create" in "".join(lines)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    key = data.json("keys", "create")["key"]
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "labelblocks", "--project", str(project), "serve", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

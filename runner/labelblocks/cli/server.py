@@ -39,6 +39,11 @@ def serve_cmd(app: AppContext, host: str, port: int, max_upload_mb: int, max_fil
     project_dir = app.project_dir
     app.store  # noqa: B018 - opens (and migrates) the project before the server starts
     click.echo(f"Serving {project_dir} on http://{host}:{port} (API base http://{host}:{port}/v1)", err=True)
+    from ..keys import list_keys
+
+    if not any(k.revoked_at is None for k in list_keys(app.store)):
+        click.echo("The project has no active API key yet: every request but /healthz will get 401. "
+                   "Create one with `labelblocks keys create`.", err=True)
     if workers > 1:
         import os
 
