@@ -236,14 +236,15 @@ def test_failing_block_fails_its_unfinished_samples_with_the_log_tail(ds: Cli, p
 
 def test_time_limit_stops_the_block(ds: Cli) -> None:
     ds("blocks", "add", str(BLOCKS / "py_block"), "--name", "slow", "--command", f"{sys.executable} main.py",
-       "--timeout", "2")
-    ds("actions", "create", "slow", "--step", "slow", "-p", "delay=30")
+       "--timeout", "4")
+    ds("actions", "create", "slow", "--step", "slow", "-p", "delay=60")
     t0 = time.monotonic()
     out = json.loads(ds("actions", "run", "slow", "--json", expect=1).stdout)
-    assert time.monotonic() - t0 < 20
-    assert out["failed"] == 5 and out["applied"] == 1  # the first sample finished before its 30 s pause
+    assert time.monotonic() - t0 < 30
+    # the first sample (done before its 60 s pause, unless this machine is very slow) is kept
+    assert out["failed"] >= 5 and out["applied"] == 6 - out["failed"]
     failures = ds.json("jobs", "show", str(out["jobId"]))["failures"]
-    assert all("time limit of 2 s" in f["error"] for f in failures)
+    assert len(failures) == out["failed"] and all("time limit of 4 s" in f["error"] for f in failures)
 
 
 def test_external_step_resumes_after_sigkill(ds: Cli, project: Path, tmp_path: Path) -> None:
