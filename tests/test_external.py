@@ -62,6 +62,8 @@ def test_blocks_add_list_info_remove(ds: Cli, tmp_path: Path) -> None:
     assert "--command" in ds("blocks", "add", str(empty), expect=1).output
     assert "comes from plugin" in ds("blocks", "add", str(empty), "--name", "fake-boxer", "--command", "true",
                                      expect=1).output
+    assert "cannot find the block's program 'no-such-program-xyz'" in ds(
+        "blocks", "add", str(empty), "--command", "no-such-program-xyz --x", expect=1).output
     (empty / "parameters.json").write_text("{not json")
     assert "not valid JSON" in ds("blocks", "add", str(empty), "--command", "true", expect=1).output
     assert "--parameters" in ds("blocks", "add", "--image", "x/y:1", expect=1).output

@@ -144,6 +144,10 @@ def add_block(store: Store, registry: BlockRegistry, path: Path | None = None, c
             raise InvalidInput(f"{path} has no Dockerfile to take the command from: pass --command \"...\"")
         if not argv:
             raise InvalidInput("--command is empty")
+        program = argv[0]
+        if not (shutil.which(program) or shutil.which(program, path=str(path)) or (path / program).is_file()):
+            raise InvalidInput(f"cannot find the block's program {program!r} on PATH or in {path}: "
+                               "install it, or give the right one with --command")
         directory = str(path)
         kind = "command"
     else:
