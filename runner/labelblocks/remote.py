@@ -41,7 +41,7 @@ class RemoteProject:
         self.http = requests.Session()
         self.http.headers["x-api-key"] = api_key
         self.timeout = timeout
-        self._key = api_key
+        self.api_key = api_key
         self.project_id = project_id if project_id is not None else self._first_project()
 
     def _request(self, method: str, path: str, **kw: Any) -> requests.Response:
@@ -49,13 +49,13 @@ class RemoteProject:
         try:
             r = self.http.request(method, url, timeout=self.timeout, **kw)
         except requests.RequestException as e:
-            raise RemoteError(redact(f"cannot reach {url}: {e}", [self._key])) from None
+            raise RemoteError(redact(f"cannot reach {url}: {e}", [self.api_key])) from None
         if r.status_code >= 400:
             try:
                 msg = r.json().get("error") or r.text
             except ValueError:
                 msg = r.text[:500]
-            raise RemoteError(redact(f"{method} {path}: HTTP {r.status_code}: {msg}", [self._key]))
+            raise RemoteError(redact(f"{method} {path}: HTTP {r.status_code}: {msg}", [self.api_key]))
         return r
 
     def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
@@ -78,8 +78,9 @@ class RemoteProject:
         return f"/api/{self.project_id}{path}"
 
     def sample(self, sample_id: int, job_id: int | None = None) -> Sample:
-        params = {"proposedActionsJobId": job_id, "limitPayloadValues": 0} if job_id is not None else {
-            "limitPayloadValues": 0}
+        params = {"limitPayloadValues": 0}  # the sample's fields only: media come from /image or /wav
+        if job_id is not None:
+            params["proposedActionsJobId"] = job_id
         return sample_from_json(self._json("GET", self._p(f"/raw-data/{sample_id}"), params=params)["sample"])
 
     def media(self, s: Sample) -> bytes:
@@ -148,7 +149,7 @@ def run_remote(cls: type[Block], values: dict[str, Any], ids: Sequence[int], pro
     cls.check_args(values)
     block.setup(values, context)
     result = RemoteResult()
-    hidden = [*secrets.values(), project._key]
+    hidden = [*secrets.values(), project.api_key]
     try:
         bs = len(ids) if cls.needs_all_samples else max(1, block.batch_size(values))
         for start in range(0, len(ids), bs):

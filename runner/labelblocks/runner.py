@@ -165,6 +165,23 @@ def _proposal_texts(store: Store, job_id: int, ids: Sequence[int] | None = None,
     return out
 
 
+def job_proposals(store: Store, job_id: int, records: bool = True) -> list[dict[str, Any]]:
+    """Every proposal of a job in the protocol's listing shape ``{sampleId, step,
+    proposedChanges}`` (plus ``record`` where a block kept one, with ``records``), by sample
+    then step."""
+    out = []
+    with store.engine.connect() as conn:
+        for sid, step, change, record in conn.execute(
+            select(proposals.c.sample_id, proposals.c.step, proposals.c.change, proposals.c.record)
+            .where(proposals.c.job_id == job_id).order_by(proposals.c.sample_id, proposals.c.step)
+        ):
+            item = {"sampleId": sid, "step": step, "proposedChanges": json.loads(change)}
+            if records and record:
+                item["record"] = json.loads(record)
+            out.append(item)
+    return out
+
+
 def overlay(store: Store, job_id: int, stored: Sequence[Sample], max_step: int | None = None) -> list[Sample]:
     """``stored`` samples with the job's proposals up to ``max_step`` (all when None) applied:
     what step ``max_step + 1`` of a chain sees."""

@@ -311,7 +311,9 @@ def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_
         progress.close()
     if as_json:
         out = summary.to_json()
-        out["proposals"] = _proposals_json(runner, summary.job_id)
+        from ..runner import job_proposals
+
+        out["proposals"] = job_proposals(app.store, summary.job_id)
         out["errors"] = _errors_json(_job_errors(app, summary.job_id))
         print_json(out)
     else:
@@ -370,24 +372,6 @@ def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | 
             click.echo(f"See the failures with `labelblocks jobs show {summary.job_id}`.", err=True)
     if summary.failed:
         sys.exit(1)
-
-
-def _proposals_json(runner: Any, job_id: int) -> list[dict[str, Any]]:
-    from sqlalchemy import select
-
-    from ..store.schema import proposals
-
-    out = []
-    with runner.store.engine.connect() as conn:
-        for sid, step, change, record in conn.execute(
-            select(proposals.c.sample_id, proposals.c.step, proposals.c.change, proposals.c.record)
-            .where(proposals.c.job_id == job_id).order_by(proposals.c.sample_id, proposals.c.step)
-        ):
-            item = {"sampleId": sid, "step": step, "proposedChanges": json.loads(change)}
-            if record:
-                item["record"] = json.loads(record)
-            out.append(item)
-    return out
 
 
 @click.group("jobs")
@@ -520,7 +504,9 @@ def proposals_show(app: AppContext, job_id: int, as_json: bool) -> None:
     _job_row(app, job_id)
     runner = _runner(app)
     if as_json:
-        print_json({"proposedChanges": _proposals_json(runner, job_id)})
+        from ..runner import job_proposals
+
+        print_json({"proposedChanges": job_proposals(app.store, job_id)})
         return
     _print_preview(app, runner, job_id, limit=1000)
 

@@ -44,7 +44,7 @@ from ..model import (
     parse_change,
     parse_structured_labels,
 )
-from ..runner import overlay, stage_proposal
+from ..runner import job_proposals, overlay, stage_proposal
 from ..store import Store
 from .protocol import ProjectInfo, payload_json, sample_json
 
@@ -297,11 +297,8 @@ def create_app(project_dir: Path | str, store: Store | None = None, limits: Limi
     def proposed_changes(project_id: int, job_id: int, request: Request) -> dict[str, Any]:
         auth(request)
         check_project(project_id)
-        out = []
-        for sid, texts in _proposals_by_step(store, job_id).items():
-            for step, change in texts:
-                out.append({"sampleId": sid, "step": step, "proposedChanges": change})
-        return {"success": True, "proposedChanges": out}
+        _job_row(store, job_id)
+        return {"success": True, "proposedChanges": job_proposals(store, job_id, records=False)}
 
     @app.get("/v1/api/{project_id}/raw-data/{sample_id}", tags=["raw-data"])
     def get_sample(project_id: int, sample_id: int, request: Request, proposedActionsJobId: int | None = None,
@@ -457,37 +454,27 @@ def _stage(state: ServerState, scope: JobScope, sample_id: int, change: SampleCh
     scope.proposed.add(sample_id)
 
 
-def _step_for(store: Store, job_id: int, sample_id: int) -> int:
-    """Where a proposal posted with a project key goes: the job's last step (its changes win
-    when the job is applied). The sample must be one of the job's."""
+def _job_row(store: Store, job_id: int) -> Any:
     from sqlalchemy import select
 
-    from ..store.schema import jobs, unpack_ids
+    from ..store.schema import jobs
 
     with store.engine.connect() as conn:
         row = conn.execute(select(jobs.c.definition, jobs.c.sample_ids).where(jobs.c.id == job_id)).first()
     if row is None:
         raise NotFound(f"no job {job_id}")
+    return row
+
+
+def _step_for(store: Store, job_id: int, sample_id: int) -> int:
+    """Where a proposal posted with a project key goes: the job's last step (its changes win
+    when the job is applied). The sample must be one of the job's."""
+    from ..store.schema import unpack_ids
+
+    row = _job_row(store, job_id)
     if sample_id not in set(unpack_ids(row.sample_ids)):
         raise ApiError(400, f"sample {sample_id} is not part of job {job_id}")
     return max(1, len(json.loads(row.definition).get("steps", [])))
-
-
-def _proposals_by_step(store: Store, job_id: int) -> dict[int, list[tuple[int, dict[str, Any]]]]:
-    from sqlalchemy import select
-
-    from ..store.schema import jobs, proposals
-
-    with store.engine.connect() as conn:
-        if conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is None:
-            raise NotFound(f"no job {job_id}")
-        rows = conn.execute(select(proposals.c.sample_id, proposals.c.step, proposals.c.change)
-                            .where(proposals.c.job_id == job_id)
-                            .order_by(proposals.c.sample_id, proposals.c.step)).all()
-    out: dict[int, list[tuple[int, dict[str, Any]]]] = {}
-    for sid, step, change in rows:
-        out.setdefault(sid, []).append((step, json.loads(change)))
-    return out
 
 
 def _list_filter(category: str, labels: str | None, search: str | None, include_disabled: str | None,
