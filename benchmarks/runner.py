@@ -9,7 +9,7 @@ Target: runner time <= 2x the floor in each phase.
 The runner's time includes the no-op block's own (it builds one SampleChange per sample);
 that is measured inside the block and also reported, with the ratio without it.
 
-Usage: python benchmarks/runner.py [--samples 100000]
+Usage: python benchmarks/runner.py [--samples 100000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import json
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -69,7 +70,7 @@ def floor_preview(db: Path, ids: list[int]) -> float:
     change = json.dumps({"label": "bench"})
     t = time.perf_counter()
     with con:
-        con.executemany("INSERT INTO proposals (job_id, sample_id, step, change, record, cache_key) "
+        con.executemany("INSERT INTO proposals (job_id, sample_id, step, change, record, revision) "
                         "VALUES (999999, ?, 1, ?, NULL, NULL)", [(i, change) for i in ids])
     dt = time.perf_counter() - t
     with con:
@@ -83,15 +84,21 @@ def floor_apply(db: Path, ids: list[int]) -> float:
     with con:
         con.executemany("UPDATE samples SET label = ?, updated_at = ? WHERE id = ?",
                         [("bench", time.time(), i) for i in ids])
-    dt = time.perf_counter() - t
+    return time.perf_counter() - t
+
+
+def reset(db: Path) -> None:
+    """Untimed: every sample back to unlabeled, so that the next repetition does the same work."""
+    con = sqlite3.connect(db)
     with con:
         con.execute("UPDATE samples SET label = NULL")
-    return dt
+    con.close()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lb-bench-runner-"))
     try:
@@ -102,26 +109,34 @@ def main() -> None:
         plugins._registry = None
         registry = plugins.registry()
         db = project / ".labelblocks" / "project.db"
+        n = args.samples
+        ours_prev, ours_apply, floors_prev, floors_apply, inside = [], [], [], [], []
         with open_store(project) as store:
             ids = store.select_ids(SampleFilter())
-            f_prev = floor_preview(db, ids)
-            f_apply = floor_apply(db, ids)
             action = Action(name="bench", steps=[Step(block="bench-noop")], cache_unchanged_steps=False)
             save_action(store, action)
             runner = Runner(store, registry)
-            t = time.perf_counter()
-            summary = runner.preview(action, limit=None, use_cache=False)
-            t_prev = time.perf_counter() - t
-            t = time.perf_counter()
-            applied = runner.apply(summary.job_id)
-            t_apply = time.perf_counter() - t
-            assert applied == args.samples
-        n = args.samples
-        print(f"{n} samples, no-op block")
+            for _ in range(args.repeats):  # alternated, so that both sides see the same machine
+                floors_prev.append(floor_preview(db, ids))
+                NoOp.seconds = 0.0
+                t = time.perf_counter()
+                summary = runner.preview(action, limit=None, use_cache=False)
+                ours_prev.append(time.perf_counter() - t)
+                inside.append(NoOp.seconds)
+                floors_apply.append(floor_apply(db, ids))
+                t = time.perf_counter()
+                applied = runner.apply(summary.job_id)
+                ours_apply.append(time.perf_counter() - t)
+                assert applied == n
+                reset(db)
+        med = statistics.median
+        t_prev, f_prev, t_block = med(ours_prev), med(floors_prev), med(inside)
+        t_apply, f_apply = med(ours_apply), med(floors_apply)
+        print(f"{n} samples, no-op block; medians of {args.repeats} alternated runs")
         print(f"  preview: runner {n / t_prev:9.0f} samples/s ({t_prev:.2f} s); one batched INSERT "
               f"{n / f_prev:9.0f} samples/s ({f_prev:.2f} s); ratio {t_prev / f_prev:.2f}x (target <= 2x)")
-        print(f"           of which inside the block {NoOp.seconds:.2f} s; runner alone "
-              f"{(t_prev - NoOp.seconds) / f_prev:.2f}x the floor")
+        print(f"           of which inside the block {t_block:.2f} s; runner alone "
+              f"{(t_prev - t_block) / f_prev:.2f}x the floor")
         print(f"  apply:   runner {n / t_apply:9.0f} samples/s ({t_apply:.2f} s); one batched UPDATE "
               f"{n / f_apply:9.0f} samples/s ({f_apply:.2f} s); ratio {t_apply / f_apply:.2f}x (target <= 2x)")
     finally:

@@ -80,3 +80,41 @@ def test_help_has_examples() -> None:
         r = runner.invoke(main, [*cmd, "--help"])
         assert r.exit_code == 0
         assert "Example" in r.output, cmd
+
+
+def test_v6_moves_cache_keys_to_job_steps_and_keeps_every_proposal(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "d", create=True):
+        pass
+    # put the database back to version 5: proposals as that version created them, with its keys
+    con = sqlite3.connect(tmp_path / "d" / "project.db")
+    rev = 1763830000.1234567
+    with con:
+        con.execute("DROP TABLE proposals")
+        con.execute("DROP TABLE job_steps")
+        con.execute("CREATE TABLE proposals (job_id INTEGER NOT NULL, sample_id INTEGER NOT NULL, step INTEGER NOT NULL, "
+                    "change TEXT NOT NULL, record TEXT, cache_key VARCHAR(64), PRIMARY KEY (job_id, sample_id, step), "
+                    "FOREIGN KEY(job_id) REFERENCES jobs (id) ON DELETE CASCADE)")
+        con.execute("CREATE INDEX ix_proposals_cache_key ON proposals (cache_key)")
+        con.execute("INSERT INTO jobs (id, action, kind, status, definition, definition_hash, usage, created_at, "
+                    "updated_at) VALUES (1, 'a', 'preview', 'completed', '{}', 'h', '{}', 0, 0)")
+        con.executemany("INSERT INTO proposals VALUES (?, ?, ?, ?, ?, ?)", [
+            (1, 7, 1, '{"label":"cat"}', None, f"{'a' * 32}:7:{rev!r}"),
+            (1, 12345, 1, '{"label":"dog"}', '{"s": 1}', f"{'a' * 32}:12345:{rev + 1!r}"),
+            (1, 7, 2, '{}', None, f"{'b' * 32}:7:{rev!r}"),
+            (1, 8, 2, '{}', None, None),
+        ])
+        con.execute("DELETE FROM schema_migrations WHERE version = 6")
+    con.close()
+    with Store.open(tmp_path / "d") as s:
+        assert s.migrate() == 6
+    con = sqlite3.connect(tmp_path / "d" / "project.db")
+    assert con.execute("PRAGMA foreign_key_list(proposals)").fetchall() == []
+    assert con.execute("SELECT * FROM proposals ORDER BY step, sample_id").fetchall() == [
+        (1, 7, 1, '{"label":"cat"}', None, rev),  # the revision comes back exactly
+        (1, 12345, 1, '{"label":"dog"}', '{"s": 1}', rev + 1),
+        (1, 7, 2, "{}", None, rev),
+        (1, 8, 2, "{}", None, None),
+    ]
+    assert con.execute("SELECT * FROM job_steps ORDER BY step").fetchall() == [(1, 1, "a" * 32), (1, 2, "b" * 32)]
+    names = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+    assert "proposals_v5" not in names and "ix_proposals_cache_key" not in names

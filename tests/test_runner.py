@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests import fake_blocks
 
@@ -282,6 +284,28 @@ def test_changed_sample_is_recomputed(ds: Cli) -> None:
     out = ds.json("actions", "run", "lab")
     assert out["cached"] == 5 and out["computed"] == 1
     assert [i for c in fake_blocks.CALLS for i in c["ids"]] == [4]
+
+
+def test_a_sparse_selection_reuses_its_preview(ds: Cli) -> None:
+    """A preview of scattered ids (looked up by id lists, not a range) is reused by the run."""
+    ds("actions", "create", "lab", "--step", "fake-labeler")
+    ds.json("actions", "preview", "lab", "--ids", "1,6")
+    fake_blocks.CALLS.clear()
+    out = ds.json("actions", "run", "lab")
+    assert out["cached"] == 2 and out["computed"] == 4
+    assert sorted(i for c in fake_blocks.CALLS for i in c["ids"]) == [2, 3, 4, 5]
+
+
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=50))
+def test_revisions_pass_through_json_into_sqlite_exactly(values: list[float]) -> None:
+    """The runner sends revisions to SQLite inside JSON (json_each); a cached result is only
+    found again if every float comes back bit for bit."""
+    from pydantic import TypeAdapter
+
+    payload = TypeAdapter(list[tuple[int, float]]).dump_json(list(enumerate(values))).decode()
+    con = sqlite3.connect(":memory:")
+    back = [r[0] for r in con.execute("SELECT value->>1 FROM json_each(?)", (payload,))]
+    assert back == values
 
 
 def test_v2_jobs_migrate(tmp_path: Path) -> None:

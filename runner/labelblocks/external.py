@@ -260,17 +260,20 @@ def _docker_argv(cls: type[ExternalBlock], env: dict[str, str], mount: str, name
     return [*out, str(cls.image), *cls.command, *argv]
 
 
-def run_external_step(runner: Runner, job_id: int, plan: StepPlan, need: list[int], all_secrets: list[str],
+def run_external_step(runner: Runner, job_id: int, plan: StepPlan, revisions: dict[int, float],
+                      all_secrets: list[str],
                       on_progress: Callable[[int], None] | None = None) -> dict[int, SampleFailure | str]:
-    """Run an external block on ``need`` (samples of ``job_id``), staging its results as step
-    ``plan.index`` proposals. Returns what to record for samples it left without a proposal:
-    an empty change when it exited cleanly, else the failure."""
+    """Run an external block on the samples of ``revisions`` (of ``job_id``; their revisions
+    read before the block starts), staging its results as step ``plan.index`` proposals.
+    Returns what to record for samples it left without a proposal: an empty change when it
+    exited cleanly, else the failure."""
     from .server import BackgroundServer, JobScope
 
     cls = plan.block.cls
     assert issubclass(cls, ExternalBlock)
     store = runner.store
-    scope = JobScope(job_id=job_id, step=plan.index, sample_ids=frozenset(need), cache_prefix=plan.key[:32])
+    need = list(revisions)
+    scope = JobScope(job_id=job_id, step=plan.index, sample_ids=frozenset(need), revisions=revisions)
     tmp = Path(tempfile.mkdtemp(prefix=f"labelblocks-job{job_id}-"))
     rc: int | None = None
     error: str | None = None

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import and_, insert, select, update
 
 from .actions import Action, validate_steps
@@ -33,11 +34,12 @@ from .parameters import ResolvedParameters
 from .plugins import BlockRegistry, RegisteredBlock
 from .secrets import redact, resolve_secrets
 from .store import Store
-from .store.schema import job_applied, job_samples, jobs, pack_ids, proposals, unpack_ids
+from .store.schema import job_applied, job_samples, job_steps, jobs, pack_ids, proposals, unpack_ids
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
-WRITE_ROWS = 10_000  # a step's results are committed at least every this many samples
+WRITE_ROWS = 50_000  # a step's results are committed at least every this many samples
+REVISIONS_AHEAD = 20_000  # sample revisions (for cache keys) are read this many at a time
 WRITE_SECONDS = 1.0  # ... or this often, whichever comes first (a kill loses at most this much work)
 
 
@@ -130,6 +132,15 @@ def _change_json(ch: SampleChange) -> str:
     return ch.model_dump_json(by_alias=True, exclude_none=True)
 
 
+# (sample id, change, record JSON, revision) rows, serialised in one call for SQLite's json_each
+# (a float goes through JSON exactly: tests/test_runner.py checks the round trip)
+_ROWS = TypeAdapter(list[tuple[int, SampleChange, str | None, float]])
+_INSERT_ROWS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
+                "SELECT ?, value->>0, ?, value->1, value->>2, value->>3 FROM json_each(?)")
+_INSERT_TEXTS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
+                 "VALUES (?, ?, ?, ?, ?, ?)")
+
+
 def _load_change(text: str) -> SampleChange:
     return SampleChange.model_validate_json(text)
 
@@ -197,17 +208,44 @@ def overlay(store: Store, job_id: int, stored: Sequence[Sample], max_step: int |
 
 
 def stage_proposal(store: Store, job_id: int, sample_id: int, step: int, change: SampleChange,
-                   merge: bool = False, cache_key: str | None = None) -> None:
+                   merge: bool = False, revision: float | None = None) -> None:
     """Store ``change`` as the job's proposal for the sample at ``step`` (replacing it; with
-    ``merge``, only the fields ``change`` sets replace those of the stored proposal)."""
+    ``merge``, only the fields ``change`` sets replace those of the stored proposal).
+    ``revision``: the sample's revision the change was computed from, when it may be reused."""
     with store.transaction() as conn:
         if merge:
             row = conn.execute(select(proposals.c.change).where(and_(
                 proposals.c.job_id == job_id, proposals.c.sample_id == sample_id, proposals.c.step == step))).first()
             if row is not None:
                 change = compose([_load_change(row[0]), change])
-        conn.exec_driver_sql("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, cache_key) "
-                             "VALUES (?, ?, ?, ?, NULL, ?)", (job_id, sample_id, step, _change_json(change), cache_key))
+        conn.exec_driver_sql(_INSERT_TEXTS, (job_id, sample_id, step, _change_json(change), None, revision))
+
+
+@dataclass
+class _Pending:
+    """A step's results not yet written: changes a block computed (serialised at once, so that
+    the objects do not pile up for the garbage collector), change texts (cached or from an
+    external block), and failures."""
+
+    computed: list[str] = field(default_factory=list)  # JSON arrays of _ROWS without their brackets
+    n_computed: int = 0
+    texts: list[tuple[int, str, str | None, float | None]] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+
+    def add_computed(self, rows: list[tuple[int, SampleChange, str | None, float]], secrets: list[str]) -> None:
+        if not rows:
+            return
+        payload = _ROWS.dump_json(rows, by_alias=True, exclude_none=True).decode()
+        if secrets and redact(payload, secrets) != payload:  # a secret in a change: scrub each row's text
+            self.texts += [(sid, redact(_change_json(ch), secrets), record and redact(record, secrets), rev)
+                           for sid, ch, record, rev in rows]
+            return
+        self.computed.append(payload[1:-1])
+        self.n_computed += len(rows)
+
+    @property
+    def rows(self) -> int:
+        return self.n_computed + len(self.texts) + len(self.failed)
 
 
 class Runner:
@@ -394,15 +432,27 @@ class Runner:
         """The job's proposals of ``ids`` (all when None), per sample in step order."""
         return read_proposals(self.store, job_id, ids, max_step)
 
-    def _cached(self, keys: Sequence[str]) -> dict[str, tuple[str, str | None]]:
-        out: dict[str, tuple[str, str | None]] = {}
+    def _cached(self, key: str, revs: Mapping[int, float]) -> dict[int, tuple[str, str | None]]:
+        """Changes that earlier jobs' steps of cache key ``key`` computed from these revisions
+        of these samples: {sample id: (change, record)}."""
+        out: dict[int, tuple[str, str | None]] = {}
+        if not revs:
+            return out
         with self.store.engine.connect() as conn:
-            for i in range(0, len(keys), 500):
-                for key, change, record in conn.execute(
-                    select(proposals.c.cache_key, proposals.c.change, proposals.c.record)
-                    .where(proposals.c.cache_key.in_(keys[i : i + 500]))
-                ):
-                    out[key] = (change, record)
+            steps = conn.execute(select(job_steps.c.job_id, job_steps.c.step).where(job_steps.c.cache_key == key)).all()
+            lo, hi = min(revs), max(revs)
+            for job_id, step in steps:  # each a range of the proposals' primary key
+                cond = [proposals.c.job_id == job_id, proposals.c.step == step, proposals.c.revision.is_not(None)]
+                cols = (proposals.c.sample_id, proposals.c.revision, proposals.c.change, proposals.c.record)
+                if hi - lo < 4 * len(revs):
+                    chunks: list[Any] = [proposals.c.sample_id.between(lo, hi)]
+                else:
+                    ids = sorted(revs)
+                    chunks = [proposals.c.sample_id.in_(ids[i : i + 500]) for i in range(0, len(ids), 500)]
+                for chunk in chunks:
+                    for sid, rev, change, record in conn.execute(select(*cols).where(and_(*cond, chunk))):
+                        if revs.get(sid) == rev:
+                            out[sid] = (change, record)
         return out
 
     def _run_step(self, job_id: int, plan: StepPlan, kind: str, use_cache: bool, max_failures: int | None,
@@ -419,39 +469,50 @@ class Runner:
         context = BlockContext(secrets=dict(plan.secrets), job_id=job_id, preview=(kind == "preview"),
                                cache_dir=self.store.root / "cache")
         args = dict(plan.resolved.values)
-        # cache key: this state of the sample (id and revision) under this chain of steps
-        key_prefix = plan.key[:32]
+        # a result is reusable by a later job for the same sample revision under the same chain of
+        # steps (the step's cache key)
+        cache_key = plan.key[:32]
+        with self.store.transaction() as conn:
+            conn.execute(job_steps.insert().prefix_with("OR REPLACE").values(job_id=job_id, step=plan.index,
+                                                                             cache_key=cache_key))
         # results are written in one transaction per batch, or per WRITE_ROWS rows / WRITE_SECONDS
         # for blocks so fast that a commit per batch would cost more than the block
-        buffered: list[tuple[list[int], dict[int, str], dict[int, tuple[str | SampleFailure, str | None]]]] = []
-        buffered_rows = 0
+        pending = _Pending()
         last_write = time.monotonic()
 
         def flush() -> None:
-            nonlocal buffered_rows, last_write
-            if buffered:
-                self._store_results(job_id, plan.index, buffered, all_secrets)
-                buffered.clear()
-            buffered_rows = 0
+            nonlocal pending, last_write
+            if pending.rows:
+                self._store_results(job_id, plan.index, pending, all_secrets)
+            pending = _Pending()
             last_write = time.monotonic()
 
         try:
             cls = plan.block.cls
             external = issubclass(cls, ExternalBlock)  # one process for the whole step
             bs = len(todo) if cls.needs_all_samples or external else max(1, cls().batch_size(args))
+            # revisions are read ahead, for many batches at once: a revision read before the
+            # block reads the sample can only be older than what the block saw, which makes a
+            # later lookup miss, never hit a wrong result
+            ahead: dict[int, float] = {}
+            ahead_end = 0
             for start in range(0, len(todo), bs):
                 batch_ids = todo[start : start + bs]
-                revs = self.store.revisions(batch_ids)
-                keys = {sid: f"{key_prefix}:{sid}:{revs[sid]!r}" for sid in batch_ids if sid in revs}
-                results: dict[int, tuple[str | SampleFailure, str | None]] = {
-                    sid: (SampleFailure(f"sample {sid} was deleted"), None) for sid in batch_ids if sid not in revs}
+                if start + len(batch_ids) > ahead_end:
+                    ahead_end = start + max(bs, REVISIONS_AHEAD)
+                    ahead = self.store.revisions(todo[start:ahead_end])
+                revs = {sid: ahead[sid] for sid in batch_ids if sid in ahead}
+                failed_before = len(pending.failed)
+                need = batch_ids
+                if len(revs) != len(batch_ids):
+                    pending.failed += [(sid, f"sample {sid} was deleted") for sid in batch_ids if sid not in revs]
+                    need = [sid for sid in batch_ids if sid in revs]
                 if use_cache:
-                    hits = self._cached(list(keys.values()))
-                    for sid, key in keys.items():
-                        if key in hits:
-                            results[sid] = hits[key]
-                            summary.cached += 1
-                need = [sid for sid in batch_ids if sid not in results]
+                    hits = self._cached(cache_key, revs)
+                    if hits:
+                        pending.texts += [(sid, *hits[sid], revs[sid]) for sid in need if sid in hits]
+                        summary.cached += len(hits)
+                        need = [sid for sid in need if sid not in hits]
                 if need and external:
                     cached_n = len(batch_ids) - len(need)
 
@@ -459,24 +520,32 @@ class Runner:
                         if on_progress:
                             on_progress(phase, _base + n, total)
 
-                    left = run_external_step(self, job_id, plan, need, all_secrets, ext_progress)
-                    results.update((sid, (ext, None)) for sid, ext in left.items())
+                    # the block's own proposals are already stored (by the API, as they arrived)
+                    left = run_external_step(self, job_id, plan, {sid: revs[sid] for sid in need}, all_secrets, ext_progress)
+                    for sid, ext in left.items():
+                        if isinstance(ext, SampleFailure):
+                            pending.failed.append((sid, ext.error))
+                        else:
+                            pending.texts.append((sid, ext, None, revs.get(sid)))
                     summary.computed += len(need)
                 elif need:
                     if block is None:
                         block = cls()
                         block.setup(args, context)
                     outs = self._label(block, _LazyBatch(self, job_id, need, plan.index), args, context)
+                    records = context.records
+                    rows: list[tuple[int, SampleChange, str | None, float]] = []
                     for sid, out in zip(need, outs, strict=True):
-                        record = context.records.pop(sid, None)
-                        results[sid] = (out if isinstance(out, SampleFailure) else _change_json(out),
-                                        json.dumps(record) if record else None)
+                        if isinstance(out, SampleFailure):
+                            pending.failed.append((sid, out.error))
+                            records.pop(sid, None)
+                        else:
+                            record = records.pop(sid, None) if records else None
+                            rows.append((sid, out, json.dumps(record) if record else None, revs[sid]))
+                    pending.add_computed(rows, all_secrets)
                     summary.computed += len(need)
-                summary.failed += sum(isinstance(r[0], SampleFailure) for r in results.values())
-                # an external block's own proposals are already stored (by the API, as they arrived)
-                buffered.append(([sid for sid in batch_ids if sid in results] if external else batch_ids, keys, results))
-                buffered_rows += len(batch_ids)
-                if buffered_rows >= WRITE_ROWS or time.monotonic() - last_write >= WRITE_SECONDS:
+                summary.failed += len(pending.failed) - failed_before
+                if pending.rows >= WRITE_ROWS or time.monotonic() - last_write >= WRITE_SECONDS:
                     flush()
                 if context.usage:
                     self._add_usage(job_id, context.usage)
@@ -496,30 +565,20 @@ class Runner:
                context: BlockContext) -> list[SampleChange | SampleFailure]:
         return label_batch(block, batch.inputs(), args, context)
 
-    def _store_results(self, job_id: int, step: int,
-                       batches: Sequence[tuple[Sequence[int], Mapping[int, str],
-                                               Mapping[int, tuple[str | SampleFailure, str | None]]]],
-                       secrets: list[str]) -> None:
-        """Write batches' proposals and failures in one transaction."""
-        rows: list[tuple[Any, ...]] = []
-        failed: list[tuple[Any, ...]] = []
-        for ids, keys, results in batches:
-            for sid in ids:
-                out, record = results[sid]
-                if isinstance(out, SampleFailure):
-                    failed.append((job_id, sid, step, redact(out.error, secrets)[:4000]))
-                    continue
-                if secrets:
-                    out = redact(out, secrets)
-                    record = redact(record, secrets) if record else None
-                rows.append((job_id, sid, step, out, record, keys.get(sid)))
+    def _store_results(self, job_id: int, step: int, pending: _Pending, secrets: list[str]) -> None:
+        """Write a step's pending proposals and failures in one transaction: a block's changes
+        by one statement over their JSON."""
         with self.store.transaction() as conn:
-            if rows:
-                conn.exec_driver_sql("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, cache_key) "
-                                     "VALUES (?, ?, ?, ?, ?, ?)", rows)
-            if failed:
+            if pending.computed:
+                conn.exec_driver_sql(_INSERT_ROWS, (job_id, step, "[" + ",".join(pending.computed) + "]"))
+            if pending.texts:
+                conn.exec_driver_sql(_INSERT_TEXTS,
+                                     [(job_id, sid, step, redact(change, secrets), record and redact(record, secrets), rev)
+                                      for sid, change, record, rev in pending.texts])
+            if pending.failed:
                 conn.exec_driver_sql("INSERT OR REPLACE INTO job_samples (job_id, sample_id, status, failed_step, error) "
-                                     "VALUES (?, ?, 'failed', ?, ?)", failed)
+                                     "VALUES (?, ?, 'failed', ?, ?)",
+                                     [(job_id, sid, step, redact(error, secrets)[:4000]) for sid, error in pending.failed])
 
     # --- applying ---------------------------------------------------------------------------------
 
@@ -610,7 +669,7 @@ def label_batch(block: Block, inputs: Sequence[SampleInput], args: Mapping[str, 
         out = list(block.label(inputs, args, context))
         if len(out) != len(inputs):
             raise BlockError(f"block returned {len(out)} results for {len(inputs)} samples")
-        return [_checked(o) for o in out]
+        return [o if o.__class__ is SampleChange else _checked(o) for o in out]
     except Exception as batch_error:
         if len(inputs) == 1:
             return [SampleFailure(_describe(batch_error))]

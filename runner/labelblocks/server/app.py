@@ -20,7 +20,7 @@ import secrets as pysecrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,7 +68,10 @@ class JobScope:
     job_id: int
     step: int
     sample_ids: frozenset[int]
-    cache_prefix: str | None = None
+    # the samples' revisions when the step began: a change staged under a job key is reusable by
+    # a later job of the same step for that revision (a revision read later could be newer than
+    # what the block read)
+    revisions: Mapping[int, float] = field(default_factory=dict)
     proposed: set[int] = field(default_factory=set)  # samples with a proposal from this step
 
 
@@ -446,11 +449,8 @@ def _overlay_step(a: _Auth, job_id: int) -> int | None:
 def _stage(state: ServerState, scope: JobScope, sample_id: int, change: SampleChange, merge: bool) -> None:
     if sample_id not in scope.sample_ids:
         raise ApiError(403, f"sample {sample_id} is not part of job {scope.job_id}'s step {scope.step}")
-    cache_key = None
-    if scope.cache_prefix is not None:
-        rev = state.store.revisions([sample_id]).get(sample_id)
-        cache_key = f"{scope.cache_prefix}:{sample_id}:{rev!r}"
-    stage_proposal(state.store, scope.job_id, sample_id, scope.step, change, merge=merge, cache_key=cache_key)
+    stage_proposal(state.store, scope.job_id, sample_id, scope.step, change, merge=merge,
+                   revision=scope.revisions.get(sample_id))
     scope.proposed.add(sample_id)
 
 

@@ -507,7 +507,7 @@ class Store:
         if offset:
             q = q.offset(offset)
         with self._read() as conn:
-            return [r[0] for r in conn.execute(q)]
+            return [r[0] for r in conn.execute(q).cursor.fetchall()]
 
     def count(self, f: SampleFilter | None = None) -> int:
         q = select(func.count()).select_from(samples)

@@ -123,16 +123,32 @@ job_applied = Table(
     Index("ix_job_applied_job", "job_id"),
 )
 
+# One row per sample and step of a job. No foreign key to jobs (v6): checking it on every row
+# cost more than half of what writing the row does, and only the runner and the API write
+# proposals, for jobs they have just read. ``revision`` is the sample's updated_at that the
+# step computed the change from (NULL: not reusable); with the step's cache key in job_steps it
+# lets a later job reuse the change (v6; until v5 a 58-character key per row did, which
+# doubled what a proposal writes).
 proposals = Table(
     "proposals",
     metadata,
-    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("job_id", Integer, primary_key=True),
     Column("sample_id", Integer, primary_key=True),
     Column("step", Integer, primary_key=True),
     Column("change", Text, nullable=False),
     Column("record", Text, nullable=True),
-    Column("cache_key", String(64), nullable=True),
-    Index("ix_proposals_cache_key", "cache_key"),
+    Column("revision", Float, nullable=True),
+)
+
+# the cache key of each step a job ran (v6): a hash of the step's block, version and parameters
+# and of every earlier step's
+job_steps = Table(
+    "job_steps",
+    metadata,
+    Column("job_id", Integer, primary_key=True),
+    Column("step", Integer, primary_key=True),
+    Column("cache_key", String(64), nullable=False),
+    Index("ix_job_steps_cache_key", "cache_key"),
 )
 
 
@@ -200,8 +216,14 @@ def _v1(conn: Connection) -> None:
 Migration = Callable[[Connection], None]
 
 def _v2(conn: Connection) -> None:
-    for t in (actions, jobs, job_samples, proposals):
+    for t in (actions, jobs, job_samples):
         t.create(conn)
+    # proposals as v2 to v5 had them; _v6 rebuilds the table
+    conn.exec_driver_sql(
+        "CREATE TABLE proposals (job_id INTEGER NOT NULL, sample_id INTEGER NOT NULL, step INTEGER NOT NULL, "
+        "change TEXT NOT NULL, record TEXT, cache_key VARCHAR(64), PRIMARY KEY (job_id, sample_id, step), "
+        "FOREIGN KEY(job_id) REFERENCES jobs (id) ON DELETE CASCADE)")
+    conn.exec_driver_sql("CREATE INDEX ix_proposals_cache_key ON proposals (cache_key)")
 
 
 def _v3(conn: Connection) -> None:
@@ -231,12 +253,32 @@ def _v5(conn: Connection) -> None:
     external_blocks.create(conn)
 
 
+def _v6(conn: Connection) -> None:
+    """Proposals lose their foreign key to jobs and their per-row cache key: each keeps the
+    sample revision it was computed from, and job_steps the step's key (SQLite rebuilds a table
+    to drop a constraint)."""
+    job_steps.create(conn)
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_proposals_cache_key")
+    conn.exec_driver_sql("ALTER TABLE proposals RENAME TO proposals_v5")
+    proposals.create(conn)
+    # a v5 key is "<32 hex of the step>:<sample id>:<repr of the revision>"
+    conn.exec_driver_sql(
+        "INSERT INTO proposals (job_id, sample_id, step, change, record, revision) "
+        "SELECT job_id, sample_id, step, change, record, CASE WHEN cache_key IS NULL THEN NULL "
+        "ELSE CAST(substr(cache_key, 35 + length(CAST(sample_id AS TEXT))) AS REAL) END FROM proposals_v5")
+    conn.exec_driver_sql("INSERT OR IGNORE INTO job_steps (job_id, step, cache_key) "
+                         "SELECT DISTINCT job_id, step, substr(cache_key, 1, 32) FROM proposals_v5 "
+                         "WHERE cache_key IS NOT NULL")
+    conn.exec_driver_sql("DROP TABLE proposals_v5")
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
     (4, _v4),
     (5, _v5),
+    (6, _v6),
 ]
 
 
