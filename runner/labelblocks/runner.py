@@ -583,7 +583,7 @@ class Runner:
     # --- applying ---------------------------------------------------------------------------------
 
     def apply(self, job_id: int, ids: Sequence[int] | None = None, set_metadata: Sequence[Any] = (),
-              on_progress: ProgressFn | None = None, batch: int = 5000) -> int:
+              on_progress: ProgressFn | None = None, batch: int = 20_000) -> int:
         """Apply the job's composed proposals to pending samples (all, or ``ids``), each sample
         atomically with its status; returns how many were applied."""
         state = job_state(self.store, job_id)
@@ -598,21 +598,25 @@ class Runner:
         applied = 0
         for start in range(0, len(pending), batch):
             chunk = pending[start : start + batch]
-            parsed = self.proposals_for(job_id, chunk)
+            # a chunk's proposals, each distinct text parsed once (labeling jobs repeat a few
+            # changes many times); parsed changes are shared, so never modified below
+            memo: dict[str, SampleChange] = {}
+            parsed = {sid: [memo[t] if t in memo else memo.setdefault(t, _load_change(t)) for t in texts]
+                      for sid, texts in _proposal_texts(self.store, job_id, chunk).items()}
             need_md = [sid for sid in chunk if extra and all(c.metadata is None for c in parsed.get(sid, []))]
             base_md = {s.id: s.metadata for s in self.store.get_samples(need_md)} if need_md else {}
             items: list[tuple[int, SampleChange]] = []
             for sid in chunk:
                 changes = parsed.get(sid)
                 final = changes[0] if changes and len(changes) == 1 else compose(changes or [])
+                update: dict[str, Any] = {}
                 if extra:
-                    md = dict(final.metadata if final.metadata is not None else base_md.get(sid, {}))
-                    md.update(extra)
-                    final.metadata = md
-                if final.bounding_boxes is not None:  # scores stay in the job's record only
-                    final.bounding_boxes = [b.model_copy(update={"score": None}) if b.score is not None else b
-                                            for b in final.bounding_boxes]
-                items.append((sid, final))
+                    update["metadata"] = {**(final.metadata if final.metadata is not None else base_md.get(sid, {})),
+                                          **extra}
+                if final.bounding_boxes is not None and any(b.score is not None for b in final.bounding_boxes):
+                    # scores stay in the job's record only
+                    update["bounding_boxes"] = [b.model_copy(update={"score": None}) for b in final.bounding_boxes]
+                items.append((sid, final.model_copy(update=update) if update else final))
             with self.store.transaction() as conn:
                 self.store.apply_changes(conn, items)
                 conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk)))
