@@ -389,3 +389,15 @@ def test_steps_after_a_whole_set_block_are_not_cached(cli: Cli, tmp_path: Path) 
     assert out["cached"] == 0 and out["computed"] == 6
     s = {x["filename"]: x for x in cli.json("samples", "list")}
     assert s["a.png"]["metadata"]["duplicate_group"] == s["b.png"]["metadata"]["duplicate_group"]
+
+
+def test_batch_gc_collects_less_often_inside_and_restores_after() -> None:
+    import gc
+
+    from labelblocks.runner import GC_YOUNG, _batch_gc
+
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), _batch_gc():
+        assert gc.get_threshold() == (max(before[0], GC_YOUNG), *before[1:])
+        raise RuntimeError("a block failed")
+    assert gc.get_threshold() == before

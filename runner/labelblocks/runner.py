@@ -14,12 +14,15 @@ a run after a preview of the same steps reuses the preview's results.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -40,6 +43,7 @@ ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
 WRITE_ROWS = 50_000  # a step's results are committed at least every this many samples
 REVISIONS_AHEAD = 20_000  # sample revisions (for cache keys) are read this many at a time
+GC_YOUNG = 20_000  # allocations between collections of the youngest generation during a step or apply
 WRITE_SECONDS = 1.0  # ... or this often, whichever comes first (a kill loses at most this much work)
 
 
@@ -110,6 +114,23 @@ def job_state(store: Store, job_id: int) -> JobState:
                                         .where(job_samples.c.job_id == job_id)):
             (failed if status == "failed" else discarded).add(sid)
     return JobState(unpack_ids(packed), applied, failed, discarded)
+
+
+@contextmanager
+def _batch_gc() -> Iterator[None]:
+    """Collect the youngest generation every GC_YOUNG allocations instead of CPython's 700.
+
+    A batch's objects (inputs, changes, rows) die with the batch. Collected every 700
+    allocations, most of them are still alive, get promoted, and are scanned again by the
+    older generations' collections, which also scan a model block's long-lived objects: that
+    doubled the time of a block that only builds one change per sample
+    (benchmarks/runner.py). Cycles are still collected; the setting is restored after."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], GC_YOUNG), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 def _sha(obj: Any) -> str:
@@ -270,10 +291,15 @@ class Runner:
         return plans
 
     def select(self, action: Action, ids: Sequence[int] | None = None, limit: int | None = None) -> list[int]:
+        return list(self._select_revisions(action, ids, limit))
+
+    def _select_revisions(self, action: Action, ids: Sequence[int] | None = None,
+                          limit: int | None = None) -> dict[int, float]:
+        """{id: revision} of the samples the action selects, by id."""
         f = action.selection()
         if ids is not None:
             f.ids = list(ids)
-        return self.store.select_ids(f, limit=limit)
+        return self.store.select_revisions(f, limit=limit)
 
     def estimate(self, action: Action, ids: Sequence[int] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """What each step would cost on the selected samples, from blocks that can tell
@@ -354,34 +380,38 @@ class Runner:
                 use_cache: bool = True, max_failures: int | None = None,
                 on_progress: ProgressFn | None = None) -> JobSummary:
         plans = self.plan(action)
-        selected = self.select(action, ids, None if ids is not None else limit)
+        selected = self._select_revisions(action, ids, None if ids is not None else limit)
         if not selected:
             raise InvalidInput(f"action {action.name} selects no samples: nothing to preview")
-        job_id = self._create_job(action, plans, "preview", selected)
+        job_id = self._create_job(action, plans, "preview", list(selected))
         return self._execute(job_id, action, plans, "preview", use_cache and action.cache_unchanged_steps,
-                             max_failures, on_progress)
+                             max_failures, on_progress, selected)
 
     def run(self, action: Action, use_cache: bool = True, max_failures: int | None = None,
             on_progress: ProgressFn | None = None, resume: bool = True) -> JobSummary:
         plans = self.plan(action)
         job_id = self._unfinished_run(action, plans) if resume else None
         resumed = job_id is not None
+        selected: dict[int, float] | None = None
         if job_id is None:
-            selected = self.select(action)
+            selected = self._select_revisions(action)
             if not selected:
                 raise InvalidInput(f"action {action.name} selects no samples: nothing to run")
-            job_id = self._create_job(action, plans, "run", selected)
+            job_id = self._create_job(action, plans, "run", list(selected))
         else:
             self._set_status(job_id, "running")
         summary = self._execute(job_id, action, plans, "run", use_cache and action.cache_unchanged_steps,
-                                max_failures, on_progress)
+                                max_failures, on_progress, selected)
         summary.resumed = resumed
         return summary
 
     # --- execution ------------------------------------------------------------------------------
 
     def _execute(self, job_id: int, action: Action, plans: Sequence[StepPlan], kind: str, use_cache: bool,
-                 max_failures: int | None, on_progress: ProgressFn | None) -> JobSummary:
+                 max_failures: int | None, on_progress: ProgressFn | None,
+                 selected: Mapping[int, float] | None = None) -> JobSummary:
+        """``selected``: the samples' revisions read with the selection, when the job was just
+        created (a resumed job's are read again)."""
         state = job_state(self.store, job_id)
         summary = JobSummary(job_id, kind, "running", len(state.ids), failed=len(state.failed))
         all_secrets = [v for p in plans for v in p.secrets.values()]
@@ -391,8 +421,9 @@ class Runner:
                 # a block that sees all samples at once (near-duplicates) gives results that depend
                 # on the selection, not only on the sample: neither it nor later steps are cached
                 whole_set = whole_set or plan.block.cls.needs_all_samples
-                self._run_step(job_id, plan, kind, use_cache and not whole_set, max_failures, summary, on_progress,
-                               all_secrets)
+                with _batch_gc():
+                    self._run_step(job_id, plan, kind, use_cache and not whole_set, max_failures, summary,
+                                   on_progress, all_secrets, selected)
             if kind == "run":
                 summary.applied = self.apply(job_id, set_metadata=action.set_metadata, on_progress=on_progress)
             status = "completed"
@@ -456,7 +487,8 @@ class Runner:
         return out
 
     def _run_step(self, job_id: int, plan: StepPlan, kind: str, use_cache: bool, max_failures: int | None,
-                  summary: JobSummary, on_progress: ProgressFn | None, all_secrets: list[str]) -> None:
+                  summary: JobSummary, on_progress: ProgressFn | None, all_secrets: list[str],
+                  selected: Mapping[int, float] | None = None) -> None:
         todo = self._todo(job_id, plan.index)
         if not todo:
             return
@@ -491,11 +523,11 @@ class Runner:
             cls = plan.block.cls
             external = issubclass(cls, ExternalBlock)  # one process for the whole step
             bs = len(todo) if cls.needs_all_samples or external else max(1, cls().batch_size(args))
-            # revisions are read ahead, for many batches at once: a revision read before the
-            # block reads the sample can only be older than what the block saw, which makes a
-            # later lookup miss, never hit a wrong result
-            ahead: dict[int, float] = {}
-            ahead_end = 0
+            # revisions come with the selection, or are read ahead for many batches at once: a
+            # revision read before the block reads the sample can only be older than what the
+            # block saw, which makes a later lookup miss, never hit a wrong result
+            ahead: Mapping[int, float] = selected or {}
+            ahead_end = len(todo) if selected is not None else 0
             for start in range(0, len(todo), bs):
                 batch_ids = todo[start : start + bs]
                 if start + len(batch_ids) > ahead_end:
@@ -534,14 +566,18 @@ class Runner:
                         block.setup(args, context)
                     outs = self._label(block, _LazyBatch(self, job_id, need, plan.index), args, context)
                     records = context.records
-                    rows: list[tuple[int, SampleChange, str | None, float]] = []
-                    for sid, out in zip(need, outs, strict=True):
-                        if isinstance(out, SampleFailure):
-                            pending.failed.append((sid, out.error))
-                            records.pop(sid, None)
-                        else:
-                            record = records.pop(sid, None) if records else None
-                            rows.append((sid, out, json.dumps(record) if record else None, revs[sid]))
+                    rows: list[tuple[int, SampleChange, str | None, float]]
+                    if not records and set(map(type, outs)) <= {SampleChange}:  # the common case, at C speed
+                        rows = list(zip(need, outs, repeat(None), map(revs.__getitem__, need)))  # type: ignore[arg-type]
+                    else:
+                        rows = []
+                        for sid, out in zip(need, outs, strict=True):
+                            if isinstance(out, SampleFailure):
+                                pending.failed.append((sid, out.error))
+                                records.pop(sid, None)
+                            else:
+                                record = records.pop(sid, None)
+                                rows.append((sid, out, json.dumps(record) if record else None, revs[sid]))
                     pending.add_computed(rows, all_secrets)
                     summary.computed += len(need)
                 summary.failed += len(pending.failed) - failed_before
@@ -596,33 +632,34 @@ class Runner:
             pending = [i for i in pending if i in wanted]
         extra = {m.key: m.value for m in set_metadata}
         applied = 0
-        for start in range(0, len(pending), batch):
-            chunk = pending[start : start + batch]
-            # a chunk's proposals, each distinct text parsed once (labeling jobs repeat a few
-            # changes many times); parsed changes are shared, so never modified below
-            memo: dict[str, SampleChange] = {}
-            parsed = {sid: [memo[t] if t in memo else memo.setdefault(t, _load_change(t)) for t in texts]
-                      for sid, texts in _proposal_texts(self.store, job_id, chunk).items()}
-            need_md = [sid for sid in chunk if extra and all(c.metadata is None for c in parsed.get(sid, []))]
-            base_md = {s.id: s.metadata for s in self.store.get_samples(need_md)} if need_md else {}
-            items: list[tuple[int, SampleChange]] = []
-            for sid in chunk:
-                changes = parsed.get(sid)
-                final = changes[0] if changes and len(changes) == 1 else compose(changes or [])
-                update: dict[str, Any] = {}
-                if extra:
-                    update["metadata"] = {**(final.metadata if final.metadata is not None else base_md.get(sid, {})),
-                                          **extra}
-                if final.bounding_boxes is not None and any(b.score is not None for b in final.bounding_boxes):
-                    # scores stay in the job's record only
-                    update["bounding_boxes"] = [b.model_copy(update={"score": None}) for b in final.bounding_boxes]
-                items.append((sid, final.model_copy(update=update) if update else final))
-            with self.store.transaction() as conn:
-                self.store.apply_changes(conn, items)
-                conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk)))
-            applied += len(chunk)
-            if on_progress:
-                on_progress("apply", applied, len(pending))
+        with _batch_gc():
+            for start in range(0, len(pending), batch):
+                chunk = pending[start : start + batch]
+                # a chunk's proposals, each distinct text parsed once (labeling jobs repeat a few
+                # changes many times); parsed changes are shared, so never modified below
+                memo: dict[str, SampleChange] = {}
+                parsed = {sid: [memo[t] if t in memo else memo.setdefault(t, _load_change(t)) for t in texts]
+                          for sid, texts in _proposal_texts(self.store, job_id, chunk).items()}
+                need_md = [sid for sid in chunk if extra and all(c.metadata is None for c in parsed.get(sid, []))]
+                base_md = {s.id: s.metadata for s in self.store.get_samples(need_md)} if need_md else {}
+                items: list[tuple[int, SampleChange]] = []
+                for sid in chunk:
+                    changes = parsed.get(sid)
+                    final = changes[0] if changes and len(changes) == 1 else compose(changes or [])
+                    update: dict[str, Any] = {}
+                    if extra:
+                        update["metadata"] = {**(final.metadata if final.metadata is not None else base_md.get(sid, {})),
+                                              **extra}
+                    if final.bounding_boxes is not None and any(b.score is not None for b in final.bounding_boxes):
+                        # scores stay in the job's record only
+                        update["bounding_boxes"] = [b.model_copy(update={"score": None}) for b in final.bounding_boxes]
+                    items.append((sid, final.model_copy(update=update) if update else final))
+                with self.store.transaction() as conn:
+                    self.store.apply_changes(conn, items)
+                    conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk)))
+                applied += len(chunk)
+                if on_progress:
+                    on_progress("apply", applied, len(pending))
         return applied
 
     def job_usage(self, job_id: int) -> dict[str, float]:

@@ -501,13 +501,21 @@ class Store:
             return dict(cur.fetchall())
 
     def select_ids(self, f: SampleFilter, limit: int | None = None, offset: int = 0) -> list[int]:
-        q = select(samples.c.id).where(self._where(f)).order_by(samples.c.id)
+        return [r[0] for r in self._select(f, (), limit, offset)]
+
+    def select_revisions(self, f: SampleFilter, limit: int | None = None) -> dict[int, float]:
+        """{id: revision} of the samples matching ``f``, by id (see :meth:`revisions`)."""
+        return dict(self._select(f, (samples.c.updated_at,), limit))
+
+    def _select(self, f: SampleFilter, columns: Sequence[Any], limit: int | None = None,
+                offset: int = 0) -> list[tuple[Any, ...]]:
+        q = select(samples.c.id, *columns).where(self._where(f)).order_by(samples.c.id)
         if limit is not None:
             q = q.limit(limit)
         if offset:
             q = q.offset(offset)
         with self._read() as conn:
-            return [r[0] for r in conn.execute(q).cursor.fetchall()]
+            return list(conn.execute(q).cursor.fetchall())
 
     def count(self, f: SampleFilter | None = None) -> int:
         q = select(func.count()).select_from(samples)
