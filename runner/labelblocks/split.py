@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import mul
 from typing import Any
 
 import numpy as np
+from sqlalchemy import Connection, and_, case, func, select
 
 from .errors import InvalidInput
 from .filters import SampleFilter
 from .model import CATEGORIES
 from .store import Store
-from .store.schema import pack_ids, split_runs, unpack_ids
+from .store.schema import pack_ids, samples, split_runs, unpack_ids
 
 NAMES = {"training": "train", "validation": "validation", "testing": "test"}
 CATEGORY_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
@@ -71,20 +74,139 @@ class SplitData:
     group_names: list[str]  # per group; "" for a sample that lacks a keep-together key
     missing_key: int  # samples lacking a keep-together key (each its own group)
     key_values: dict[str, list[str]] = field(default_factory=dict)  # stratified keys' values per sample
+    # the same columns as codes into names, where the loader has them: {column: (codes, names)}
+    codes: dict[str, tuple[np.ndarray, list[str]]] = field(default_factory=dict)
+
+    def coded(self, column: str) -> tuple[np.ndarray, list[str]]:
+        """``column`` ("label" or a stratified key) as (int64 code per sample, names)."""
+        if column not in self.codes:
+            self.codes[column] = factorize(self.label if column == LABEL else self.key_values[column])
+        return self.codes[column]
 
 
-def load(store: Store, f: SampleFilter, opts: SplitOptions) -> SplitData:
-    rows = store.scan(f, "label", "category", "bounding_boxes")
-    if not rows:
+LABEL = "\x00label"  # the label's column in SplitData.codes (no metadata key starts with NUL)
+
+
+def factorize(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+    """(int64 code of each value, the distinct values in order of first appearance)."""
+    names = list(dict.fromkeys(values))
+    index = {v: i for i, v in enumerate(names)}
+    return np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=len(values)), names
+
+
+_CATEGORY_CODE = case({c: i for i, c in enumerate(CATEGORIES)}, value=samples.c.category, else_=0)
+
+
+def load(store: Store, f: SampleFilter, opts: SplitOptions, conn: Connection | None = None) -> SplitData:
+    """The selection's categories, labels and keys, read in a few scans (``conn``: inside the
+    caller's transaction)."""
+    if conn is None:
+        with store.engine.connect() as c:
+            return load(store, f, opts, c)
+    where = store._where(f)
+    id_text, cat_text, label_text = conn.execute(
+        select(func.group_concat(samples.c.id), func.group_concat(_CATEGORY_CODE),
+               func.group_concat(func.coalesce(samples.c.label, ""), SEP)).where(where)).one()
+    if id_text is None:
         raise InvalidInput("the selection has no samples: nothing to split")
-    n = len(rows)
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-    category = _category_codes(rows, 2).astype(np.int8)
-    labels = [sample_label(r[1], r[3]) for r in rows]
-    keys = key_values(store, dict.fromkeys([*opts.keep_together, *opts.stratify_keys]))
-    group, names, missing = _groups(ids, opts.keep_together, keys)
-    strat = {k: [keys[k].get(int(i), MISSING) for i in ids] for k in opts.stratify_keys}
-    return SplitData(ids, category, labels, group, names, missing, strat)
+    ids = _ints(id_text)
+    category = _ints(cat_text).astype(np.int8)
+    labels = label_text.split(SEP)
+    if len(labels) != len(ids):  # a label with the separator in it: read them row by row
+        rows = dict(conn.execute(select(samples.c.id, func.coalesce(samples.c.label, "")).where(where)).cursor.fetchall())
+        labels = [rows[i] for i in ids.tolist()]
+    order = np.argsort(ids, kind="stable")  # an index may have driven the scan: id order, as promised
+    if not (order == np.arange(len(ids))).all():
+        ids, category = ids[order], category[order]
+        labels = [labels[i] for i in order.tolist()]
+    if "" in labels:  # unlabeled: the most frequent box label stands for the sample
+        for sid, boxes in conn.execute(select(samples.c.id, samples.c.bounding_boxes)
+                                       .where(and_(where, func.coalesce(samples.c.label, "") == ""))).cursor.fetchall():
+            labels[int(np.searchsorted(ids, sid))] = sample_label(None, boxes)
+    keys = dict.fromkeys([*opts.keep_together, *opts.stratify_keys])
+    coded = {k: _key_codes(conn, ids, k) for k in keys}
+    group, names, missing = _coded_groups(ids, opts.keep_together, coded)
+    data = SplitData(ids, category, labels, group, names, missing)
+    data.codes[LABEL] = factorize(labels)
+    for k in opts.stratify_keys:
+        codes, values = coded[k]
+        absent = codes < 0
+        if absent.any():
+            codes = np.where(absent, len(values), codes)
+            values = [*values, MISSING]
+        data.codes[k] = (codes, values)
+        data.key_values[k] = _Lazy(codes, values)  # type: ignore[assignment]
+    return data
+
+
+SEP = "\x1f"  # joins a text column's values in one aggregate (far cheaper than a Python row per sample)
+
+
+def _ints(text: str) -> np.ndarray:
+    return np.fromstring(text, dtype=np.int64, sep=",")
+
+
+class _Lazy(Sequence[str]):
+    """A column's values per sample, decoded from its codes only where asked."""
+
+    def __init__(self, codes: np.ndarray, names: list[str]) -> None:
+        self.codes, self.names = codes, names
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self.names[c] for c in self.codes[i].tolist()]
+        return self.names[int(self.codes[i])]
+
+
+def _key_codes(conn: Connection, ids: np.ndarray, key: str) -> tuple[np.ndarray, list[str]]:
+    """(code per selected sample, -1 without the key; the values) of metadata ``key``; a key
+    that no sample has is an error."""
+    sid_text, value_text = conn.exec_driver_sql(
+        "SELECT group_concat(sample_id), group_concat(value, ?) FROM sample_metadata WHERE key = ?", (SEP, key)).one()
+    if sid_text is None:
+        raise InvalidInput(f"no sample has metadata key {key!r}: see `labelblocks metadata keys`")
+    sids = _ints(sid_text)
+    value_col: Sequence[str] = value_text.split(SEP)
+    if len(value_col) != len(sids):  # a value with the separator in it: read them row by row
+        rows = conn.exec_driver_sql("SELECT sample_id, value FROM sample_metadata WHERE key = ?", (key,)).cursor.fetchall()
+        sids = np.array([r[0] for r in rows], dtype=np.int64)
+        value_col = [r[1] for r in rows]
+    vcodes, values = factorize(value_col)
+    pos = np.searchsorted(ids, sids).clip(0, len(ids) - 1)
+    hit = ids[pos] == sids  # samples outside the selection are left out
+    out = np.full(len(ids), -1, dtype=np.int64)
+    out[pos[hit]] = vcodes[hit]
+    used, compact = np.unique(out[out >= 0], return_inverse=True)  # only values the selection has
+    out[out >= 0] = compact
+    return out, [values[i] for i in used.tolist()]
+
+
+def _coded_groups(ids: np.ndarray, keep: Sequence[str],
+                  coded: dict[str, tuple[np.ndarray, list[str]]]) -> tuple[np.ndarray, list[str], int]:
+    """(group per sample, group names, samples lacking a key): samples sharing every key's
+    value form a group; a sample without one of them is a group of its own."""
+    n = len(ids)
+    if not keep:
+        return np.arange(n), [""] * n, 0
+    if len(keep) == 1:
+        group, names = coded[keep[0]]
+        names = list(names)
+    else:
+        stacked = np.stack([coded[k][0] for k in keep], axis=1)
+        present = (stacked >= 0).all(axis=1)
+        uniq, inv = np.unique(stacked[present], axis=0, return_inverse=True)
+        group = np.full(n, -1, dtype=np.int64)
+        group[present] = inv.reshape(-1)
+        names = ["\x1f".join(coded[k][1][c] for k, c in zip(keep, row, strict=True)) for row in uniq.tolist()]
+    lacking = np.flatnonzero(group < 0)
+    if len(lacking):
+        group = group.copy()
+        group[lacking] = len(names) + np.arange(len(lacking))
+        names += [""] * len(lacking)
+    return group, names, len(lacking)
 
 
 def key_values(store: Store, keys: Iterable[str]) -> dict[str, dict[int, str]]:
@@ -94,11 +216,6 @@ def key_values(store: Store, keys: Iterable[str]) -> dict[str, dict[int, str]]:
         if not values:
             raise InvalidInput(f"no sample has metadata key {k!r}: see `labelblocks metadata keys`")
     return out
-
-
-def _category_codes(rows: Sequence[tuple[Any, ...]], col: int) -> np.ndarray:
-    """Column ``col`` of scanned rows (a category name) as indexes into CATEGORIES."""
-    return np.fromiter((CATEGORY_INDEX.get(r[col], 0) for r in rows), dtype=np.int64, count=len(rows))
 
 
 def sample_label(label: str | None, boxes: str) -> str:
@@ -111,47 +228,17 @@ def sample_label(label: str | None, boxes: str) -> str:
     return NONE_LABEL
 
 
-def _groups(ids: np.ndarray, keep: Sequence[str], keys: dict[str, dict[int, str]]) -> tuple[np.ndarray, list[str], int]:
-    n = len(ids)
-    if not keep:
-        return np.arange(n), [""] * n, 0
-    index: dict[str, int] = {}
-    names: list[str] = []
-    group = np.empty(n, dtype=np.int64)
-    missing = 0
-    maps = [keys[k] for k in keep]
-    if len(maps) == 1:
-        values = [maps[0].get(sid) for sid in ids.tolist()]
-    else:
-        values = [None if any(v is None for v in vs) else "\x1f".join(vs)  # type: ignore[arg-type]
-                  for vs in zip(*([m.get(sid) for sid in ids.tolist()] for m in maps), strict=True)]
-    for pos, name in enumerate(values):
-        if name is None:
-            missing += 1
-            group[pos] = len(names)
-            names.append("")
-            continue
-        g = index.get(name)
-        if g is None:
-            g = index[name] = len(names)
-            names.append(name)
-        group[pos] = g
-    return group, names, missing
-
-
 def _features(data: SplitData, opts: SplitOptions) -> tuple[np.ndarray, np.ndarray]:
     """(sample position, feature index) pairs of the stratified features."""
     pos: list[np.ndarray] = []
     feat: list[np.ndarray] = []
     offset = 0
-    columns: list[list[str]] = ([data.label] if opts.stratify_label else []) + list(data.key_values.values())
     n = len(data.ids)
-    for col in columns:
-        index: dict[str, int] = {}
-        codes = np.fromiter((index.setdefault(v, len(index)) for v in col), dtype=np.int64, count=n)
+    for col in ([LABEL] if opts.stratify_label else []) + list(data.key_values):
+        codes, names = data.coded(col)
         pos.append(np.arange(n))
         feat.append(codes + offset)
-        offset += len(index)
+        offset += len(names)
     if not pos:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     return np.concatenate(pos), np.concatenate(feat)
@@ -227,102 +314,133 @@ def assign(data: SplitData, opts: SplitOptions, assigned: np.ndarray) -> np.ndar
 
     group_split = np.full(n_groups, -1, dtype=np.int64)
     size_w = 1.0 / max(n, 1)
-    for i in order:
-        g = int(free[i])
-        sz = float(size[g])
-        lo, hi = bounds[g], bounds[g + 1]
-        fs = gf_feat[lo:hi]
-        cost = size_w * sz * (sz - 2 * room)
-        if hi > lo:
-            c = counts[lo:hi]
-            wc = c * weights[fs]
-            cost = cost + (wc @ c - 2 * (deficit[:, fs] @ wc))
-        cost = cost * split_w
-        fits = room >= sz
-        s = int(np.argmin(np.where(fits, cost, np.inf))) if fits.any() else int(np.argmax(room))
-        group_split[g] = s
-        room[s] -= sz
-        if hi > lo:
-            deficit[s, fs] -= counts[lo:hi]
+    # the loops below run once per group: on Python floats and short lists, which for a few
+    # splits and a handful of features per group is several times faster than numpy calls
+    state = _Greedy(bounds.tolist(), gf_feat.tolist(), counts.astype(np.float64).tolist(), weights.tolist(),
+                    split_w.tolist(), deficit.tolist(), room.tolist(), size.astype(np.float64).tolist(), size_w,
+                    (ratios > 0).tolist())
+    order_groups = [int(free[i]) for i in order]
+    placed_split = state.place(order_groups)
     # one pass of single-group moves, smallest groups first, each taken only if it lowers the
     # total squared deficit and keeps every split within one (largest) group of its target
     limit = float(size.max()) if n_groups else 0.0
     for _ in range(REFINE_PASSES):
-        if not _refine_pass(order, free, group_split, size, bounds, gf_feat, counts, weights, split_w, deficit, room,
-                            size_w, limit, ratios > 0):
+        if not state.refine(order_groups[::-1], placed_split, limit):
             break
+    for g, s in placed_split.items():
+        group_split[g] = s
     todo = result < 0
     result[todo] = group_split[data.group[todo]]
     return result
 
 
-def _refine_pass(order: list[int], free: np.ndarray, group_split: np.ndarray, size: np.ndarray, bounds: np.ndarray,
-                 gf_feat: np.ndarray, counts: np.ndarray, weights: np.ndarray, split_w: np.ndarray,
-                 deficit: np.ndarray, room: np.ndarray, size_w: float, limit: float, open_split: np.ndarray) -> int:
-    """``open_split``: splits that may receive a group (a split of ratio 0 never does)."""
-    moved = 0
-    for i in reversed(order):
-        g = int(free[i])
-        s = int(group_split[g])
-        sz = float(size[g])
-        lo, hi = bounds[g], bounds[g + 1]
-        fs = gf_feat[lo:hi]
-        c = counts[lo:hi]
-        # change of the objective when moving g from s to t: what adding it to t costs plus
-        # what removing it from s costs
-        add = size_w * sz * (sz - 2 * room)
-        remove = size_w * sz * (sz + 2 * room[s])
-        if hi > lo:
-            wc = c * weights[fs]
-            wcc = float(wc @ c)
-            add = add + (wcc - 2 * (deficit[:, fs] @ wc))
-            remove = remove + (wcc + 2 * float(deficit[s, fs] @ wc))
-        delta = add * split_w + remove * split_w[s]
-        ok = (np.abs(room - sz) <= limit) & (abs(room[s] + sz) <= limit) & open_split
-        ok[s] = False
-        if not ok.any():
-            continue
-        t = int(np.argmin(np.where(ok, delta, np.inf)))
-        if delta[t] < -1e-12:
-            group_split[g] = t
-            room[s] += sz
-            room[t] -= sz
-            if hi > lo:
-                deficit[s, fs] += c
-                deficit[t, fs] -= c
-            moved += 1
-    return moved
+class _Greedy:
+    """The greedy placement's state on Python lists: per split, its room (samples still
+    wanted) and its deficit of every feature; per group, its features and their counts.
+
+    Placing group g in split s changes the objective (sum over splits of split_w times
+    size_w * room^2 + the weighted squared feature deficits) by split_w[s] times
+    size_w * sz * (sz - 2 * room[s]) + sum(w*c*c) - 2 * sum(deficit[s][f] * w*c)."""
+
+    def __init__(self, bounds: list[int], feat: list[int], counts: list[float], weights: list[float],
+                 split_w: list[float], deficit: list[list[float]], room: list[float], size: list[float],
+                 size_w: float, open_split: list[bool]) -> None:
+        self.bounds, self.feat, self.counts, self.weights = bounds, feat, counts, weights
+        self.split_w, self.deficit, self.room, self.size = split_w, deficit, room, size
+        self.size_w, self.open_split = size_w, open_split
+        self.splits = range(len(room))
+
+    def _group(self, g: int) -> tuple[list[int], list[float], list[float], float]:
+        lo, hi = self.bounds[g], self.bounds[g + 1]
+        fs, cs = self.feat[lo:hi], self.counts[lo:hi]
+        wc = list(map(mul, cs, map(self.weights.__getitem__, fs)))
+        return fs, cs, wc, sum(map(mul, wc, cs))
+
+    def _gain(self, s: int, fs: list[int], wc: list[float]) -> float:
+        return sum(map(mul, map(self.deficit[s].__getitem__, fs), wc))
+
+    def place(self, order: list[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        room, deficit, split_w, size_w = self.room, self.deficit, self.split_w, self.size_w
+        for g in order:
+            sz = self.size[g]
+            fs, cs, wc, wcc = self._group(g)
+            best, best_cost = -1, math.inf
+            for s in self.splits:
+                if room[s] >= sz:
+                    cost = (size_w * sz * (sz - 2 * room[s]) + wcc - 2 * self._gain(s, fs, wc)) * split_w[s]
+                    if cost < best_cost:
+                        best, best_cost = s, cost
+            if best < 0:  # no split has room for the whole group: the one with the most
+                best = max(self.splits, key=lambda t: (room[t], -t))
+            out[g] = best
+            room[best] -= sz
+            d = deficit[best]
+            for f, c in zip(fs, cs, strict=True):
+                d[f] -= c
+        return out
+
+    def refine(self, order: list[int], where: dict[int, int], limit: float) -> int:
+        """Move single groups (in ``order``) where that lowers the objective; returns how many moved."""
+        moved = 0
+        room, deficit, split_w, size_w = self.room, self.deficit, self.split_w, self.size_w
+        for g in order:
+            s = where[g]
+            sz = self.size[g]
+            if abs(room[s] + sz) > limit:
+                continue
+            fs, cs, wc, wcc = self._group(g)
+            # the change of the objective when moving g from s to t: what adding it to t costs
+            # plus what removing it from s costs
+            remove = (size_w * sz * (sz + 2 * room[s]) + wcc + 2 * self._gain(s, fs, wc)) * split_w[s]
+            best, best_delta = -1, math.inf
+            for t in self.splits:
+                if t == s or not self.open_split[t] or abs(room[t] - sz) > limit:
+                    continue
+                delta = (size_w * sz * (sz - 2 * room[t]) + wcc - 2 * self._gain(t, fs, wc)) * split_w[t] + remove
+                if delta < best_delta:
+                    best, best_delta = t, delta
+            if best >= 0 and best_delta < -1e-12:
+                where[g] = best
+                room[s] += sz
+                room[best] -= sz
+                ds, dt = deficit[s], deficit[best]
+                for f, c in zip(fs, cs, strict=True):
+                    ds[f] += c
+                    dt[f] -= c
+                moved += 1
+        return moved
 
 
 # --- store ------------------------------------------------------------------------------------
 
 
-def assigned_ids(store: Store) -> set[int]:
-    out: set[int] = set()
-    with store.engine.connect() as conn:
-        for (blob,) in conn.execute(split_runs.select().with_only_columns(split_runs.c.sample_ids)):
-            out.update(unpack_ids(blob))
-    return out
+def assigned_ids(conn: Connection) -> np.ndarray:
+    """The ids of every sample an earlier split placed, sorted."""
+    blobs = [unpack_ids(blob) for (blob,) in
+             conn.execute(split_runs.select().with_only_columns(split_runs.c.sample_ids))]
+    return np.unique(np.concatenate([np.asarray(b, dtype=np.int64) for b in blobs])) if blobs else \
+        np.empty(0, dtype=np.int64)
 
 
-def write(store: Store, data: SplitData, result: np.ndarray, newly: np.ndarray, opts: SplitOptions) -> int:
-    """Store the categories and record the placed samples, in one transaction. Returns how
-    many samples changed category."""
+def write(conn: Connection, data: SplitData, result: np.ndarray, newly: np.ndarray, opts: SplitOptions) -> int:
+    """Store the categories and record the placed samples, in the caller's transaction.
+    Returns how many samples changed category."""
     changed = np.flatnonzero(result != data.category)
     now = time.time()
-    with store.transaction() as conn:
-        if len(changed):
-            conn.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS split_new (id INTEGER PRIMARY KEY, category TEXT)")
-            conn.exec_driver_sql("DELETE FROM split_new")
-            conn.exec_driver_sql("INSERT INTO split_new (id, category) VALUES (?, ?)",
-                                 list(zip(data.ids[changed].tolist(),
-                                          [CATEGORIES[c] for c in result[changed].tolist()], strict=True)))
-            conn.exec_driver_sql("UPDATE samples SET category = split_new.category, updated_at = ? "
-                                 "FROM split_new WHERE samples.id = split_new.id", (now,))
-            conn.exec_driver_sql("DELETE FROM split_new")
-        if newly.any():
-            conn.execute(split_runs.insert().values(options=json.dumps(opts.to_json()),
-                                                    sample_ids=pack_ids(data.ids[newly].tolist()), created_at=now))
+    written = 0
+    for c, cat in enumerate(CATEGORIES):
+        ids = data.ids[changed[result[changed] == c]]
+        if len(ids):
+            written += conn.exec_driver_sql(
+                "UPDATE samples SET category = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?))",
+                (cat, now, json.dumps(ids.tolist()))).rowcount
+    if written != len(changed):  # raising rolls the transaction back
+        raise InvalidInput(f"{len(changed) - written} of the samples to move were deleted meanwhile: "
+                           "nothing was written; run the split again")
+    if newly.any():
+        conn.execute(split_runs.insert().values(options=json.dumps(opts.to_json()),
+                                                sample_ids=pack_ids(data.ids[newly].tolist()), created_at=now))
     return len(changed)
 
 
@@ -332,16 +450,23 @@ def write(store: Store, data: SplitData, result: np.ndarray, newly: np.ndarray, 
 def summary(data: SplitData, result: np.ndarray) -> dict[str, Any]:
     out: dict[str, Any] = {}
     n = len(data.ids)
+    label_codes, label_names = data.coded(LABEL)
+    key_codes = {k: data.coded(k) for k in data.key_values}
     for s, cat in enumerate(CATEGORIES):
         mask = result == s
         m = int(mask.sum())
-        sel = np.flatnonzero(mask).tolist()
-        groups = len(np.unique(data.group[mask])) if m else 0
-        labels = Counter(data.label[i] for i in sel)
-        keys = {k: dict(Counter(v[i] for i in sel).most_common()) for k, v in data.key_values.items()}
+        groups = int(np.count_nonzero(np.bincount(data.group[mask]))) if m else 0
+        labels = _counts(label_codes[mask], label_names)
+        keys = {k: dict(sorted(_counts(codes[mask], names).items(), key=lambda kv: -kv[1]))
+                for k, (codes, names) in key_codes.items()}
         out[cat] = {"samples": m, "share": m / n if n else 0.0, "groups": groups,
                     "labels": dict(sorted(labels.items())), "keys": keys}
     return out
+
+
+def _counts(codes: np.ndarray, names: list[str]) -> dict[str, int]:
+    counts = np.bincount(codes, minlength=len(names))
+    return {names[i]: int(counts[i]) for i in np.flatnonzero(counts).tolist()}
 
 
 @dataclass
@@ -357,22 +482,15 @@ def leaks(store: Store, f: SampleFilter, keep: Sequence[str]) -> list[Leak]:
     """Groups (by the keep-together keys) whose samples sit in more than one split, as stored."""
     if not keep:
         raise InvalidInput("say which key keeps samples together: --keep-together KEY")
-    rows = store.scan(f, "category")
-    if not rows:
-        return []
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    group, names, _ = _groups(ids, keep, key_values(store, keep))
-    return _leaks_in(group, names, _category_codes(rows, 1), keep)
-
-
-def _stored_leaks(store: Store, f: SampleFilter, data: SplitData, keep: Sequence[str]) -> list[Leak]:
-    """The leakage check after writing: the categories as the store now holds them, with the
-    groups just computed (samples added since by another process are left out)."""
-    rows = store.scan(f, "category")
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    pos = np.searchsorted(data.ids, ids).clip(0, len(data.ids) - 1)
-    known = data.ids[pos] == ids
-    return _leaks_in(data.group[pos[known]], data.group_names, _category_codes(rows, 1)[known], keep)
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(samples.c.id, _CATEGORY_CODE).where(store._where(f))
+                            .order_by(samples.c.id)).cursor.fetchall()
+        if not rows:
+            return []
+        id_col, cat_col = zip(*rows, strict=True)
+        ids = np.array(id_col, dtype=np.int64)
+        group, names, _ = _coded_groups(ids, keep, {k: _key_codes(conn, ids, k) for k in dict.fromkeys(keep)})
+    return _leaks_in(group, names, np.array(cat_col, dtype=np.int64), keep)
 
 
 def _leaks_in(group: np.ndarray, names: list[str], category: np.ndarray, keep: Sequence[str]) -> list[Leak]:
@@ -389,23 +507,30 @@ def _leaks_in(group: np.ndarray, names: list[str], category: np.ndarray, keep: S
 
 
 def run_split(store: Store, f: SampleFilter, opts: SplitOptions, dry_run: bool) -> dict[str, Any]:
-    """Plan (and unless ``dry_run``, store) a split; returns the report."""
+    """Plan (and unless ``dry_run``, store) a split; returns the report.
+
+    A real split reads, places and writes in one write transaction, so what it planned is
+    what the store holds when it ends: the leakage check at the end runs on that plan."""
     opts.check()
-    data = load(store, f, opts)
-    before = assigned_ids(store) if not opts.reassign else set()
-    assigned = np.fromiter((int(i) in before for i in data.ids.tolist()), dtype=bool, count=len(data.ids)) \
-        if before else np.zeros(len(data.ids), dtype=bool)
+    if dry_run:
+        with store.engine.connect() as conn:
+            return _split(store, conn, f, opts, dry_run)
+    with store.transaction() as conn:
+        return _split(store, conn, f, opts, dry_run)
+
+
+def _split(store: Store, conn: Connection, f: SampleFilter, opts: SplitOptions, dry_run: bool) -> dict[str, Any]:
+    data = load(store, f, opts, conn)
+    before = assigned_ids(conn) if not opts.reassign else np.empty(0, dtype=np.int64)
+    assigned = np.isin(data.ids, before, assume_unique=True) if len(before) else np.zeros(len(data.ids), dtype=bool)
     result = assign(data, opts, assigned)
     newly = ~assigned
-    changed = write(store, data, result, newly, opts) if not dry_run else int((result != data.category).sum())
+    changed = write(conn, data, result, newly, opts) if not dry_run else int((result != data.category).sum())
     report: dict[str, Any] = {
         "dryRun": dry_run, **opts.to_json(), "samples": len(data.ids), "groups": len(data.group_names),
         "missingKey": data.missing_key, "kept": int(assigned.sum()), "placed": int(newly.sum()),
         "changed": changed, "splits": summary(data, result),
     }
     if opts.keep_together:
-        # the leakage check: on what the store now holds (after a dry run, on the plan)
-        found = _stored_leaks(store, f, data, opts.keep_together) if not dry_run else \
-            _leaks_in(data.group, data.group_names, result, opts.keep_together)
-        report["leaks"] = [lk.to_json() for lk in found]
+        report["leaks"] = [lk.to_json() for lk in _leaks_in(data.group, data.group_names, result, opts.keep_together)]
     return report
