@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -306,6 +307,38 @@ def test_revisions_pass_through_json_into_sqlite_exactly(values: list[float]) ->
     con = sqlite3.connect(":memory:")
     back = [r[0] for r in con.execute("SELECT value->>1 FROM json_each(?)", (payload,))]
     assert back == values
+
+
+def test_a_sample_deleted_after_preview_is_skipped_on_apply(ds: Cli, project: Path) -> None:
+    ds("actions", "create", "lab", "--step", "fake-labeler")
+    job = ds.json("actions", "preview", "lab", "--limit", "6")["jobId"]
+    ds("samples", "delete", "3")
+    assert "sample 3: deleted since the job ran" in ds("proposals", "show", str(job)).output
+    ds("proposals", "apply", str(job))
+    labels = {s["id"]: s["label"] for s in ds.json("samples", "list")}
+    assert labels == {1: "L-img0", 2: "L-img1", 4: "L-img3", 5: "L-img4", 6: "L-img5"}
+    assert "5 applied, 1 discarded" in ds("jobs", "show", str(job)).output
+
+
+def test_a_sample_deleted_during_a_run_fails_alone(ds: Cli, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labelblocks.project import open_store
+
+    label = fake_blocks.FakeLabeler.label
+
+    def deleting(self: Any, batch: Any, args: Any, context: Any) -> Any:
+        if not fake_blocks.CALLS:  # while the first batch (1-4) runs, sample 5 of the next goes
+            with open_store(project) as store:
+                store.delete_samples([5])
+        return label(self, batch, args, context)
+
+    monkeypatch.setattr(fake_blocks.FakeLabeler, "label", deleting)
+    ds("actions", "create", "lab", "--step", "fake-labeler")
+    out = ds.json("actions", "run", "lab", expect=1)
+    assert out["applied"] == 5 and out["failed"] == 1
+    assert {s["id"]: s["label"] for s in ds.json("samples", "list")} == {
+        1: "L-img0", 2: "L-img1", 3: "L-img2", 4: "L-img3", 6: "L-img5"}
+    [err] = ds.json("jobs", "show", str(out["jobId"]))["failures"]
+    assert err["sampleId"] == 5 and "sample 5 was deleted" in err["error"]
 
 
 def test_v2_jobs_migrate(tmp_path: Path) -> None:

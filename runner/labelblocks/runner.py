@@ -455,7 +455,7 @@ class Runner:
 
     def _overlaid(self, job_id: int, ids: Sequence[int], before_step: int) -> list[tuple[Sample, Sample]]:
         """(stored sample, sample with this job's steps < before_step applied) for ids."""
-        stored = self.store.get_samples(ids)
+        stored = self.store.get_samples(ids, missing_ok=True)  # one deleted meanwhile fails alone (see _LazyBatch)
         return list(zip(stored, overlay(self.store, job_id, stored, before_step - 1), strict=True))
 
     def proposals_for(self, job_id: int, ids: Sequence[int] | None = None,
@@ -641,7 +641,7 @@ class Runner:
                 parsed = {sid: [memo[t] if t in memo else memo.setdefault(t, _load_change(t)) for t in texts]
                           for sid, texts in _proposal_texts(self.store, job_id, chunk).items()}
                 need_md = [sid for sid in chunk if extra and all(c.metadata is None for c in parsed.get(sid, []))]
-                base_md = {s.id: s.metadata for s in self.store.get_samples(need_md)} if need_md else {}
+                base_md = {s.id: s.metadata for s in self.store.get_samples(need_md, missing_ok=True)} if need_md else {}
                 items: list[tuple[int, SampleChange]] = []
                 for sid in chunk:
                     changes = parsed.get(sid)
@@ -655,8 +655,17 @@ class Runner:
                         update["bounding_boxes"] = [b.model_copy(update={"score": None}) for b in final.bounding_boxes]
                     items.append((sid, final.model_copy(update=update) if update else final))
                 with self.store.transaction() as conn:
+                    alive = self.store.revisions(chunk, conn)  # under the write lock: none disappears now
+                    if len(alive) != len(chunk):  # deleted since the job ran: nothing to apply to
+                        gone = [sid for sid in chunk if sid not in alive]
+                        conn.exec_driver_sql(
+                            "INSERT OR REPLACE INTO job_samples (job_id, sample_id, status, failed_step, error) "
+                            "VALUES (?, ?, 'discarded', NULL, 'the sample was deleted')", [(job_id, i) for i in gone])
+                        items = [it for it in items if it[0] in alive]
+                        chunk = [sid for sid in chunk if sid in alive]
                     self.store.apply_changes(conn, items)
-                    conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk)))
+                    if chunk:
+                        conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk)))
                 applied += len(chunk)
                 if on_progress:
                     on_progress("apply", applied, len(pending))
@@ -678,6 +687,8 @@ class _LazyBatch:
     def pair(self, sid: int) -> tuple[Sample, Sample]:
         if self._pairs is None:
             self._pairs = {s.id: (s, cur) for s, cur in self._runner._overlaid(self._job_id, self._ids, self._step)}
+        if sid not in self._pairs:
+            raise NotFound(f"sample {sid} was deleted")
         return self._pairs[sid]
 
     def read(self, sid: int) -> bytes:

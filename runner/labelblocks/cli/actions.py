@@ -232,9 +232,12 @@ def _print_preview(app: AppContext, runner: Any, job_id: int, limit: int = 50) -
     changes = runner.proposals_for(job_id)
     errors = _job_errors(app, job_id)
     ids = sorted(set(changes) | set(errors))
-    samples = {s.id: s for s in app.store.get_samples([i for i in ids[:limit]])} if ids else {}
+    samples = {s.id: s for s in app.store.get_samples(ids[:limit], missing_ok=True)} if ids else {}
     for sid in ids[:limit]:
-        s = samples[sid]
+        s = samples.get(sid)
+        if s is None:
+            click.echo(f"sample {sid}: deleted since the job ran")
+            continue
         if sid in errors:
             click.echo(f"sample {sid} {s.filename}: FAILED at step {errors[sid][0]}: {errors[sid][1]}")
             continue

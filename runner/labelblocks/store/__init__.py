@@ -538,18 +538,19 @@ class Store:
             rows = list(conn.execute(q))
             return self._hydrate(conn, rows)
 
-    def get_samples(self, ids: Sequence[int], conn: Connection | None = None) -> list[Sample]:
-        """Samples by id, in the order given. Raises NotFound for an unknown id."""
+    def get_samples(self, ids: Sequence[int], conn: Connection | None = None, missing_ok: bool = False) -> list[Sample]:
+        """Samples by id, in the order given. Raises NotFound for an unknown id, or with
+        ``missing_ok`` leaves it out."""
         if conn is None:
             with self._read() as c:
-                return self.get_samples(ids, c)
+                return self.get_samples(ids, c, missing_ok)
         rows: dict[int, Row[Any]] = {}
         for chunk in _chunks(ids, 500):
             rows.update((r.id, r) for r in conn.execute(select(samples).where(samples.c.id.in_(chunk))))
         missing = [i for i in ids if i not in rows]
-        if missing:
+        if missing and not missing_ok:
             raise NotFound(f"no sample with id {', '.join(map(str, missing[:10]))}")
-        return self._hydrate(conn, [rows[i] for i in ids])
+        return self._hydrate(conn, [rows[i] for i in ids if i in rows])
 
     def get_sample(self, sample_id: int) -> Sample:
         return self.get_samples([sample_id])[0]
