@@ -107,6 +107,39 @@ def test_new_frames_of_a_placed_video_join_it(cli: Cli, project: Path) -> None:
     assert new == ["validation"] * 3
 
 
+def test_a_filtered_split_reads_what_a_row_by_row_reader_reads(project: Path) -> None:
+    """The loader reads columns in aggregates; it must agree with reading sample by sample,
+    also for a selection (values only other samples have are not groups), separators inside
+    labels and values, and samples labelled only by their boxes."""
+    from labelblocks.filters import MetadataCondition, SampleFilter
+    from labelblocks.model import BoundingBox, SampleChange
+    from labelblocks.split import load, sample_label
+
+    rows = videos(30, seed=3)
+    for r in rows[:3]:
+        r["metadata"] = {**r["metadata"], "site": "site1"}
+    rows[0]["label"] = "odd\x1flabel"
+    rows[1]["metadata"]["video_file"] = "odd\x1fvalue"
+    rows[2]["label"] = None
+    seed_samples(project, rows)
+    with open_store(project) as store:
+        with store.transaction() as conn:  # sample 3 is labelled by its boxes only
+            store.apply_changes(conn, [(3, SampleChange(bounding_boxes=[
+                BoundingBox(label=lab, x=0, y=0, width=2, height=2) for lab in ("dog", "cat", "dog")]))])
+        f = SampleFilter(metadata=[MetadataCondition(key="site", values=["site1"])])
+        data = load(store, f, SplitOptions(keep_together=["video_file"], stratify_keys=["site"]))
+    con = sqlite3.connect(project / ".labelblocks" / "project.db")
+    want = con.execute("SELECT s.id, s.label, s.bounding_boxes, m.value FROM samples s JOIN sample_metadata m "
+                       "ON m.sample_id = s.id AND m.key = 'video_file' JOIN sample_metadata t ON t.sample_id = s.id "
+                       "AND t.key = 'site' AND t.value = 'site1' ORDER BY s.id").fetchall()
+    assert len(want) < len(rows) and want[0][0] == 1
+    assert data.ids.tolist() == [r[0] for r in want]
+    assert data.label == [sample_label(r[1], r[2]) for r in want]
+    assert data.label[:3] == ["odd\x1flabel", rows[1]["label"], "dog"]
+    assert sorted(data.group_names) == sorted({r[3] for r in want})  # only the selection's videos
+    assert [data.group_names[g] for g in data.group.tolist()] == [r[3] for r in want]
+
+
 def test_dry_run_writes_nothing_and_prints_the_table(cli: Cli, project: Path) -> None:
     seed_samples(project, videos(40))
     r = cli("split", "--keep-together", "video_file", "--stratify-key", "site", "--dry-run")

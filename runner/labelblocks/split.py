@@ -179,9 +179,12 @@ def _key_codes(conn: Connection, ids: np.ndarray, key: str) -> tuple[np.ndarray,
     hit = ids[pos] == sids  # samples outside the selection are left out
     out = np.full(len(ids), -1, dtype=np.int64)
     out[pos[hit]] = vcodes[hit]
-    used, compact = np.unique(out[out >= 0], return_inverse=True)  # only values the selection has
-    out[out >= 0] = compact
-    return out, [values[i] for i in used.tolist()]
+    valid = out >= 0
+    used = np.bincount(out[valid], minlength=len(values)) > 0
+    if not used.all():  # only values the selection has, in the same order
+        out[valid] = (np.cumsum(used) - 1)[out[valid]]
+        values = [v for v, u in zip(values, used.tolist(), strict=True) if u]
+    return out, values
 
 
 def _coded_groups(ids: np.ndarray, keep: Sequence[str],
@@ -483,14 +486,15 @@ def leaks(store: Store, f: SampleFilter, keep: Sequence[str]) -> list[Leak]:
     if not keep:
         raise InvalidInput("say which key keeps samples together: --keep-together KEY")
     with store.engine.connect() as conn:
-        rows = conn.execute(select(samples.c.id, _CATEGORY_CODE).where(store._where(f))
-                            .order_by(samples.c.id)).cursor.fetchall()
-        if not rows:
+        id_text, cat_text = conn.execute(select(func.group_concat(samples.c.id), func.group_concat(_CATEGORY_CODE))
+                                         .where(store._where(f))).one()
+        if id_text is None:
             return []
-        id_col, cat_col = zip(*rows, strict=True)
-        ids = np.array(id_col, dtype=np.int64)
+        ids, category = _ints(id_text), _ints(cat_text)
+        order = np.argsort(ids, kind="stable")
+        ids, category = ids[order], category[order]
         group, names, _ = _coded_groups(ids, keep, {k: _key_codes(conn, ids, k) for k in dict.fromkeys(keep)})
-    return _leaks_in(group, names, np.array(cat_col, dtype=np.int64), keep)
+    return _leaks_in(group, names, category, keep)
 
 
 def _leaks_in(group: np.ndarray, names: list[str], category: np.ndarray, keep: Sequence[str]) -> list[Leak]:
