@@ -73,12 +73,12 @@ class SplitData:
     group: np.ndarray  # group index per sample
     group_names: list[str]  # per group; "" for a sample that lacks a keep-together key
     missing_key: int  # samples lacking a keep-together key (each its own group)
-    key_values: dict[str, list[str]] = field(default_factory=dict)  # stratified keys' values per sample
+    key_values: dict[str, Sequence[str]] = field(default_factory=dict)  # stratified keys' values per sample
     # the same columns as codes into names, where the loader has them: {column: (codes, names)}
     codes: dict[str, tuple[np.ndarray, list[str]]] = field(default_factory=dict)
 
     def coded(self, column: str) -> tuple[np.ndarray, list[str]]:
-        """``column`` ("label" or a stratified key) as (int64 code per sample, names)."""
+        """``column`` (LABEL or a stratified key) as (int64 code per sample, names)."""
         if column not in self.codes:
             self.codes[column] = factorize(self.label if column == LABEL else self.key_values[column])
         return self.codes[column]
@@ -135,7 +135,7 @@ def load(store: Store, f: SampleFilter, opts: SplitOptions, conn: Connection | N
             codes = np.where(absent, len(values), codes)
             values = [*values, MISSING]
         data.codes[k] = (codes, values)
-        data.key_values[k] = _Lazy(codes, values)  # type: ignore[assignment]
+        data.key_values[k] = _Lazy(codes, values)
     return data
 
 
