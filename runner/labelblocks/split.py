@@ -319,9 +319,7 @@ def assign(data: SplitData, opts: SplitOptions, assigned: np.ndarray) -> np.ndar
     size_w = 1.0 / max(n, 1)
     # the loops below run once per group: on Python floats and short lists, which for a few
     # splits and a handful of features per group is several times faster than numpy calls
-    state = _Greedy(bounds.tolist(), gf_feat.tolist(), counts.astype(np.float64).tolist(), weights.tolist(),
-                    split_w.tolist(), deficit.tolist(), room.tolist(), size.astype(np.float64).tolist(), size_w,
-                    (ratios > 0).tolist())
+    state = _Greedy(bounds, gf_feat, counts, weights, split_w, deficit, room, size, size_w, ratios > 0)
     order_groups = [int(free[i]) for i in order]
     placed_split = state.place(order_groups)
     # one pass of single-group moves, smallest groups first, each taken only if it lowers the
@@ -345,19 +343,23 @@ class _Greedy:
     size_w * room^2 + the weighted squared feature deficits) by split_w[s] times
     size_w * sz * (sz - 2 * room[s]) + sum(w*c*c) - 2 * sum(deficit[s][f] * w*c)."""
 
-    def __init__(self, bounds: list[int], feat: list[int], counts: list[float], weights: list[float],
-                 split_w: list[float], deficit: list[list[float]], room: list[float], size: list[float],
-                 size_w: float, open_split: list[bool]) -> None:
-        self.bounds, self.feat, self.counts, self.weights = bounds, feat, counts, weights
-        self.split_w, self.deficit, self.room, self.size = split_w, deficit, room, size
-        self.size_w, self.open_split = size_w, open_split
-        self.splits = range(len(room))
+    def __init__(self, bounds: np.ndarray, feat: np.ndarray, counts: np.ndarray, weights: np.ndarray,
+                 split_w: np.ndarray, deficit: np.ndarray, room: np.ndarray, size: np.ndarray,
+                 size_w: float, open_split: np.ndarray) -> None:
+        counts = counts.astype(np.float64)
+        wc = counts * weights[feat]  # per (group, feature): weight * count
+        group_of = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+        self.bounds, self.feat, self.counts = bounds.tolist(), feat.tolist(), counts.tolist()
+        self.wc = wc.tolist()
+        self.wcc = np.bincount(group_of, weights=wc * counts, minlength=len(bounds) - 1).tolist()  # sum(w*c*c)
+        self.split_w, self.deficit, self.room = split_w.tolist(), deficit.tolist(), room.tolist()
+        self.size = size.astype(np.float64).tolist()
+        self.size_w, self.open_split = size_w, open_split.tolist()
+        self.splits = range(len(self.room))
 
     def _group(self, g: int) -> tuple[list[int], list[float], list[float], float]:
         lo, hi = self.bounds[g], self.bounds[g + 1]
-        fs, cs = self.feat[lo:hi], self.counts[lo:hi]
-        wc = list(map(mul, cs, map(self.weights.__getitem__, fs)))
-        return fs, cs, wc, sum(map(mul, wc, cs))
+        return self.feat[lo:hi], self.counts[lo:hi], self.wc[lo:hi], self.wcc[g]
 
     def _gain(self, s: int, fs: list[int], wc: list[float]) -> float:
         return sum(map(mul, map(self.deficit[s].__getitem__, fs), wc))
