@@ -320,6 +320,19 @@ def test_a_sample_deleted_after_preview_is_skipped_on_apply(ds: Cli, project: Pa
     assert "5 applied, 1 discarded" in ds("jobs", "show", str(job)).output
 
 
+def test_applying_no_change_keeps_the_sample_untouched(ds: Cli, project: Path) -> None:
+    """A proposal that changes nothing is applied (the job counts it) without writing the
+    sample, so its revision, and the results cached for it, stay valid."""
+    ds("actions", "create", "noop", "--step", "relabel", "-p", "mapping=dog -> wolf")
+    con = sqlite3.connect(project / ".labelblocks" / "project.db")
+    before = con.execute("SELECT id, updated_at FROM samples ORDER BY id").fetchall()
+    job = ds.json("actions", "preview", "noop", "--limit", "6")["jobId"]
+    ds("proposals", "apply", str(job))
+    assert "6 applied" in ds("jobs", "show", str(job)).output
+    assert con.execute("SELECT id, updated_at FROM samples ORDER BY id").fetchall() == before
+    assert ds.json("actions", "run", "noop")["cached"] == 6
+
+
 def test_a_sample_deleted_during_a_run_fails_alone(ds: Cli, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from labelblocks.project import open_store
 

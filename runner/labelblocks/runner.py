@@ -663,7 +663,9 @@ class Runner:
                             "VALUES (?, ?, 'discarded', NULL, 'the sample was deleted')", [(job_id, i) for i in gone])
                         items = [it for it in items if it[0] in alive]
                         chunk = [sid for sid in chunk if sid in alive]
-                    self.store.apply_changes(conn, items)
+                    # a change that changes nothing is not written: the sample keeps its revision,
+                    # so results cached for it stay valid
+                    self.store.apply_changes(conn, [it for it in items if not it[1].is_empty()])
                     if chunk:
                         conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk)))
                 applied += len(chunk)
