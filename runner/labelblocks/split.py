@@ -35,7 +35,6 @@ from .store import Store
 from .store.schema import pack_ids, samples, split_runs, unpack_ids
 
 NAMES = {"training": "train", "validation": "validation", "testing": "test"}
-CATEGORY_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
 NONE_LABEL = "(no label)"
 REFINE_PASSES = 1
 MISSING = "(missing)"
@@ -104,20 +103,15 @@ def load(store: Store, f: SampleFilter, opts: SplitOptions, conn: Connection | N
         with store.engine.connect() as c:
             return load(store, f, opts, c)
     where = store._where(f)
-    id_text, cat_text, label_text = conn.execute(
-        select(func.group_concat(samples.c.id), func.group_concat(_CATEGORY_CODE),
-               func.group_concat(func.coalesce(samples.c.label, ""), SEP)).where(where)).one()
-    if id_text is None:
+    scanned = _scan(conn, where, func.coalesce(samples.c.label, ""))
+    if scanned is None:
         raise InvalidInput("the selection has no samples: nothing to split")
-    ids = _ints(id_text)
-    category = _ints(cat_text).astype(np.int8)
+    ids, category, order, (label_text,) = scanned
     labels = label_text.split(SEP)
     if len(labels) != len(ids):  # a label with the separator in it: read them row by row
         rows = dict(conn.execute(select(samples.c.id, func.coalesce(samples.c.label, "")).where(where)).cursor.fetchall())
         labels = [rows[i] for i in ids.tolist()]
-    order = np.argsort(ids, kind="stable")  # an index may have driven the scan: id order, as promised
-    if not (order == np.arange(len(ids))).all():
-        ids, category = ids[order], category[order]
+    elif not (order == np.arange(len(ids))).all():
         labels = [labels[i] for i in order.tolist()]
     if "" in labels:  # unlabeled: the most frequent box label stands for the sample
         for sid, boxes in conn.execute(select(samples.c.id, samples.c.bounding_boxes)
@@ -140,6 +134,19 @@ def load(store: Store, f: SampleFilter, opts: SplitOptions, conn: Connection | N
 
 
 SEP = "\x1f"  # joins a text column's values in one aggregate (far cheaper than a Python row per sample)
+
+
+def _scan(conn: Connection, where: Any, *texts: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None:
+    """The selection's ids and category codes, sorted by id, the permutation that sorted them
+    (an index may have driven the scan), and each of ``texts`` joined by SEP in scan order: one
+    aggregate each. None for an empty selection."""
+    row = conn.execute(select(func.group_concat(samples.c.id), func.group_concat(_CATEGORY_CODE),
+                              *(func.group_concat(t, SEP) for t in texts)).where(where)).one()
+    if row[0] is None:
+        return None
+    ids = _ints(row[0])
+    order = np.argsort(ids, kind="stable")
+    return ids[order], _ints(row[1]).astype(np.int8)[order], order, list(row[2:])
 
 
 def _ints(text: str) -> np.ndarray:
@@ -488,13 +495,10 @@ def leaks(store: Store, f: SampleFilter, keep: Sequence[str]) -> list[Leak]:
     if not keep:
         raise InvalidInput("say which key keeps samples together: --keep-together KEY")
     with store.engine.connect() as conn:
-        id_text, cat_text = conn.execute(select(func.group_concat(samples.c.id), func.group_concat(_CATEGORY_CODE))
-                                         .where(store._where(f))).one()
-        if id_text is None:
+        scanned = _scan(conn, store._where(f))
+        if scanned is None:
             return []
-        ids, category = _ints(id_text), _ints(cat_text)
-        order = np.argsort(ids, kind="stable")
-        ids, category = ids[order], category[order]
+        ids, category, _, _ = scanned
         group, names, _ = _coded_groups(ids, keep, {k: _key_codes(conn, ids, k) for k in dict.fromkeys(keep)})
     return _leaks_in(group, names, category, keep)
 
