@@ -2,7 +2,8 @@
 
 Preview, then apply, an action whose only step is a no-op block (it proposes one label per
 sample) over N samples (default 100,000), and compare each phase with the floor: writing the
-same changes with one batched SQL statement (executemany) in one transaction:
+same changes with one batched SQL statement (executemany) in one transaction, on a plain
+sqlite3 connection with the store's settings:
   preview floor: INSERT the same proposal rows;   apply floor: UPDATE the same labels.
 Target: runner time <= 2x the floor in each phase.
 
@@ -33,7 +34,7 @@ from labelblocks.model import SampleChange
 from labelblocks.plugins import get_plugins
 from labelblocks.project import init_project, open_store
 from labelblocks.runner import Runner
-from labelblocks.store import NewSample
+from labelblocks.store import NewSample, _set_sqlite_pragmas
 
 
 class NoOp(Block):
@@ -65,8 +66,15 @@ def seed(project: Path, n: int) -> None:
                                for i in range(start, min(n, start + 20_000))])
 
 
-def floor_preview(db: Path, ids: list[int]) -> float:
+def _connect(db: Path) -> sqlite3.Connection:
+    """A plain sqlite3 connection with the store's own settings (WAL, synchronous=NORMAL, cache)."""
     con = sqlite3.connect(db)
+    _set_sqlite_pragmas(con, None)
+    return con
+
+
+def floor_preview(db: Path, ids: list[int]) -> float:
+    con = _connect(db)
     change = json.dumps({"label": "bench"})
     t = time.perf_counter()
     with con:
@@ -79,7 +87,7 @@ def floor_preview(db: Path, ids: list[int]) -> float:
 
 
 def floor_apply(db: Path, ids: list[int]) -> float:
-    con = sqlite3.connect(db)
+    con = _connect(db)
     t = time.perf_counter()
     with con:
         con.executemany("UPDATE samples SET label = ?, updated_at = ? WHERE id = ?",

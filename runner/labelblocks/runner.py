@@ -533,12 +533,15 @@ class Runner:
                 if start + len(batch_ids) > ahead_end:
                     ahead_end = start + max(bs, REVISIONS_AHEAD)
                     ahead = self.store.revisions(todo[start:ahead_end])
-                revs = {sid: ahead[sid] for sid in batch_ids if sid in ahead}
                 failed_before = len(pending.failed)
                 need = batch_ids
-                if len(revs) != len(batch_ids):
-                    pending.failed += [(sid, f"sample {sid} was deleted") for sid in batch_ids if sid not in revs]
-                    need = [sid for sid in batch_ids if sid in revs]
+                # every sample of a new job has its revision in ``selected``; one read ahead may be gone
+                if ahead is not selected and not all(map(ahead.__contains__, batch_ids)):
+                    pending.failed += [(sid, f"sample {sid} was deleted") for sid in batch_ids if sid not in ahead]
+                    need = [sid for sid in batch_ids if sid in ahead]
+                revs: Mapping[int, float] = ahead  # has the revision of every sample in ``need``
+                if use_cache or external:
+                    revs = {sid: ahead[sid] for sid in need}
                 if use_cache:
                     hits = self._cached(cache_key, revs)
                     if hits:
@@ -553,7 +556,8 @@ class Runner:
                             on_progress(phase, _base + n, total)
 
                     # the block's own proposals are already stored (by the API, as they arrived)
-                    left = run_external_step(self, job_id, plan, {sid: revs[sid] for sid in need}, all_secrets, ext_progress)
+                    left = run_external_step(self, job_id, plan, {sid: revs[sid] for sid in need},
+                                             all_secrets, ext_progress)
                     for sid, ext in left.items():
                         if isinstance(ext, SampleFailure):
                             pending.failed.append((sid, ext.error))
@@ -723,7 +727,7 @@ def label_batch(block: Block, inputs: Sequence[SampleInput], args: Mapping[str, 
         out = list(block.label(inputs, args, context))
         if len(out) != len(inputs):
             raise BlockError(f"block returned {len(out)} results for {len(inputs)} samples")
-        return [o if o.__class__ is SampleChange else _checked(o) for o in out]
+        return out if set(map(type, out)) <= {SampleChange} else [_checked(o) for o in out]  # type: ignore[return-value]
     except Exception as batch_error:
         if len(inputs) == 1:
             return [SampleFailure(_describe(batch_error))]
