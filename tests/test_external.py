@@ -259,6 +259,9 @@ def test_external_step_resumes_after_sigkill(ds: Cli, project: Path, tmp_path: P
     finished = {i for (i,) in con.execute("SELECT sample_id FROM proposals WHERE step = 2")}
     assert 2 <= len(finished) < 6
     assert con.execute("SELECT count(*) FROM samples WHERE label IS NOT NULL").fetchone()[0] == 0
+    work = project / ".labelblocks" / "tmp"
+    left = list(work.iterdir())  # the killed process could not remove its step's folder
+    assert [p.name.endswith(f"-pid{proc.pid}") for p in left] == [True]
     time.sleep(1)  # the orphaned block finds the API gone and exits
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -268,6 +271,7 @@ def test_external_step_resumes_after_sigkill(ds: Cli, project: Path, tmp_path: P
     runs = [json.loads(line.split("ids: ", 1)[1]) for line in log.splitlines() if "ids: " in line]
     assert len(runs) == 2 and set(runs[1]).isdisjoint(finished) and set(runs[1]) | finished == set(range(1, 7))
     assert all(s["label"] == "thing" for s in _samples(ds).values())
+    assert list(work.iterdir()) == []  # the dead process's folder is swept, the new one removed
 
 
 def test_installed_block_runs_as_a_protocol_block(ds: Cli, tmp_path: Path, project: Path) -> None:

@@ -260,6 +260,29 @@ def _docker_argv(cls: type[ExternalBlock], env: dict[str, str], mount: str, name
     return [*out, str(cls.image), *cls.command, *argv]
 
 
+def _work_folder(store: Store, job_id: int, step: int) -> Path:
+    """A new folder for one external step's files (the ids file), under the project's
+    ``.labelblocks/tmp``, named after this process. Folders that processes no longer running
+    left there (killed with SIGKILL, so before they could clean up) are removed first."""
+    root = store.root / "tmp"
+    root.mkdir(exist_ok=True)
+    for old in root.glob("job*-step*-pid*"):
+        pid = old.name.rsplit("-pid", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"job{job_id}-step{step}-", suffix=f"-pid{os.getpid()}", dir=root))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
 def run_external_step(runner: Runner, job_id: int, plan: StepPlan, revisions: dict[int, float],
                       all_secrets: list[str],
                       on_progress: Callable[[int], None] | None = None) -> dict[int, SampleFailure | str]:
@@ -274,7 +297,7 @@ def run_external_step(runner: Runner, job_id: int, plan: StepPlan, revisions: di
     store = runner.store
     need = list(revisions)
     scope = JobScope(job_id=job_id, step=plan.index, sample_ids=frozenset(need), revisions=revisions)
-    tmp = Path(tempfile.mkdtemp(prefix=f"labelblocks-job{job_id}-"))
+    tmp = _work_folder(store, job_id, plan.index)
     rc: int | None = None
     error: str | None = None
     try:

@@ -31,7 +31,7 @@ from sqlalchemy import and_, insert, select, update
 from .actions import Action, validate_steps
 from .blocks import Block, BlockContext, SampleFailure, SampleInput
 from .errors import BlockError, InvalidInput, LabelblocksError, NotFound
-from .external import ExternalBlock, run_external_step
+from .external import ExternalBlock, pid_alive, run_external_step
 from .model import Sample, SampleChange, parse_change
 from .parameters import ResolvedParameters
 from .plugins import BlockRegistry, RegisteredBlock
@@ -355,7 +355,7 @@ class Runner:
             ).first()
         if row is None:
             return None
-        if row.status == "running" and row.pid and row.pid != os.getpid() and _pid_alive(row.pid):
+        if row.status == "running" and row.pid and row.pid != os.getpid() and pid_alive(row.pid):
             raise InvalidInput(f"job {row.id} of action {action.name} is running in process {row.pid}; "
                                "wait for it or stop it, then run again to resume")
         return int(row.id)
@@ -751,16 +751,6 @@ def _checked(o: Any) -> SampleChange | SampleFailure:
 
 def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}" if not isinstance(e, LabelblocksError) else str(e)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- describing changes ------------------------------------------------------------------------
