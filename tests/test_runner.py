@@ -309,6 +309,50 @@ def test_revisions_pass_through_json_into_sqlite_exactly(values: list[float]) ->
     assert back == values
 
 
+_JSON = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+                     max_leaves=6)
+_JSON_TEXT = st.builds(lambda v, ascii_only: json.dumps(v, ensure_ascii=ascii_only), _JSON, st.booleans())
+
+
+@given(st.lists(st.tuples(_JSON_TEXT, st.none() | _JSON_TEXT, st.none() | st.floats(allow_nan=False, allow_infinity=False)),
+                min_size=1, max_size=30))
+def test_stored_texts_pass_through_json_into_sqlite_exactly(rows: list[tuple[str, str | None, float | None]]) -> None:
+    """Cached or external results are stored by one json_each statement: every change and
+    record text (JSON texts, any unicode) and every revision comes back as it went in."""
+    from labelblocks.runner import _INSERT_TEXT_ROWS
+
+    con = sqlite3.connect(":memory:")
+    con.execute("CREATE TABLE proposals (job_id, sample_id, step, change, record, revision)")
+    con.execute(_INSERT_TEXT_ROWS, (7, 2, json.dumps([(i, *r) for i, r in enumerate(rows)])))
+    back = con.execute("SELECT job_id, step, change, record, revision FROM proposals ORDER BY sample_id").fetchall()
+    assert back == [(7, 2, *r) for r in rows]
+
+
+def test_writer_writes_in_order_and_raises_a_failed_write() -> None:
+    from labelblocks.runner import _Pending, _Writer
+
+    written: list[int] = []
+
+    def write(p: _Pending) -> None:
+        if p.n_computed == 3:
+            raise OSError("disk full")
+        time.sleep(0.01)
+        written.append(p.n_computed)
+
+    w = _Writer(write)
+    for n in (1, 2):
+        w.submit(_Pending(n_computed=n))
+    w.close()
+    assert written == [1, 2]
+    w = _Writer(write)
+    for n in (1, 3, 4):  # after the failure, later writes are not attempted
+        w.submit(_Pending(n_computed=n))
+    with pytest.raises(OSError, match="disk full"):
+        w.close()
+    assert written == [1, 2, 1]
+
+
 def test_a_sample_deleted_after_preview_is_skipped_on_apply(ds: Cli, project: Path) -> None:
     ds("actions", "create", "lab", "--step", "fake-labeler")
     job = ds.json("actions", "preview", "lab", "--limit", "6")["jobId"]

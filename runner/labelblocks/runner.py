@@ -18,6 +18,8 @@ import gc
 import hashlib
 import json
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -41,7 +43,7 @@ from .store.schema import job_applied, job_samples, job_steps, jobs, pack_ids, p
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
-WRITE_ROWS = 50_000  # a step's results are committed at least every this many samples
+WRITE_ROWS = 10000  # a step's results are committed at least every this many samples
 REVISIONS_AHEAD = 20_000  # sample revisions (for cache keys) are read this many at a time
 GC_YOUNG = 20_000  # allocations between collections of the youngest generation during a step or apply
 WRITE_SECONDS = 1.0  # ... or this often, whichever comes first (a kill loses at most this much work)
@@ -158,6 +160,8 @@ def _change_json(ch: SampleChange) -> str:
 _ROWS = TypeAdapter(list[tuple[int, SampleChange, str | None, float]])
 _INSERT_ROWS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
                 "SELECT ?, value->>0, ?, value->1, value->>2, value->>3 FROM json_each(?)")
+_INSERT_TEXT_ROWS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
+                     "SELECT ?, value->>0, ?, value->>1, value->>2, value->>3 FROM json_each(?)")  # texts as strings
 _INSERT_TEXTS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
                  "VALUES (?, ?, ?, ?, ?, ?)")
 
@@ -267,6 +271,45 @@ class _Pending:
     @property
     def rows(self) -> int:
         return self.n_computed + len(self.texts) + len(self.failed)
+
+
+class _Writer:
+    """Writes a step's results in a background thread while the block computes the next
+    batches. SQLite writes without holding the GIL, so a fast block and the writes of its
+    earlier batches run at the same time. At most one write waits in line, which bounds the
+    memory held; writes happen in order; :meth:`close` waits for them all and raises the
+    error of one that failed (later ones are then not attempted)."""
+
+    def __init__(self, write: Callable[[_Pending], None]) -> None:
+        self._write = write
+        self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="labelblocks-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(item)
+                except BaseException as e:  # re-raised in the caller's thread
+                    self._error = e
+
+    def submit(self, pending: _Pending) -> None:
+        self._check()
+        self._queue.put(pending)
+
+    def close(self) -> None:
+        """Wait for every submitted write; raise the error of one that failed."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._check()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 class Runner:
@@ -511,11 +554,12 @@ class Runner:
         # for blocks so fast that a commit per batch would cost more than the block
         pending = _Pending()
         last_write = time.monotonic()
+        writer = _Writer(lambda p: self._store_results(job_id, plan.index, p, all_secrets))
 
         def flush() -> None:
             nonlocal pending, last_write
             if pending.rows:
-                self._store_results(job_id, plan.index, pending, all_secrets)
+                writer.submit(pending)
             pending = _Pending()
             last_write = time.monotonic()
 
@@ -597,9 +641,12 @@ class Runner:
                     raise TooManyFailures(f"{summary.failed} samples failed, more than --max-failures {max_failures}: "
                                           f"stopped (see `labelblocks jobs show {job_id}`)")
         finally:
-            flush()  # what was computed is kept, also when stopped by Ctrl-C or too many failures
-            if block is not None:
-                block.teardown()
+            try:  # what was computed is kept, also when stopped by Ctrl-C or too many failures
+                flush()
+            finally:
+                writer.close()
+                if block is not None:
+                    block.teardown()
 
     def _label(self, block: Block, batch: _LazyBatch, args: dict[str, Any],
                context: BlockContext) -> list[SampleChange | SampleFailure]:
@@ -611,10 +658,10 @@ class Runner:
         with self.store.transaction() as conn:
             if pending.computed:
                 conn.exec_driver_sql(_INSERT_ROWS, (job_id, step, "[" + ",".join(pending.computed) + "]"))
-            if pending.texts:
-                conn.exec_driver_sql(_INSERT_TEXTS,
-                                     [(job_id, sid, step, redact(change, secrets), record and redact(record, secrets), rev)
-                                      for sid, change, record, rev in pending.texts])
+            if pending.texts:  # one statement too: no row-by-row round trips through the GIL
+                rows = [(sid, redact(change, secrets), record and redact(record, secrets), rev)
+                        for sid, change, record, rev in pending.texts]
+                conn.exec_driver_sql(_INSERT_TEXT_ROWS, (job_id, step, json.dumps(rows)))
             if pending.failed:
                 conn.exec_driver_sql("INSERT OR REPLACE INTO job_samples (job_id, sample_id, status, failed_step, error) "
                                      "VALUES (?, ?, 'failed', ?, ?)",
