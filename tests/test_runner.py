@@ -330,24 +330,24 @@ def test_stored_texts_pass_through_json_into_sqlite_exactly(rows: list[tuple[str
 
 
 def test_writer_writes_in_order_and_raises_a_failed_write() -> None:
-    from labelblocks.runner import _Pending, _Writer
+    from labelblocks.runner import _Writer
 
     written: list[int] = []
 
-    def write(p: _Pending) -> None:
-        if p.n_computed == 3:
+    def write(n: int) -> None:
+        if n == 3:
             raise OSError("disk full")
         time.sleep(0.01)
-        written.append(p.n_computed)
+        written.append(n)
 
-    w = _Writer(write)
+    w = _Writer()
     for n in (1, 2):
-        w.submit(_Pending(n_computed=n))
+        w.submit(lambda n=n: write(n))
     w.close()
     assert written == [1, 2]
-    w = _Writer(write)
+    w = _Writer()
     for n in (1, 3, 4):  # after the failure, later writes are not attempted
-        w.submit(_Pending(n_computed=n))
+        w.submit(lambda n=n: write(n))
     with pytest.raises(OSError, match="disk full"):
         w.close()
     assert written == [1, 2, 1]

@@ -14,6 +14,7 @@ a run after a preview of the same steps reuses the preview's results.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -38,7 +39,7 @@ from .model import Sample, SampleChange, parse_change
 from .parameters import ResolvedParameters
 from .plugins import BlockRegistry, RegisteredBlock
 from .secrets import redact, resolve_secrets
-from .store import Store
+from .store import PreparedChanges, Store
 from .store.schema import job_applied, job_samples, job_steps, jobs, pack_ids, proposals, unpack_ids
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
@@ -274,30 +275,29 @@ class _Pending:
 
 
 class _Writer:
-    """Writes a step's results in a background thread while the block computes the next
-    batches. SQLite writes without holding the GIL, so a fast block and the writes of its
-    earlier batches run at the same time. At most one write waits in line, which bounds the
-    memory held; writes happen in order; :meth:`close` waits for them all and raises the
-    error of one that failed (later ones are then not attempted)."""
+    """Runs writes in a background thread, in order, while the caller prepares the next ones
+    (a step's next batches, apply's next chunk). SQLite writes without holding the GIL, so
+    with statements that each write many rows (json_each) the two overlap. At most one write
+    waits in line, which bounds the memory held. :meth:`close` waits for every write and
+    raises the error of one that failed (later ones are then not attempted)."""
 
-    def __init__(self, write: Callable[[_Pending], None]) -> None:
-        self._write = write
-        self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=1)
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="labelblocks-writer", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while (work := self._queue.get()) is not None:
             if self._error is None:
                 try:
-                    self._write(item)
+                    work()
                 except BaseException as e:  # re-raised in the caller's thread
                     self._error = e
 
-    def submit(self, pending: _Pending) -> None:
+    def submit(self, work: Callable[[], None]) -> None:
         self._check()
-        self._queue.put(pending)
+        self._queue.put(work)
 
     def close(self) -> None:
         """Wait for every submitted write; raise the error of one that failed."""
@@ -554,12 +554,12 @@ class Runner:
         # for blocks so fast that a commit per batch would cost more than the block
         pending = _Pending()
         last_write = time.monotonic()
-        writer = _Writer(lambda p: self._store_results(job_id, plan.index, p, all_secrets))
+        writer = _Writer()
 
         def flush() -> None:
             nonlocal pending, last_write
             if pending.rows:
-                writer.submit(pending)
+                writer.submit(functools.partial(self._store_results, job_id, plan.index, pending, all_secrets))
             pending = _Pending()
             last_write = time.monotonic()
 
@@ -682,47 +682,68 @@ class Runner:
                 raise NotFound(f"samples {', '.join(map(str, sorted(unknown)[:10]))} are not part of job {job_id}")
             pending = [i for i in pending if i in wanted]
         extra = {m.key: m.value for m in set_metadata}
-        applied = 0
+        # each chunk is written by a background thread while the next one is read and prepared
+        done: list[int] = []  # the samples applied, per chunk
+        writer = _Writer()
         with _batch_gc():
-            for start in range(0, len(pending), batch):
-                chunk = pending[start : start + batch]
-                # a chunk's proposals, each distinct text parsed once (labeling jobs repeat a few
-                # changes many times); parsed changes are shared, so never modified below
-                memo: dict[str, SampleChange] = {}
-                parsed = {sid: [memo[t] if t in memo else memo.setdefault(t, _load_change(t)) for t in texts]
-                          for sid, texts in _proposal_texts(self.store, job_id, chunk).items()}
-                need_md = [sid for sid in chunk if extra and all(c.metadata is None for c in parsed.get(sid, []))]
-                base_md = {s.id: s.metadata for s in self.store.get_samples(need_md, missing_ok=True)} if need_md else {}
-                items: list[tuple[int, SampleChange]] = []
-                for sid in chunk:
-                    changes = parsed.get(sid)
-                    final = changes[0] if changes and len(changes) == 1 else compose(changes or [])
-                    update: dict[str, Any] = {}
-                    if extra:
-                        update["metadata"] = {**(final.metadata if final.metadata is not None else base_md.get(sid, {})),
-                                              **extra}
-                    if final.bounding_boxes is not None and any(b.score is not None for b in final.bounding_boxes):
-                        # scores stay in the job's record only
-                        update["bounding_boxes"] = [b.model_copy(update={"score": None}) for b in final.bounding_boxes]
-                    items.append((sid, final.model_copy(update=update) if update else final))
-                with self.store.transaction() as conn:
-                    alive = self.store.revisions(chunk, conn)  # under the write lock: none disappears now
-                    if len(alive) != len(chunk):  # deleted since the job ran: nothing to apply to
-                        gone = [sid for sid in chunk if sid not in alive]
-                        conn.exec_driver_sql(
-                            "INSERT OR REPLACE INTO job_samples (job_id, sample_id, status, failed_step, error) "
-                            "VALUES (?, ?, 'discarded', NULL, 'the sample was deleted')", [(job_id, i) for i in gone])
-                        items = [it for it in items if it[0] in alive]
-                        chunk = [sid for sid in chunk if sid in alive]
+            try:
+                for start in range(0, len(pending), batch):
+                    chunk = pending[start : start + batch]
+                    items = self._final_changes(job_id, chunk, extra)
                     # a change that changes nothing is not written: the sample keeps its revision,
                     # so results cached for it stay valid
-                    self.store.apply_changes(conn, [it for it in items if not it[1].is_empty()])
-                    if chunk:
-                        conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk)))
-                applied += len(chunk)
-                if on_progress:
-                    on_progress("apply", applied, len(pending))
-        return applied
+                    writes = [it for it in items if not it[1].is_empty()]
+                    writer.submit(functools.partial(self._apply_chunk, job_id, chunk, writes,
+                                                    self.store.prepare_changes(writes, missing_ok=True), done))
+                    if on_progress:
+                        on_progress("apply", start + len(chunk), len(pending))
+            finally:
+                writer.close()
+        return sum(done)
+
+    def _final_changes(self, job_id: int, chunk: list[int], extra: Mapping[str, str]) -> list[tuple[int, SampleChange]]:
+        """What applying the job does to each sample of ``chunk``: its steps' changes composed,
+        with the action's metadata (``extra``) added and box scores left out."""
+        # a chunk's proposals, each distinct text parsed once (labeling jobs repeat a few
+        # changes many times); parsed changes are shared, so never modified below
+        memo: dict[str, SampleChange] = {}
+        parsed = {sid: [memo[t] if t in memo else memo.setdefault(t, _load_change(t)) for t in texts]
+                  for sid, texts in _proposal_texts(self.store, job_id, chunk).items()}
+        need_md = [sid for sid in chunk if extra and all(c.metadata is None for c in parsed.get(sid, []))]
+        base_md = {s.id: s.metadata for s in self.store.get_samples(need_md, missing_ok=True)} if need_md else {}
+        items: list[tuple[int, SampleChange]] = []
+        for sid in chunk:
+            changes = parsed.get(sid)
+            final = changes[0] if changes and len(changes) == 1 else compose(changes or [])
+            update: dict[str, Any] = {}
+            if extra:
+                update["metadata"] = {**(final.metadata if final.metadata is not None else base_md.get(sid, {})),
+                                      **extra}
+            if final.bounding_boxes is not None and any(b.score is not None for b in final.bounding_boxes):
+                # scores stay in the job's record only
+                update["bounding_boxes"] = [b.model_copy(update={"score": None}) for b in final.bounding_boxes]
+            items.append((sid, final.model_copy(update=update) if update else final))
+        return items
+
+    def _apply_chunk(self, job_id: int, chunk: list[int], writes: list[tuple[int, SampleChange]],
+                     prepared: PreparedChanges, done: list[int]) -> None:
+        """Apply one chunk's prepared changes in one transaction, with the samples' status."""
+        with self.store.transaction() as conn:
+            # under the write lock: none of the samples disappears now
+            alive_n = conn.exec_driver_sql("SELECT count(*) FROM samples WHERE id IN (SELECT value FROM json_each(?))",
+                                           (json.dumps(chunk),)).scalar_one()
+            if alive_n != len(chunk) or prepared.count != len(writes):  # deleted since the job ran
+                alive = self.store.revisions(chunk, conn)
+                gone = [sid for sid in chunk if sid not in alive]
+                conn.exec_driver_sql(
+                    "INSERT OR REPLACE INTO job_samples (job_id, sample_id, status, failed_step, error) "
+                    "VALUES (?, ?, 'discarded', NULL, 'the sample was deleted')", [(job_id, i) for i in gone])
+                chunk = [sid for sid in chunk if sid in alive]
+                prepared = self.store.prepare_changes([it for it in writes if it[0] in alive], conn)
+            self.store.write_changes(conn, prepared)
+            if chunk:
+                conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk)))
+        done.append(len(chunk))
 
     def job_usage(self, job_id: int) -> dict[str, float]:
         with self.store.engine.connect() as conn:

@@ -102,6 +102,17 @@ def _sqlite_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+@dataclass
+class PreparedChanges:
+    """Changes to many samples, validated and ready to write (:meth:`Store.prepare_changes`):
+    per combination of changed columns, the rows ``[id, value, ...]`` as JSON, and how many."""
+
+    updates: list[tuple[tuple[str, ...], str, int]]
+    metadata_ids: str | None  # JSON list of the samples whose metadata is replaced
+    metadata_rows: str | None  # JSON list of [sample id, key, value]
+    count: int  # changes prepared
+
+
 class Store:
     """A project's samples. Open with :meth:`open`; use as a context manager or call close()."""
 
@@ -337,11 +348,21 @@ class Store:
         return len(changed)
 
     def apply_changes(self, conn: Connection, items: Sequence[tuple[int, SampleChange]]) -> None:
-        """Apply many samples' changes inside the caller's transaction with a few batched
-        statements (one per combination of changed fields). Everything is validated first;
-        one bad change raises before any write."""
-        if not items:
-            return
+        """Apply many samples' changes inside the caller's transaction (see
+        :meth:`prepare_changes` and :meth:`write_changes`)."""
+        self.write_changes(conn, self.prepare_changes(items, conn))
+
+    def prepare_changes(self, items: Sequence[tuple[int, SampleChange]], conn: Connection | None = None,
+                        missing_ok: bool = False) -> PreparedChanges:
+        """Validate many samples' changes and turn them into the few statements that write
+        them (one per combination of changed fields). One bad change raises here, before
+        any write. Reads only what never changes (the samples' dimensions), so this may run
+        outside the writing transaction. A sample that does not exist raises NotFound when
+        its change needs its dimensions, or with ``missing_ok`` is left out (``count`` says
+        how many changes were kept)."""
+        if conn is None:
+            with self._read() as c:
+                return self.prepare_changes(items, c, missing_ok)
         # dimensions are needed only to check boxes and normalise structured labels
         dims_ids = [sid for sid, ch in items if ch.bounding_boxes is not None or ch.structured_labels is not None]
         dims: dict[int, Any] = {}
@@ -349,13 +370,16 @@ class Store:
             dims.update((r.id, r) for r in conn.execute(
                 select(samples.c.id, samples.c.width, samples.c.height, samples.c.values_count)
                 .where(samples.c.id.in_(chunk))))
-        now = time.time()
         groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         md_ids: list[int] = []
         md_rows: list[tuple[int, str, str]] = []
+        kept = 0
         for sid, ch in items:
-            cols: list[str] = ["updated_at"]
-            vals: list[Any] = [now]
+            if missing_ok and (ch.bounding_boxes is not None or ch.structured_labels is not None) and sid not in dims:
+                continue
+            kept += 1
+            cols: list[str] = []
+            vals: list[Any] = [sid]
             if ch.label is not None:
                 cols.append("label")
                 vals.append(ch.label)
@@ -377,21 +401,33 @@ class Store:
             if ch.metadata is not None:
                 md_ids.append(sid)
                 md_rows.extend((sid, k, v) for k, v in ch.metadata.items())
-            vals.append(sid)
             groups.setdefault(tuple(cols), []).append(tuple(vals))
-        # plain executemany on the driver: the column names come from the fixed set above
-        updated = 0
-        for names, params in groups.items():
-            updated += conn.exec_driver_sql(
-                f"UPDATE samples SET {', '.join(c + ' = ?' for c in names)} WHERE id = ?", params).rowcount
-        if updated != len(items):  # raising rolls the caller's transaction back
-            known = self.revisions([sid for sid, _ in items], conn)
-            missing = [sid for sid, _ in items if sid not in known]
-            raise NotFound(f"no sample with id {', '.join(map(str, missing[:10]))}")
-        for chunk in _chunks(md_ids, 500):
-            conn.execute(delete(sample_metadata).where(sample_metadata.c.sample_id.in_(chunk)))
-        if md_rows:
-            conn.exec_driver_sql("INSERT INTO sample_metadata (sample_id, key, value) VALUES (?, ?, ?)", md_rows)
+        return PreparedChanges(
+            [(cols, json.dumps(rows), len(rows)) for cols, rows in groups.items()],
+            json.dumps(md_ids) if md_ids else None, json.dumps(md_rows) if md_rows else None, kept)
+
+    def write_changes(self, conn: Connection, prepared: PreparedChanges) -> None:
+        """Write prepared changes inside the caller's transaction: each statement goes over
+        its rows as JSON in SQLite (json_each), without a round trip per row. A sample that
+        does not exist raises NotFound (and the caller's transaction rolls back)."""
+        now = time.time()
+        for cols, payload, n in prepared.updates:
+            # the column names come from the fixed set in prepare_changes
+            sets = "".join(f"{c} = j.value->>{i}, " for i, c in enumerate(cols, 1))
+            updated = conn.exec_driver_sql(
+                f"UPDATE samples SET {sets}updated_at = ? FROM json_each(?) AS j WHERE samples.id = j.value->>0",
+                (now, payload)).rowcount
+            if updated != n:
+                ids = [row[0] for row in json.loads(payload)]
+                known = self.revisions(ids, conn)
+                missing = [sid for sid in ids if sid not in known]
+                raise NotFound(f"no sample with id {', '.join(map(str, missing[:10]))}")
+        if prepared.metadata_ids is not None:
+            conn.exec_driver_sql("DELETE FROM sample_metadata WHERE sample_id IN (SELECT value FROM json_each(?))",
+                                 (prepared.metadata_ids,))
+        if prepared.metadata_rows is not None:
+            conn.exec_driver_sql("INSERT INTO sample_metadata (sample_id, key, value) "
+                                 "SELECT value->>0, value->>1, value->>2 FROM json_each(?)", (prepared.metadata_rows,))
 
     def revisions(self, ids: Sequence[int], conn: Connection | None = None) -> dict[int, float]:
         """{id: updated_at} of the samples that exist among ``ids``. Every write to a sample
