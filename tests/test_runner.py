@@ -364,6 +364,28 @@ def test_a_sample_deleted_after_preview_is_skipped_on_apply(ds: Cli, project: Pa
     assert "5 applied, 1 discarded" in ds("jobs", "show", str(job)).output
 
 
+def test_apply_in_many_chunks_with_a_sample_deleted(ds: Cli, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks are written by the background writer while the next is prepared: every
+    chunk's boxes, metadata and status land, and a sample deleted in a middle chunk is
+    recorded as discarded without failing its chunk."""
+    from labelblocks import runner
+
+    monkeypatch.setattr(runner, "APPLY_ROWS", 2)
+    ds("actions", "create", "box", "--step", "fake-boxer", "-p", "label=cat", "--set-metadata", "ai-labeled=true")
+    job = ds.json("actions", "preview", "box", "--limit", "6")["jobId"]
+    ds("samples", "delete", "4")
+    ds("proposals", "apply", str(job))
+    samples = {s["id"]: s for s in ds.json("samples", "list")}
+    assert sorted(samples) == [1, 2, 3, 5, 6]
+    for s in samples.values():
+        assert [(b["label"], b["width"], b["height"]) for b in s["boundingBoxes"]] == [("cat", 20, 10)]
+        assert "score" not in s["boundingBoxes"][0]
+        assert s["metadata"]["ai-labeled"] == "true" and s["metadata"]["labeled_by"] == "fake-boxer"
+    assert "5 applied, 1 discarded" in ds("jobs", "show", str(job)).output
+    con = sqlite3.connect(project / ".labelblocks" / "project.db")
+    assert con.execute("SELECT count(*) FROM job_applied WHERE job_id = ?", (job,)).fetchone()[0] == 3
+
+
 def test_applying_no_change_keeps_the_sample_untouched(ds: Cli, project: Path) -> None:
     """A proposal that changes nothing is applied (the job counts it) without writing the
     sample, so its revision, and the results cached for it, stay valid."""

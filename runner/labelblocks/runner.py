@@ -3,7 +3,8 @@
 Data flow for a job::
 
     select samples ─► for each step k: read the samples with steps 1..k-1's proposals of this
-    job applied ─► block.label(batch) ─► store step k's proposals (one transaction per batch)
+    job applied ─► block.label(batch) ─► store step k's proposals (a background thread writes
+    them, every WRITE_ROWS samples, while the block computes the next batches)
     ─► preview: stop here        run: apply each sample's composed change atomically
 
 Progress is recorded per sample and step, so a job killed at any moment resumes where it
@@ -44,10 +45,11 @@ from .store.schema import job_applied, job_samples, job_steps, jobs, pack_ids, p
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
-WRITE_ROWS = 10000  # a step's results are committed at least every this many samples
+WRITE_ROWS = 10_000  # a step's results are committed at least every this many samples
+WRITE_SECONDS = 1.0  # ... or this often, whichever comes first (a kill loses at most this much work)
+APPLY_ROWS = 20_000  # samples applied per transaction
 REVISIONS_AHEAD = 20_000  # sample revisions (for cache keys) are read this many at a time
 GC_YOUNG = 20_000  # allocations between collections of the youngest generation during a step or apply
-WRITE_SECONDS = 1.0  # ... or this often, whichever comes first (a kill loses at most this much work)
 
 
 class TooManyFailures(LabelblocksError):
@@ -670,7 +672,7 @@ class Runner:
     # --- applying ---------------------------------------------------------------------------------
 
     def apply(self, job_id: int, ids: Sequence[int] | None = None, set_metadata: Sequence[Any] = (),
-              on_progress: ProgressFn | None = None, batch: int = 20_000) -> int:
+              on_progress: ProgressFn | None = None, batch: int | None = None) -> int:
         """Apply the job's composed proposals to pending samples (all, or ``ids``), each sample
         atomically with its status; returns how many were applied."""
         state = job_state(self.store, job_id)
@@ -687,6 +689,7 @@ class Runner:
         writer = _Writer()
         with _batch_gc():
             try:
+                batch = batch or APPLY_ROWS
                 for start in range(0, len(pending), batch):
                     chunk = pending[start : start + batch]
                     items = self._final_changes(job_id, chunk, extra)
