@@ -218,6 +218,19 @@ def test_companion_label_files_are_honoured(cli: Cli, tmp_path: Path) -> None:
     assert s["s.wav"]["structuredLabels"] == [{"startIndex": 0, "endIndex": 99, "label": "hum"}]
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text`` (Linux /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and text in (d / "cmdline").read_bytes().decode(errors="replace") \
+                    and "Z" not in (d / "stat").read_text().split(") ", 1)[1][:1]:
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
+
+
 def test_upload_interrupted_by_sigkill_leaves_only_whole_samples(tmp_path: Path, project: Path) -> None:
     folder = tmp_path / "many"
     for i in range(1500):
@@ -239,6 +252,11 @@ def test_upload_interrupted_by_sigkill_leaves_only_whole_samples(tmp_path: Path,
             break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # its worker processes notice and exit instead of waiting for work forever
+    deadline = time.time() + 10
+    while _processes_mentioning(str(project)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _processes_mentioning(str(project)) == []
     con = sqlite3.connect(db)
     n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
     # every committed sample is whole: its metadata row and its blob exist

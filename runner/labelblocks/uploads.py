@@ -12,6 +12,8 @@ import multiprocessing
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -184,7 +186,8 @@ def _prepared_stream(store: Store, items: list[UploadItem | Outcome], workers: i
     chunks = [files[i : i + _CHUNK] for i in range(0, len(files), _CHUNK)]
     pool: Executor
     if use_processes:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(_start_method()))
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(_start_method()),
+                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
     else:
         pool = ThreadPoolExecutor(max_workers=workers)
     with pool:
@@ -199,6 +202,18 @@ def _prepared_stream(store: Store, items: list[UploadItem | Outcome], workers: i
                 current = iter(next(results))
                 nxt = next(current)
             yield it, nxt
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker process: exit as soon as the uploading process is gone. Killed with
+    SIGKILL, it cannot stop its workers, which would otherwise wait for work forever."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="labelblocks-parent-watch", daemon=True).start()
 
 
 def _start_method() -> str:
