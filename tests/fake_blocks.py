@@ -121,7 +121,19 @@ class FakeLeaky(Block):
         return out
 
 
-BLOCKS = [FakeLabeler, FakeBoxer, FakeRenamer, FakeFail, FakeLeaky]
+class FakeConstant(Block):
+    """Proposes the same label for every sample without looking at any (counts its calls)."""
+
+    name = "fake-constant"
+    parameters = _spec("Fake constant", [{"name": "Label", "type": "string", "param": "label", "value": "same"}])
+    calls = 0
+
+    def label(self, batch, args, context):
+        FakeConstant.calls += len(batch)
+        return [SampleChange(label=args["label"]) for _ in batch]
+
+
+BLOCKS = [FakeLabeler, FakeBoxer, FakeRenamer, FakeFail, FakeLeaky, FakeConstant]
 
 
 @hookimpl

@@ -31,7 +31,7 @@ def test_blocks_list_finds_entry_point_plugin_with_version() -> None:
     assert blocks["fake-boxer"]["operatesOn"] == ["images_object_detection"]
     r = _cli("plugins", "--json")
     info = {p["name"]: p for p in json.loads(r.stdout)}
-    assert info["fakeblocks"]["blocks"] == ["fake-labeler", "fake-boxer", "fake-renamer", "fake-fail", "fake-leaky"]
+    assert info["fakeblocks"]["blocks"] == ["fake-labeler", "fake-boxer", "fake-renamer", "fake-fail", "fake-leaky", "fake-constant"]
 
 
 def test_blocks_info_lists_parameters_and_secrets() -> None:

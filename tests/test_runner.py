@@ -287,6 +287,29 @@ def test_changed_sample_is_recomputed(ds: Cli) -> None:
     assert [i for c in fake_blocks.CALLS for i in c["ids"]] == [4]
 
 
+def test_results_carry_the_revision_of_the_sample_they_came_from(ds: Cli, project: Path) -> None:
+    """A block that read its samples: its results carry the revisions read with them. One
+    that never looked at them: its results hold for any revision and carry the one current
+    when they were written. Either way a later run reuses them, and recomputes a sample
+    changed since."""
+    con = sqlite3.connect(project / ".labelblocks" / "project.db")
+
+    def stored_revisions(job: int) -> dict[int, float]:
+        return dict(con.execute("SELECT sample_id, revision FROM proposals WHERE job_id = ?", (job,)))
+
+    def current() -> dict[int, float]:
+        return dict(con.execute("SELECT id, updated_at FROM samples"))
+
+    for block in ("fake-labeler", "fake-constant"):
+        ds("actions", "create", block, "--step", block)
+        job = ds.json("actions", "preview", block, "--limit", "6")["jobId"]
+        assert stored_revisions(job) == current()
+    fake_blocks.FakeConstant.calls = 0
+    ds("metadata", "set", "--ids", "2", "note=changed")
+    out = ds.json("actions", "run", "fake-constant")
+    assert (out["cached"], out["computed"], fake_blocks.FakeConstant.calls) == (5, 1, 1)
+
+
 def test_a_sparse_selection_reuses_its_preview(ds: Cli) -> None:
     """A preview of scattered ids (looked up by id lists, not a range) is reused by the run."""
     ds("actions", "create", "lab", "--step", "fake-labeler")

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,6 +51,7 @@ WRITE_SECONDS = 1.0  # ... or this often, whichever comes first (a kill loses at
 APPLY_ROWS = 20_000  # samples applied per transaction
 REVISIONS_AHEAD = 20_000  # sample revisions (for cache keys) are read this many at a time
 GC_YOUNG = 20_000  # allocations between collections of the youngest generation during a step or apply
+SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while another waits, during a step or apply
 
 
 class TooManyFailures(LabelblocksError):
@@ -123,19 +125,27 @@ def job_state(store: Store, job_id: int) -> JobState:
 
 @contextmanager
 def _batch_gc() -> Iterator[None]:
-    """Collect the youngest generation every GC_YOUNG allocations instead of CPython's 700.
+    """Tune the interpreter for a step or an apply, restoring its settings after.
 
-    A batch's objects (inputs, changes, rows) die with the batch. Collected every 700
-    allocations, most of them are still alive, get promoted, and are scanned again by the
-    older generations' collections, which also scan a model block's long-lived objects: that
-    doubled the time of a block that only builds one change per sample
-    (benchmarks/runner.py). Cycles are still collected; the setting is restored after."""
+    The garbage collector's youngest generation is collected every GC_YOUNG allocations
+    instead of CPython's 700. A batch's objects (inputs, changes, rows) die with the batch.
+    Collected every 700 allocations, most of them are still alive, get promoted, and are
+    scanned again by the older generations' collections, which also scan a model block's
+    long-lived objects: that doubled the time of a block that only builds one change per
+    sample (benchmarks/runner.py). Cycles are still collected.
+
+    The GIL switch interval drops from 5 ms to SWITCH_INTERVAL: the background writer
+    (_Writer) needs the GIL for a moment between its SQLite calls, and would otherwise wait
+    up to 5 ms each time while the block computes."""
     old = gc.get_threshold()
+    old_switch = sys.getswitchinterval()
     gc.set_threshold(max(old[0], GC_YOUNG), *old[1:])
+    sys.setswitchinterval(min(old_switch, SWITCH_INTERVAL))
     try:
         yield
     finally:
         gc.set_threshold(*old)
+        sys.setswitchinterval(old_switch)
 
 
 def _sha(obj: Any) -> str:
@@ -160,9 +170,11 @@ def _change_json(ch: SampleChange) -> str:
 
 # (sample id, change, record JSON, revision) rows, serialised in one call for SQLite's json_each
 # (a float goes through JSON exactly: tests/test_runner.py checks the round trip)
-_ROWS = TypeAdapter(list[tuple[int, SampleChange, str | None, float]])
+# (a revision of None: the sample's revision when the row is written, see _run_step)
+_ROWS = TypeAdapter(list[tuple[int, SampleChange, str | None, float | None]])
 _INSERT_ROWS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
-                "SELECT ?, value->>0, ?, value->1, value->>2, value->>3 FROM json_each(?)")
+                "SELECT ?, value->>0, ?, value->1, value->>2, "
+                "coalesce(value->>3, (SELECT updated_at FROM samples WHERE id = value->>0)) FROM json_each(?)")
 _INSERT_TEXT_ROWS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
                      "SELECT ?, value->>0, ?, value->>1, value->>2, value->>3 FROM json_each(?)")  # texts as strings
 _INSERT_TEXTS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
@@ -260,7 +272,7 @@ class _Pending:
     texts: list[tuple[int, str, str | None, float | None]] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)
 
-    def add_computed(self, rows: list[tuple[int, SampleChange, str | None, float]], secrets: list[str]) -> None:
+    def add_computed(self, rows: list[tuple[int, SampleChange, str | None, float | None]], secrets: list[str]) -> None:
         if not rows:
             return
         payload = _ROWS.dump_json(rows, by_alias=True, exclude_none=True).decode()
@@ -336,15 +348,11 @@ class Runner:
         return plans
 
     def select(self, action: Action, ids: Sequence[int] | None = None, limit: int | None = None) -> list[int]:
-        return list(self._select_revisions(action, ids, limit))
-
-    def _select_revisions(self, action: Action, ids: Sequence[int] | None = None,
-                          limit: int | None = None) -> dict[int, float]:
-        """{id: revision} of the samples the action selects, by id."""
+        """The ids of the samples the action selects, in order."""
         f = action.selection()
         if ids is not None:
             f.ids = list(ids)
-        return self.store.select_revisions(f, limit=limit)
+        return self.store.select_ids(f, limit=limit)
 
     def estimate(self, action: Action, ids: Sequence[int] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """What each step would cost on the selected samples, from blocks that can tell
@@ -425,38 +433,34 @@ class Runner:
                 use_cache: bool = True, max_failures: int | None = None,
                 on_progress: ProgressFn | None = None) -> JobSummary:
         plans = self.plan(action)
-        selected = self._select_revisions(action, ids, None if ids is not None else limit)
+        selected = self.select(action, ids, None if ids is not None else limit)
         if not selected:
             raise InvalidInput(f"action {action.name} selects no samples: nothing to preview")
-        job_id = self._create_job(action, plans, "preview", list(selected))
+        job_id = self._create_job(action, plans, "preview", selected)
         return self._execute(job_id, action, plans, "preview", use_cache and action.cache_unchanged_steps,
-                             max_failures, on_progress, selected)
+                             max_failures, on_progress)
 
     def run(self, action: Action, use_cache: bool = True, max_failures: int | None = None,
             on_progress: ProgressFn | None = None, resume: bool = True) -> JobSummary:
         plans = self.plan(action)
         job_id = self._unfinished_run(action, plans) if resume else None
         resumed = job_id is not None
-        selected: dict[int, float] | None = None
         if job_id is None:
-            selected = self._select_revisions(action)
+            selected = self.select(action)
             if not selected:
                 raise InvalidInput(f"action {action.name} selects no samples: nothing to run")
-            job_id = self._create_job(action, plans, "run", list(selected))
+            job_id = self._create_job(action, plans, "run", selected)
         else:
             self._set_status(job_id, "running")
         summary = self._execute(job_id, action, plans, "run", use_cache and action.cache_unchanged_steps,
-                                max_failures, on_progress, selected)
+                                max_failures, on_progress)
         summary.resumed = resumed
         return summary
 
     # --- execution ------------------------------------------------------------------------------
 
     def _execute(self, job_id: int, action: Action, plans: Sequence[StepPlan], kind: str, use_cache: bool,
-                 max_failures: int | None, on_progress: ProgressFn | None,
-                 selected: Mapping[int, float] | None = None) -> JobSummary:
-        """``selected``: the samples' revisions read with the selection, when the job was just
-        created (a resumed job's are read again)."""
+                 max_failures: int | None, on_progress: ProgressFn | None) -> JobSummary:
         state = job_state(self.store, job_id)
         summary = JobSummary(job_id, kind, "running", len(state.ids), failed=len(state.failed))
         all_secrets = [v for p in plans for v in p.secrets.values()]
@@ -468,7 +472,7 @@ class Runner:
                 whole_set = whole_set or plan.block.cls.needs_all_samples
                 with _batch_gc():
                     self._run_step(job_id, plan, kind, use_cache and not whole_set, max_failures, summary,
-                                   on_progress, all_secrets, selected)
+                                   on_progress, all_secrets)
             if kind == "run":
                 summary.applied = self.apply(job_id, set_metadata=action.set_metadata, on_progress=on_progress)
             status = "completed"
@@ -498,10 +502,14 @@ class Runner:
         pending = job_state(self.store, job_id).pending()
         return [i for i in pending if i not in done] if done else pending
 
-    def _overlaid(self, job_id: int, ids: Sequence[int], before_step: int) -> list[tuple[Sample, Sample]]:
-        """(stored sample, sample with this job's steps < before_step applied) for ids."""
-        stored = self.store.get_samples(ids, missing_ok=True)  # one deleted meanwhile fails alone (see _LazyBatch)
-        return list(zip(stored, overlay(self.store, job_id, stored, before_step - 1), strict=True))
+    def _overlaid(self, job_id: int, ids: Sequence[int],
+                  before_step: int) -> tuple[list[tuple[Sample, Sample]], dict[int, float]]:
+        """(stored sample, sample with this job's steps < before_step applied) for ids, and
+        the revisions of those samples, read in the same transaction."""
+        with self.store.engine.connect() as conn, conn.begin():
+            stored = self.store.get_samples(ids, conn, missing_ok=True)  # one deleted meanwhile fails alone (_LazyBatch)
+            revisions = self.store.revisions(ids, conn)
+        return list(zip(stored, overlay(self.store, job_id, stored, before_step - 1), strict=True)), revisions
 
     def proposals_for(self, job_id: int, ids: Sequence[int] | None = None,
                       max_step: int | None = None) -> dict[int, list[SampleChange]]:
@@ -532,8 +540,7 @@ class Runner:
         return out
 
     def _run_step(self, job_id: int, plan: StepPlan, kind: str, use_cache: bool, max_failures: int | None,
-                  summary: JobSummary, on_progress: ProgressFn | None, all_secrets: list[str],
-                  selected: Mapping[int, float] | None = None) -> None:
+                  summary: JobSummary, on_progress: ProgressFn | None, all_secrets: list[str]) -> None:
         todo = self._todo(job_id, plan.index)
         if not todo:
             return
@@ -569,24 +576,26 @@ class Runner:
             cls = plan.block.cls
             external = issubclass(cls, ExternalBlock)  # one process for the whole step
             bs = len(todo) if cls.needs_all_samples or external else max(1, cls().batch_size(args))
-            # revisions come with the selection, or are read ahead for many batches at once: a
-            # revision read before the block reads the sample can only be older than what the
-            # block saw, which makes a later lookup miss, never hit a wrong result
-            ahead: Mapping[int, float] = selected or {}
-            ahead_end = len(todo) if selected is not None else 0
+            # Each result is stored with the revision of the sample it was computed from, so that
+            # a later job can reuse it. The cache lookup and an external block need revisions
+            # before the block runs: they are read ahead for many batches at once (a revision read
+            # before the block reads the sample can only be older than what the block saw, which
+            # makes a later lookup miss, never hit a wrong result). An in-process block's results
+            # take the revisions read with the samples when it first looks at them (_LazyBatch).
+            ahead: Mapping[int, float] = {}
+            ahead_end = 0
             for start in range(0, len(todo), bs):
                 batch_ids = todo[start : start + bs]
-                if start + len(batch_ids) > ahead_end:
-                    ahead_end = start + max(bs, REVISIONS_AHEAD)
-                    ahead = self.store.revisions(todo[start:ahead_end])
                 failed_before = len(pending.failed)
                 need = batch_ids
-                # every sample of a new job has its revision in ``selected``; one read ahead may be gone
-                if ahead is not selected and not all(map(ahead.__contains__, batch_ids)):
-                    pending.failed += [(sid, f"sample {sid} was deleted") for sid in batch_ids if sid not in ahead]
-                    need = [sid for sid in batch_ids if sid in ahead]
-                revs: Mapping[int, float] = ahead  # has the revision of every sample in ``need``
+                revs: Mapping[int, float] = {}
                 if use_cache or external:
+                    if start + len(batch_ids) > ahead_end:
+                        ahead_end = start + max(bs, REVISIONS_AHEAD)
+                        ahead = self.store.revisions(todo[start:ahead_end])
+                    if not all(map(ahead.__contains__, batch_ids)):
+                        pending.failed += [(sid, f"sample {sid} was deleted") for sid in batch_ids if sid not in ahead]
+                        need = [sid for sid in batch_ids if sid in ahead]
                     revs = {sid: ahead[sid] for sid in need}
                 if use_cache:
                     hits = self._cached(cache_key, revs)
@@ -614,11 +623,15 @@ class Runner:
                     if block is None:
                         block = cls()
                         block.setup(args, context)
-                    outs = self._label(block, _LazyBatch(self, job_id, need, plan.index), args, context)
+                    lazy = _LazyBatch(self, job_id, need, plan.index)
+                    outs = self._label(block, lazy, args, context)
                     records = context.records
-                    rows: list[tuple[int, SampleChange, str | None, float]]
+                    # a block that never looked at its samples gave results that hold for any of
+                    # their revisions: None, and the write stores the revision current then
+                    seen = lazy.revisions
+                    rows: list[tuple[int, SampleChange, str | None, float | None]]
                     if not records and set(map(type, outs)) <= {SampleChange}:  # the common case, at C speed
-                        rows = list(zip(need, outs, repeat(None), map(revs.__getitem__, need)))  # type: ignore[arg-type]
+                        rows = list(zip(need, outs, repeat(None), map(seen.get, need)))  # type: ignore[arg-type]
                     else:
                         rows = []
                         for sid, out in zip(need, outs, strict=True):
@@ -627,7 +640,7 @@ class Runner:
                                 records.pop(sid, None)
                             else:
                                 record = records.pop(sid, None)
-                                rows.append((sid, out, json.dumps(record) if record else None, revs[sid]))
+                                rows.append((sid, out, json.dumps(record) if record else None, seen.get(sid)))
                     pending.add_computed(rows, all_secrets)
                     summary.computed += len(need)
                 summary.failed += len(pending.failed) - failed_before
@@ -760,10 +773,15 @@ class _LazyBatch:
     def __init__(self, runner: Runner, job_id: int, ids: Sequence[int], step: int) -> None:
         self._runner, self._job_id, self._ids, self._step = runner, job_id, ids, step
         self._pairs: dict[int, tuple[Sample, Sample]] | None = None
+        self.revisions: dict[int, float] = {}  # of the samples read, once read
+        self._lock = threading.Lock()  # a block may look at its inputs from several threads
 
     def pair(self, sid: int) -> tuple[Sample, Sample]:
         if self._pairs is None:
-            self._pairs = {s.id: (s, cur) for s, cur in self._runner._overlaid(self._job_id, self._ids, self._step)}
+            with self._lock:
+                if self._pairs is None:
+                    pairs, self.revisions = self._runner._overlaid(self._job_id, self._ids, self._step)
+                    self._pairs = {s.id: (s, cur) for s, cur in pairs}
         if sid not in self._pairs:
             raise NotFound(f"sample {sid} was deleted")
         return self._pairs[sid]

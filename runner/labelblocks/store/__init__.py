@@ -537,21 +537,16 @@ class Store:
             return dict(cur.fetchall())
 
     def select_ids(self, f: SampleFilter, limit: int | None = None, offset: int = 0) -> list[int]:
-        return [r[0] for r in self._select(f, (), limit, offset)]
-
-    def select_revisions(self, f: SampleFilter, limit: int | None = None) -> dict[int, float]:
-        """{id: revision} of the samples matching ``f``, by id (see :meth:`revisions`)."""
-        return dict(self._select(f, (samples.c.updated_at,), limit))
-
-    def _select(self, f: SampleFilter, columns: Sequence[Any], limit: int | None = None,
-                offset: int = 0) -> list[tuple[Any, ...]]:
-        q = select(samples.c.id, *columns).where(self._where(f)).order_by(samples.c.id)
+        """The ids of the samples matching ``f``, in order; read as one text (group_concat),
+        which costs a fraction of one Python row per sample."""
+        q = select(samples.c.id).where(self._where(f)).order_by(samples.c.id)
         if limit is not None:
             q = q.limit(limit)
         if offset:
             q = q.offset(offset)
         with self._read() as conn:
-            return list(conn.execute(q).cursor.fetchall())
+            text = conn.execute(select(func.group_concat(q.subquery().c.id))).scalar_one()
+        return sorted(map(int, text.split(","))) if text else []
 
     def count(self, f: SampleFilter | None = None) -> int:
         q = select(func.count()).select_from(samples)
