@@ -118,3 +118,41 @@ def test_v6_moves_cache_keys_to_job_steps_and_keeps_every_proposal(tmp_path: Pat
     assert con.execute("SELECT * FROM job_steps ORDER BY step").fetchall() == [(1, 1, "a" * 32), (1, 2, "b" * 32)]
     names = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
     assert "proposals_v5" not in names and "ix_proposals_cache_key" not in names
+
+
+def test_store_applies_many_changes_in_few_statements_and_rolls_back_on_a_missing_sample(tmp_path: Path) -> None:
+    from labelblocks.errors import NotFound
+    from labelblocks.model import BoundingBox, SampleChange, StructuredLabel
+    from labelblocks.store import NewSample
+
+    with Store.open(tmp_path / DATA_DIR, create=True) as store:
+        img = {"category": "training", "content_hash": "0" * 64, "media_type": "image/png", "ext": ".png",
+               "width": 8, "height": 6}
+        ids = store.add_samples([NewSample(filename=f"s{i}.png", **img, metadata={"site": "A"}) for i in range(3)]
+                                + [NewSample(filename="a.wav", category="training", content_hash="1" * 64,
+                                             media_type="audio/wav", ext=".wav", frequency=100.0, values_count=10,
+                                             chart_type="chart")])
+        changes = [
+            (ids[0], SampleChange(label="cat", is_disabled=True)),
+            (ids[1], SampleChange(bounding_boxes=[BoundingBox(label="dog", x=1, y=1, width=4, height=3)],
+                                  metadata={"site": "B", "new": "yes"})),
+            (ids[2], SampleChange(metadata={})),
+            (ids[3], SampleChange(structured_labels=[StructuredLabel(start_index=0, end_index=9, label="hum")])),
+        ]
+        with store.transaction() as conn:
+            store.apply_changes(conn, changes)
+        s = {x.id: x for x in store.get_samples(ids)}
+        assert (s[ids[0]].label, s[ids[0]].is_disabled, s[ids[0]].metadata) == ("cat", True, {"site": "A"})
+        assert [(b.label, b.x, b.width) for b in s[ids[1]].bounding_boxes] == [("dog", 1, 4)]
+        assert s[ids[1]].metadata == {"site": "B", "new": "yes"} and s[ids[1]].label is None
+        assert s[ids[2]].metadata == {}
+        assert [(x.start_index, x.end_index, x.label) for x in s[ids[3]].structured_labels] == [(0, 9, "hum")]
+        before = store.revisions(ids)
+        assert store.revisions([ids[0], 99, 1000]) == {ids[0]: before[ids[0]]}  # a sparse list: looked up by id
+        with pytest.raises(NotFound, match="no sample with id 99"), store.transaction() as conn:
+            store.apply_changes(conn, [(ids[0], SampleChange(label="wolf")), (99, SampleChange(label="x"))])
+        assert store.get_samples([ids[0]])[0].label == "cat" and store.revisions(ids) == before
+        with pytest.raises(NotFound, match="no sample with id 98"):
+            store.prepare_changes([(98, SampleChange(bounding_boxes=[BoundingBox(label="a", x=0, y=0, width=1, height=1)]))])
+        assert store.prepare_changes([(98, SampleChange(structured_labels=[])), (ids[0], SampleChange(label="a"))],
+                                     missing_ok=True).count == 1

@@ -447,7 +447,7 @@ class Store:
                     out[sid] = rev
             return out
         for chunk in _chunks(ids, 500):
-            out.update(conn.execute(select(samples.c.id, samples.c.updated_at).where(samples.c.id.in_(chunk))).tuples())
+            out.update((sid, rev) for sid, rev in conn.execute(select(samples.c.id, samples.c.updated_at).where(samples.c.id.in_(chunk))))
         return out
 
     def set_categories(self, assignments: dict[int, str], conn: Connection | None = None) -> int:
