@@ -288,26 +288,31 @@ def test_changed_sample_is_recomputed(ds: Cli) -> None:
 
 
 def test_results_carry_the_revision_of_the_sample_they_came_from(ds: Cli, project: Path) -> None:
-    """A block that read its samples: its results carry the revisions read with them. One
-    that never looked at them: its results hold for any revision and carry the one current
-    when they were written. Either way a later run reuses them, and recomputes a sample
-    changed since."""
+    """A block that read its samples: its results carry the revisions read with them, and a
+    later run recomputes a sample changed since. One that never looked at them: its results
+    hold for any revision of their samples and are reused even after a change."""
+    from labelblocks.runner import ANY_REVISION
+
     con = sqlite3.connect(project / ".labelblocks" / "project.db")
 
     def stored_revisions(job: int) -> dict[int, float]:
         return dict(con.execute("SELECT sample_id, revision FROM proposals WHERE job_id = ?", (job,)))
 
-    def current() -> dict[int, float]:
-        return dict(con.execute("SELECT id, updated_at FROM samples"))
-
+    current = dict(con.execute("SELECT id, updated_at FROM samples"))
+    jobs = {}
     for block in ("fake-labeler", "fake-constant"):
         ds("actions", "create", block, "--step", block)
-        job = ds.json("actions", "preview", block, "--limit", "6")["jobId"]
-        assert stored_revisions(job) == current()
-    fake_blocks.FakeConstant.calls = 0
+        jobs[block] = ds.json("actions", "preview", block, "--limit", "6")["jobId"]
+    assert stored_revisions(jobs["fake-labeler"]) == current
+    assert stored_revisions(jobs["fake-constant"]) == dict.fromkeys(current, ANY_REVISION)
     ds("metadata", "set", "--ids", "2", "note=changed")
+    fake_blocks.CALLS.clear()
+    fake_blocks.FakeConstant.calls = 0
+    out = ds.json("actions", "run", "fake-labeler")
+    assert (out["cached"], out["computed"], [c["ids"] for c in fake_blocks.CALLS]) == (5, 1, [[2]])
     out = ds.json("actions", "run", "fake-constant")
-    assert (out["cached"], out["computed"], fake_blocks.FakeConstant.calls) == (5, 1, 1)
+    assert (out["cached"], out["computed"], fake_blocks.FakeConstant.calls) == (6, 0, 0)
+    assert {s["label"] for s in ds.json("samples", "list")} == {"same"}
 
 
 def test_a_sparse_selection_reuses_its_preview(ds: Cli) -> None:

@@ -170,11 +170,13 @@ def _change_json(ch: SampleChange) -> str:
 
 # (sample id, change, record JSON, revision) rows, serialised in one call for SQLite's json_each
 # (a float goes through JSON exactly: tests/test_runner.py checks the round trip)
-# (a revision of None: the sample's revision when the row is written, see _run_step)
+# (a revision of None: ANY_REVISION, see _run_step)
 _ROWS = TypeAdapter(list[tuple[int, SampleChange, str | None, float | None]])
 _INSERT_ROWS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
-                "SELECT ?, value->>0, ?, value->1, value->>2, "
-                "coalesce(value->>3, (SELECT updated_at FROM samples WHERE id = value->>0)) FROM json_each(?)")
+                "SELECT ?, value->>0, ?, value->1, value->>2, coalesce(value->>3, ?) FROM json_each(?)")
+# the revision of a result that holds for every revision of its sample: the block never looked at
+# the sample (sample revisions are timestamps, never negative)
+ANY_REVISION = -1.0
 _INSERT_TEXT_ROWS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
                      "SELECT ?, value->>0, ?, value->>1, value->>2, value->>3 FROM json_each(?)")  # texts as strings
 _INSERT_TEXTS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
@@ -535,7 +537,7 @@ class Runner:
                     chunks = [proposals.c.sample_id.in_(ids[i : i + 500]) for i in range(0, len(ids), 500)]
                 for chunk in chunks:
                     for sid, rev, change, record in conn.execute(select(*cols).where(and_(*cond, chunk))):
-                        if revs.get(sid) == rev:
+                        if sid in revs and (rev == ANY_REVISION or revs[sid] == rev):
                             out[sid] = (change, record)
         return out
 
@@ -581,7 +583,8 @@ class Runner:
             # before the block runs: they are read ahead for many batches at once (a revision read
             # before the block reads the sample can only be older than what the block saw, which
             # makes a later lookup miss, never hit a wrong result). An in-process block's results
-            # take the revisions read with the samples when it first looks at them (_LazyBatch).
+            # take the revisions read with the samples when it first looks at them (_LazyBatch),
+            # or ANY_REVISION if it never does.
             ahead: Mapping[int, float] = {}
             ahead_end = 0
             for start in range(0, len(todo), bs):
@@ -627,7 +630,7 @@ class Runner:
                     outs = self._label(block, lazy, args, context)
                     records = context.records
                     # a block that never looked at its samples gave results that hold for any of
-                    # their revisions: None, and the write stores the revision current then
+                    # their revisions: None, stored as ANY_REVISION
                     seen = lazy.revisions
                     rows: list[tuple[int, SampleChange, str | None, float | None]]
                     if not records and set(map(type, outs)) <= {SampleChange}:  # the common case, at C speed
@@ -672,7 +675,7 @@ class Runner:
         by one statement over their JSON."""
         with self.store.transaction() as conn:
             if pending.computed:
-                conn.exec_driver_sql(_INSERT_ROWS, (job_id, step, "[" + ",".join(pending.computed) + "]"))
+                conn.exec_driver_sql(_INSERT_ROWS, (job_id, step, ANY_REVISION, "[" + ",".join(pending.computed) + "]"))
             if pending.texts:  # one statement too: no row-by-row round trips through the GIL
                 rows = [(sid, redact(change, secrets), record and redact(record, secrets), rev)
                         for sid, change, record, rev in pending.texts]
