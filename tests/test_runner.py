@@ -315,6 +315,39 @@ def test_results_carry_the_revision_of_the_sample_they_came_from(ds: Cli, projec
     assert {s["label"] for s in ds.json("samples", "list")} == {"same"}
 
 
+def test_a_failed_write_fails_the_job_and_a_new_run_resumes(ds: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background writer's error (here the second of three writes) stops the step and
+    fails the job with that error; what was written before stays, nothing is written after,
+    and the next run finishes the rest."""
+    from labelblocks import runner
+
+    monkeypatch.setattr(runner, "WRITE_ROWS", 1)
+    monkeypatch.setattr(fake_blocks.FakeConstant, "default_batch_size", 2)
+    real = runner.Runner._store_results
+    writes: list[int] = []
+
+    def failing(self: Any, job_id: int, step: int, pending: Any, secrets: list[str]) -> None:
+        writes.append(pending.rows)
+        if len(writes) == 2:
+            raise OSError("disk full")
+        real(self, job_id, step, pending, secrets)
+
+    monkeypatch.setattr(runner.Runner, "_store_results", failing)
+    ds("actions", "create", "c", "--step", "fake-constant")
+    r = ds("actions", "run", "c", expect=1)
+    assert r.stderr.strip() == ("Error: job 1 failed: OSError: disk full "
+                                "(`labelblocks actions run c` resumes it; see `labelblocks jobs show 1`)")
+    assert writes == [2, 2]  # nothing is written after the failed write
+    [job] = ds.json("jobs", "list")
+    assert job["status"] == "failed" and "disk full" in job["error"]
+    assert {s.get("label") for s in ds.json("samples", "list")} == {None}  # nothing applied
+    fake_blocks.FakeConstant.calls = 0
+    monkeypatch.setattr(runner.Runner, "_store_results", real)
+    out = ds.json("actions", "run", "c")
+    assert out["resumed"] and out["applied"] == 6 and fake_blocks.FakeConstant.calls == 4  # 2 were written
+    assert {s["label"] for s in ds.json("samples", "list")} == {"same"}
+
+
 def test_a_sparse_selection_reuses_its_preview(ds: Cli) -> None:
     """A preview of scattered ids (looked up by id lists, not a range) is reused by the run."""
     ds("actions", "create", "lab", "--step", "fake-labeler")

@@ -58,6 +58,10 @@ class TooManyFailures(LabelblocksError):
     pass
 
 
+class JobFailed(LabelblocksError):
+    """A job stopped on an unexpected error (recorded in the job); its cause is chained."""
+
+
 @dataclass
 class StepPlan:
     index: int  # 1-based
@@ -300,6 +304,7 @@ class _Writer:
     def __init__(self) -> None:
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
+        self._raised = False
         self._thread = threading.Thread(target=self._loop, name="labelblocks-writer", daemon=True)
         self._thread.start()
 
@@ -312,20 +317,24 @@ class _Writer:
                     self._error = e
 
     def submit(self, work: Callable[[], None]) -> None:
+        """Queue a write; raises the error of an earlier one that failed (nothing more is
+        written then)."""
         self._check()
         self._queue.put(work)
 
     def close(self) -> None:
-        """Wait for every submitted write; raise the error of one that failed."""
+        """Wait for every submitted write; raise the error of one that failed, unless
+        submit already did."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
-        self._check()
+        if not self._raised:
+            self._check()
 
     def _check(self) -> None:
         if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+            self._raised = True
+            raise self._error
 
 
 class Runner:
@@ -486,8 +495,13 @@ class Runner:
             summary.status = "failed"
             raise
         except Exception as e:
-            self._set_status(job_id, "failed", redact(f"{type(e).__name__}: {e}", all_secrets))
-            raise
+            error = redact(f"{type(e).__name__}: {e}", all_secrets)
+            self._set_status(job_id, "failed", error)
+            if isinstance(e, LabelblocksError):
+                raise
+            # anything else (a full disk, a block's crash in setup) reaches the user as a message
+            again = f"`labelblocks actions run {action.name}` resumes it; " if kind == "run" else ""
+            raise JobFailed(f"job {job_id} failed: {error} ({again}see `labelblocks jobs show {job_id}`)") from e
         counts = job_state(self.store, job_id).counts()
         summary.failed = counts.get("failed", 0)
         summary.applied = counts.get("applied", 0) if kind == "run" else 0
