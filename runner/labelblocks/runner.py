@@ -47,7 +47,7 @@ from .store.schema import job_applied, job_samples, job_steps, jobs, pack_ids, p
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
 WRITE_ROWS = 10_000  # a step's results are committed at least every this many samples
-WRITE_SECONDS = 1.0  # ... or this often, whichever comes first (a kill loses at most this much work)
+WRITE_SECONDS = 1.0  # ... or this often, whichever comes first (a kill loses about this much work, plus the write in flight)
 APPLY_ROWS = 20_000  # samples applied per transaction
 REVISIONS_AHEAD = 20_000  # sample revisions (for cache keys) are read this many at a time
 GC_YOUNG = 20_000  # allocations between collections of the youngest generation during a step or apply
