@@ -102,6 +102,9 @@ def _sqlite_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+_HAS_NUL = "\\u0000"  # how json.dumps writes a NUL character (or, harmlessly, a backslash before "u0000")
+
+
 @dataclass
 class PreparedChanges:
     """Changes to many samples, validated and ready to write (:meth:`Store.prepare_changes`):
@@ -413,10 +416,15 @@ class Store:
         now = time.time()
         for cols, payload, n in prepared.updates:
             # the column names come from the fixed set in prepare_changes
-            sets = "".join(f"{c} = j.value->>{i}, " for i, c in enumerate(cols, 1))
-            updated = conn.exec_driver_sql(
-                f"UPDATE samples SET {sets}updated_at = ? FROM json_each(?) AS j WHERE samples.id = j.value->>0",
-                (now, payload)).rowcount
+            if _HAS_NUL in payload:  # SQLite's ->> would cut a text at its NUL: these rows go one by one
+                sets = "".join(f"{c} = ?, " for c in cols)
+                updated = conn.exec_driver_sql(f"UPDATE samples SET {sets}updated_at = ? WHERE id = ?",
+                                               [(*row[1:], now, row[0]) for row in json.loads(payload)]).rowcount
+            else:
+                sets = "".join(f"{c} = j.value->>{i}, " for i, c in enumerate(cols, 1))
+                updated = conn.exec_driver_sql(
+                    f"UPDATE samples SET {sets}updated_at = ? FROM json_each(?) AS j WHERE samples.id = j.value->>0",
+                    (now, payload)).rowcount
             if updated != n:
                 ids = [row[0] for row in json.loads(payload)]
                 known = self.revisions(ids, conn)
@@ -425,7 +433,10 @@ class Store:
         if prepared.metadata_ids is not None:
             conn.exec_driver_sql("DELETE FROM sample_metadata WHERE sample_id IN (SELECT value FROM json_each(?))",
                                  (prepared.metadata_ids,))
-        if prepared.metadata_rows is not None:
+        if prepared.metadata_rows is not None and _HAS_NUL in prepared.metadata_rows:
+            conn.exec_driver_sql("INSERT INTO sample_metadata (sample_id, key, value) VALUES (?, ?, ?)",
+                                 [tuple(row) for row in json.loads(prepared.metadata_rows)])
+        elif prepared.metadata_rows is not None:
             conn.exec_driver_sql("INSERT INTO sample_metadata (sample_id, key, value) "
                                  "SELECT value->>0, value->>1, value->>2 FROM json_each(?)", (prepared.metadata_rows,))
 
