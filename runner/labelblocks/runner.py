@@ -575,8 +575,9 @@ class Runner:
         with self.store.transaction() as conn:
             conn.execute(job_steps.insert().prefix_with("OR REPLACE").values(job_id=job_id, step=plan.index,
                                                                              cache_key=cache_key))
-        # results are written in one transaction per batch, or per WRITE_ROWS rows / WRITE_SECONDS
-        # for blocks so fast that a commit per batch would cost more than the block
+        # results go to the background writer every WRITE_ROWS rows or WRITE_SECONDS, whichever
+        # comes first, each lot in one transaction (a commit per batch would cost a fast block more
+        # than its own work)
         pending = _Pending()
         last_write = time.monotonic()
         writer = _Writer()
