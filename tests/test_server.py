@@ -22,7 +22,7 @@ import soundfile as sf
 from labelblocks.server import BackgroundServer, JobScope, Limits
 from labelblocks.store import Store
 
-from .conftest import Cli, make_audio, make_image
+from .conftest import Cli, corrupt_stored_copy, make_audio, make_image
 
 
 @pytest.fixture
@@ -87,6 +87,18 @@ def test_edgeimpulse_client_reads(data: Cli, server: BackgroundServer, key: str,
     assert rate == 8000 and len(samples) == 4000
     part = api.get_sample_as_audio(1, 5, 0, slice_start=100, slice_end=300, _preload_content=False)
     assert len(sf.read(io.BytesIO(part.data))[0]) == 200
+
+
+def test_stored_audio_gone_bad_is_a_clear_error(data: Cli, server: BackgroundServer, key: str, project: Path,
+                                                tmp_path: Path) -> None:
+    corrupt_stored_copy(project, tmp_path / "aud" / "dog.wav", b"RIFF\x00\x00\x00\x00WAVEjunk")
+    for path in ("/api/1/raw-data/5", "/api/1/raw-data/5/wav?sliceStart=1&sliceEnd=9"):
+        r = _get(server, path, key)
+        assert r.status_code == 500, path
+        assert r.json() == {"success": False,
+                            "error": "the stored audio cannot be read: not audio that libsndfile reads "
+                                     "(WAV, FLAC, OGG, ...): Error in WAV file. No 'data' chunk marker."}
+    assert _get(server, "/api/1/raw-data/5?limitPayloadValues=0", key).json()["sample"]["filename"] == "dog.wav"
 
 
 def test_edgeimpulse_client_writes(data: Cli, api: ei.RawDataApi) -> None:

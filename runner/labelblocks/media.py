@@ -146,10 +146,17 @@ def open_image(data: bytes) -> Any:
     return img.convert("RGB")
 
 
-def read_audio(data: bytes) -> tuple[Any, int]:
-    """(mono float32 samples, sample rate)."""
+def read_audio(data: bytes, mono: bool = True) -> tuple[Any, int]:
+    """(float32 samples, sample rate): mixed to mono, or [values, channels] with ``mono=False``.
+    Audio libsndfile cannot read raises ValueError with its reason (without soundfile's repr
+    of the in-memory file)."""
     import numpy as np
     import soundfile as sf
 
-    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        raise ValueError(f"not audio that libsndfile reads (WAV, FLAC, OGG, ...): {e.error_string}") from None
+    if not mono:
+        return samples, int(rate)
     return np.ascontiguousarray(samples.mean(axis=1)), int(rate)

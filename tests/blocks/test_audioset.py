@@ -239,15 +239,30 @@ def test_stereo_8khz_formats_and_bad_audio(ast: Path) -> None:
 
 def test_one_model_forward_per_batch_of_windows(ast: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = AudioSet.forward
+    real = AudioSet.launch
 
-    def counted(self: AudioSet, features: np.ndarray) -> np.ndarray:
-        calls.append(len(features))
-        return real(self, features)
+    def counted(self: AudioSet, windows: list[np.ndarray]) -> Any:
+        calls.append(len(windows))
+        return real(self, windows)
 
-    monkeypatch.setattr(AudioSet, "forward", counted)
+    monkeypatch.setattr(AudioSet, "launch", counted)
     results, _ = run_block(ast, [wav(5.0, seed=s) for s in range(4)], **{"batch-size": 4})  # 3 windows each
     assert calls == [4, 4, 4] and all(isinstance(r, SampleChange) for r in results)
+
+
+def test_results_do_not_depend_on_the_batch_size(ast: Path) -> None:
+    """Batches overlap (the next is sent before the previous one's scores are read) and a
+    sample's windows span batches: every window's scores still reach its own sample."""
+    clips = [wav(s % 7 + 0.3, seed=s) for s in range(9)]  # 1 to 4 windows each, 15 in all
+    clips[4] = b"not audio"
+    labels = {"audioset-labels": "\n".join(AUDIOSET_CLASSES)}
+    one, ctx_one = run_block(ast, clips, **labels, **{"batch-size": 1})
+    for size in (2, 5, 64):
+        other, ctx = run_block(ast, clips, **labels, **{"batch-size": size})
+        assert ctx.records == ctx_one.records
+        assert [r.model_dump() if isinstance(r, SampleChange) else r.error for r in other] == \
+            [r.model_dump() if isinstance(r, SampleChange) else r.error for r in one]
+    assert isinstance(one[4], SampleFailure) and sum(len(r["windows"]) for r in ctx_one.records.values()) == 15
 
 
 # -- end to end -------------------------------------------------------------------------------------

@@ -111,6 +111,20 @@ class _Prepared:
     features: Any  # [windows, frames, mel bins], or [windows, values] of audio when BatchedFbank computes them
 
 
+@dataclass
+class _InFlight:
+    """A batch's scores on their way to the host: ``done`` is the CUDA event recorded after
+    their copy was queued (None on the CPU, where they are there already)."""
+
+    scores: Any  # a host tensor
+    done: Any = None
+
+    def result(self) -> np.ndarray:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.scores.numpy()  # type: ignore[no-any-return]
+
+
 class BatchedFbank:
     """The AST feature extractor's log-mel filter bank (Kaldi-style: 25 ms frames every 10 ms,
     DC removal, pre-emphasis 0.97, Hann window, 512-point FFT, power, Kaldi mel bins, log;
@@ -229,6 +243,8 @@ class AudioSet(ModelBlock):
 
         try:
             audio, rate = read_audio(inp.read_bytes())
+        except ValueError as e:  # what libsndfile does not read
+            return SampleFailure(f"cannot read the audio: {e}")
         except Exception as e:
             return SampleFailure(f"cannot read the audio: {type(e).__name__}: {e}")
         n = values_count or len(audio)
@@ -251,13 +267,32 @@ class AudioSet(ModelBlock):
 
     def forward(self, features: np.ndarray) -> np.ndarray:
         """Per-class probabilities (sigmoid: AudioSet is multi-label) for a batch of windows."""
+        return self.launch(list(features)).result()
+
+    def launch(self, windows: Sequence[np.ndarray]) -> _InFlight:
+        """Starts the model on a batch of windows (audio, or features where the extractor is
+        not the AST's) and returns without waiting for it on a GPU: the host stages the
+        batch in pinned memory, copies it in and the scores out without blocking, so the
+        next batch is prepared and queued while this one runs. On the CPU it runs here."""
         import torch
 
+        cuda = self.device.startswith("cuda")
+        staged = torch.empty((len(windows), *windows[0].shape), dtype=torch.float32, pin_memory=cuda)
+        np.stack(windows, out=staged.numpy())
         with torch.inference_mode():
-            x = self.fbank(features) if self.fbank is not None else torch.from_numpy(features).to(self.device)
+            x = staged.to(self.device, non_blocking=True)
+            if self.fbank is not None:
+                x = self.fbank(x)
             with self.autocast():
                 logits = self.model(input_values=x).logits
-            return torch.sigmoid(logits.float()).cpu().numpy()
+            probs = torch.sigmoid(logits.float())
+            if not cuda:
+                return _InFlight(probs, None)
+            host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
+            host.copy_(probs, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            return _InFlight(host, done)
 
     def label(
         self, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext
@@ -265,45 +300,57 @@ class AudioSet(ModelBlock):
         items = list(batch)
         samples = [inp.sample for inp in items]  # read in this thread; the decoder reads only files
         futures = [self.pool.submit(self.prepare, inp, s.values_count) for inp, s in zip(items, samples, strict=True)]
-        prepared: list[_Prepared | SampleFailure] = []
-        scores: list[list[np.ndarray]] = []
-        queue: list[tuple[int, np.ndarray]] = []  # (sample position, one window's features)
+        out: dict[int, SampleChange | SampleFailure] = {}  # by sample position
+        prepared: dict[int, _Prepared] = {}
+        scores: dict[int, list[np.ndarray]] = {}
+        queue: list[tuple[int, np.ndarray]] = []  # (sample position, one window), not yet sent to the model
+        running: list[tuple[list[int], _InFlight]] = []  # at most one batch runs while the next is queued
 
-        def run(k: int) -> None:
-            feats = np.stack([f for _, f in queue[:k]])
-            for (pos, _), probs in zip(queue[:k], self.forward(feats), strict=True):
+        def collect() -> None:
+            positions, flight = running.pop()
+            for pos, probs in zip(positions, flight.result(), strict=True):
                 scores[pos].append(probs)
-            del queue[:k]
+                if len(scores[pos]) == len(prepared[pos].spans):  # the sample's last window
+                    out[pos] = self.change(samples[pos], prepared[pos], scores[pos], context)
 
-        for fut in futures:
+        def send(k: int) -> None:
+            flight = self.launch([w for _, w in queue[:k]])
+            positions = [pos for pos, _ in queue[:k]]
+            del queue[:k]
+            if running:  # this batch is queued on the device: now read the previous one's scores
+                collect()
+            running.append((positions, flight))
+
+        for pos, fut in enumerate(futures):
             p = fut.result()
-            prepared.append(p)
-            scores.append([])
-            if isinstance(p, _Prepared):
-                queue.extend((len(prepared) - 1, f) for f in p.features)
-            while len(queue) >= self.micro_batch:
-                run(self.micro_batch)
-        if queue:
-            run(len(queue))
-        out: list[SampleChange | SampleFailure] = []
-        for s, p, probs in zip(samples, prepared, scores, strict=True):
             if isinstance(p, SampleFailure):
-                out.append(p)
+                out[pos] = p
                 continue
-            labels: list[StructuredLabel] = []
-            windows: list[dict[str, Any]] = []
-            for (start, end), pr in zip(p.spans, probs, strict=True):
-                of_interest = pr[self.interest]
-                best = int(np.argmax(of_interest))
-                label = self.names[best] if of_interest[best] >= self.min_conf else self.other
-                labels.append(StructuredLabel(start_index=start, end_index=end, label=label))
-                top = np.argsort(-of_interest, kind="stable")[:RECORD_TOP]
-                windows.append({"startIndex": start, "endIndex": end, "label": label,
-                                "scores": {self.class_names[i]: round(float(of_interest[i]), 4) for i in top}})
-            context.records[s.id] = {"windows": windows}
-            context.count("windows", len(p.spans))
-            out.append(SampleChange(
-                structured_labels=merge_adjacent(labels) if self.merge else labels,
-                metadata=merged_metadata(s, labeled_by=self.model_id, audioset_labels=self.labels_text),
-            ))
-        return out
+            prepared[pos], scores[pos] = p, []
+            queue.extend((pos, w) for w in p.features)
+            while len(queue) >= self.micro_batch:
+                send(self.micro_batch)
+        if queue:
+            send(len(queue))
+        if running:
+            collect()
+        return [out[pos] for pos in range(len(items))]
+
+    def change(self, sample: Any, p: _Prepared, probs: Sequence[np.ndarray], context: BlockContext) -> SampleChange:
+        """A sample's structured labels from its windows' scores; the scores go to the job's record."""
+        labels: list[StructuredLabel] = []
+        windows: list[dict[str, Any]] = []
+        for (start, end), pr in zip(p.spans, probs, strict=True):
+            of_interest = pr[self.interest]
+            best = int(np.argmax(of_interest))
+            label = self.names[best] if of_interest[best] >= self.min_conf else self.other
+            labels.append(StructuredLabel(start_index=start, end_index=end, label=label))
+            top = np.argsort(-of_interest, kind="stable")[:RECORD_TOP]
+            windows.append({"startIndex": start, "endIndex": end, "label": label,
+                            "scores": {self.class_names[i]: round(float(of_interest[i]), 4) for i in top}})
+        context.records[sample.id] = {"windows": windows}
+        context.count("windows", len(p.spans))
+        return SampleChange(
+            structured_labels=merge_adjacent(labels) if self.merge else labels,
+            metadata=merged_metadata(sample, labeled_by=self.model_id, audioset_labels=self.labels_text),
+        )

@@ -311,9 +311,7 @@ def create_app(project_dir: Path | str, store: Store | None = None, limits: Limi
         s = sample_of(a, sample_id, proposedActionsJobId)
         values: list[list[float]] = []
         if s.is_audio and limitPayloadValues != 0:
-            from ..media import read_audio
-
-            audio, _ = read_audio(store.blob_path(s).read_bytes())
+            audio, _ = _stored_audio(store.blob_path(s).read_bytes(), mono=True)
             if limitPayloadValues is not None:
                 audio = audio[:limitPayloadValues]
             values = [[float(v)] for v in audio]
@@ -516,13 +514,19 @@ def _list_filter(category: str, labels: str | None, search: str | None, include_
     return f
 
 
+def _stored_audio(data: bytes, mono: bool) -> tuple[Any, int]:
+    from ..media import read_audio
+
+    try:
+        return read_audio(data, mono=mono)
+    except ValueError as e:  # the file went bad on disk after upload (uploads refuse corrupt audio)
+        raise ApiError(500, f"the stored audio cannot be read: {e}") from None
+
+
 def _wav(data: bytes, start: int | None, end: int | None) -> bytes:
     import soundfile as sf
 
-    try:
-        audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as e:
-        raise ApiError(500, f"the stored audio cannot be read: {e}") from None
+    audio, rate = _stored_audio(data, mono=False)
     audio = audio[start or 0 : end]
     out = io.BytesIO()
     sf.write(out, audio, rate, format="WAV", subtype="PCM_16")
