@@ -6,6 +6,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -574,3 +575,31 @@ def test_batch_gc_collects_less_often_inside_and_restores_after() -> None:
         assert gc.get_threshold() == (max(before[0], GC_YOUNG), *before[1:])
         raise RuntimeError("a block failed")
     assert gc.get_threshold() == before
+
+
+def test_batch_gc_of_steps_in_several_threads_restores_when_the_last_ends() -> None:
+    """Two steps at once (two threads of one process), the first to start ending first: the
+    settings stay tuned until the second ends, then are the ones from before either."""
+    import gc
+
+    from labelblocks.runner import GC_YOUNG, SWITCH_INTERVAL, _batch_gc
+
+    before, switch = gc.get_threshold(), sys.getswitchinterval()
+    tuned = ((max(before[0], GC_YOUNG), *before[1:]), min(switch, SWITCH_INTERVAL))
+    second_in, first_out, seen = threading.Event(), threading.Event(), []
+
+    def second() -> None:
+        with _batch_gc():
+            second_in.set()
+            first_out.wait(10)
+            seen.append((gc.get_threshold(), sys.getswitchinterval()))
+
+    with _batch_gc():
+        t = threading.Thread(target=second)
+        t.start()
+        assert second_in.wait(10)
+        seen.append((gc.get_threshold(), sys.getswitchinterval()))
+    first_out.set()
+    t.join(10)
+    assert seen == [tuned, tuned] and tuned != (before, switch)
+    assert (gc.get_threshold(), sys.getswitchinterval()) == (before, switch)

@@ -127,6 +127,10 @@ def job_state(store: Store, job_id: int) -> JobState:
     return JobState(unpack_ids(packed), applied, failed, discarded)
 
 
+_tuned_lock = threading.Lock()
+_tuned: list[Any] = []  # the settings saved by the first of the steps running in this process
+
+
 @contextmanager
 def _batch_gc() -> Iterator[None]:
     """Tune the interpreter for a step or an apply, restoring its settings after.
@@ -140,16 +144,26 @@ def _batch_gc() -> Iterator[None]:
 
     The GIL switch interval drops from 5 ms to SWITCH_INTERVAL: the background writer
     (_Writer) needs the GIL for a moment between its SQLite calls, and would otherwise wait
-    up to 5 ms each time while the block computes."""
-    old = gc.get_threshold()
-    old_switch = sys.getswitchinterval()
-    gc.set_threshold(max(old[0], GC_YOUNG), *old[1:])
-    sys.setswitchinterval(min(old_switch, SWITCH_INTERVAL))
+    up to 5 ms each time while the block computes.
+
+    Both settings are process-wide: steps running at once in several threads share them; the
+    first to start saves the settings, and the last to end restores them."""
+    with _tuned_lock:
+        if not _tuned:
+            old, old_switch = gc.get_threshold(), sys.getswitchinterval()
+            gc.set_threshold(max(old[0], GC_YOUNG), *old[1:])
+            sys.setswitchinterval(min(old_switch, SWITCH_INTERVAL))
+            _tuned.append((old, old_switch))
+        _tuned.append(None)  # one entry per step running
     try:
         yield
     finally:
-        gc.set_threshold(*old)
-        sys.setswitchinterval(old_switch)
+        with _tuned_lock:
+            _tuned.pop()
+            if len(_tuned) == 1:
+                old, old_switch = _tuned.pop()
+                gc.set_threshold(*old)
+                sys.setswitchinterval(old_switch)
 
 
 def _sha(obj: Any) -> str:
