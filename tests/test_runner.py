@@ -371,9 +371,12 @@ def test_revisions_pass_through_json_into_sqlite_exactly(values: list[float]) ->
     assert back == values
 
 
+def _json_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3)
+
+
 _JSON = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-                     max_leaves=6)
+                     _json_containers, max_leaves=6)
 _JSON_TEXT = st.builds(lambda v, ascii_only: json.dumps(v, ensure_ascii=ascii_only), _JSON, st.booleans())
 
 
