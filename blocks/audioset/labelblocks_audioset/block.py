@@ -7,6 +7,9 @@
   features of a whole model batch are computed at once on the model's device
   (:class:`BatchedFbank`).
 - Windows from all samples of a batch go through the model together, ``batch-size`` at a time.
+  On a GPU the next model batch is queued before the previous one's scores are read
+  (:meth:`AudioSet.launch`): the host builds labels and stages the next batch while the GPU
+  runs.
 - Windows are placed in value indices of the sample itself; :func:`segments` turns them into
   structured labels that tile the sample exactly (no overlap, no gap, the last one ending at
   valuesCount - 1).
