@@ -204,6 +204,31 @@ def test_bf16_scores_stay_within_002_of_fp32(ast: Path) -> None:
     assert compared >= 9 * 3
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU")
+def test_gpu_run_matches_the_cpu(ast: Path) -> None:
+    """On a GPU (pinned staging, copies that do not block, overlapping batches, float32
+    features) every window's scores are the CPU's, within float32 rounding."""
+    clips = [wav(s % 5 + 0.5, seed=s) for s in range(12)]
+    labels = {"audioset-labels": "\n".join(AUDIOSET_CLASSES), "batch-size": 4}
+    _, cpu = run_block(ast, clips, device="cpu", **labels)
+    _, gpu = run_block(ast, clips, device="cuda", **labels)
+    assert cpu.records.keys() == gpu.records.keys()
+    compared = 0
+    for sid in cpu.records:
+        for wa, wb in zip(cpu.records[sid]["windows"], gpu.records[sid]["windows"], strict=True):
+            assert (wa["startIndex"], wa["endIndex"]) == (wb["startIndex"], wb["endIndex"])
+            for name in set(wa["scores"]) & set(wb["scores"]):  # the top 3 may swap a near tie
+                assert wb["scores"][name] == pytest.approx(wa["scores"][name], abs=2e-3)
+                compared += 1
+    assert compared >= 2 * sum(len(r["windows"]) for r in cpu.records.values())
+
+
 def test_windows_renames_other_label_and_records(ast: Path) -> None:
     clips = [wav(7.0, seed=1), wav(0.5, seed=2)]
     results, ctx = run_block(ast, clips, **{"win-stride-ms": 1000})
