@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from .errors import BlockError
 T = TypeVar("T")
 
 DEVICES = ("auto", "cpu", "cuda")
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # a Hugging Face id: name or namespace/name
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -91,8 +93,11 @@ def load_pretrained(load: Callable[..., T], model: str, what: str = "model") -> 
 
     hf_logging.disable_progress_bar()
     local = Path(model).expanduser()
+    if not local.exists() and not _HUB_ID.fullmatch(model):  # a path, not an id of the hub
+        raise BlockError(f"{what} {model!r}: no such folder (pass a folder with the model's files, "
+                         f"or a Hugging Face id such as namespace/name)")
     try:
-        return load(model, local_files_only=True)
+        return load(str(local) if local.exists() else model, local_files_only=True)
     except (OSError, ValueError) as e:
         if local.exists():
             raise BlockError(f"cannot load {what} from the folder {model}: {_first_line(e)}") from None
@@ -106,7 +111,7 @@ def load_pretrained(load: Callable[..., T], model: str, what: str = "model") -> 
         f"{what} {model!r} was not found: it is neither a local folder nor in the Hugging Face cache, "
         f"and it could not be downloaded. Download it where there is network "
         f"(`hf download {model}`, then copy ~/.cache/huggingface, or set HF_HOME) or pass a local "
-        f"folder with the model's files (--model /path/to/model). ({_first_line(reason)})"
+        f"folder with the model's files (-p {what}=/path/to/model). ({_first_line(reason)})"
     ) from None
 
 

@@ -154,6 +154,12 @@ def test_unknown_label_fails_before_the_model_loads(ast: Path, monkeypatch: pyte
 
 # -- the model --------------------------------------------------------------------------------------
 
+def test_model_folder_under_home(ast: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(ast.parent))
+    results, _ = run_block(Path("~") / ast.name, [wav(1.0)])
+    assert isinstance(results[0], SampleChange)
+
+
 def test_scores_match_the_transformers_pipeline(ast: Path) -> None:
     from transformers import pipeline
 

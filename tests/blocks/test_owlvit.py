@@ -276,9 +276,11 @@ def test_a_model_that_cannot_be_found_names_it(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(BlockError) as e:
         run_block(Path("acme/owl-that-is-not-there"), [rgb(10, 10, 0)])
     msg = str(e.value)
-    assert "'acme/owl-that-is-not-there' was not found" in msg and "--model /path/to/model" in msg
+    assert "'acme/owl-that-is-not-there' was not found" in msg and "-p model=/path/to/model" in msg
     with pytest.raises(BlockError, match="cannot load model from the folder"):
         run_block(tmp_path, [rgb(10, 10, 0)])
+    with pytest.raises(BlockError, match=r"model '.*/not-here/owl': no such folder \(pass a folder"):
+        run_block(tmp_path / "not-here" / "owl", [rgb(10, 10, 0)])
 
 
 def test_queries_are_embedded_once_and_each_image_goes_through_the_model_once(owlvit: Path,
