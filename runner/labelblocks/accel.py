@@ -22,8 +22,8 @@ from .errors import BlockError
 T = TypeVar("T")
 
 DEVICES = ("auto", "cpu", "cuda")
-_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # a Hugging Face id: name or namespace/name
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # a Hugging Face id: name or namespace/name
 
 
 @functools.cache

@@ -127,8 +127,16 @@ def job_state(store: Store, job_id: int) -> JobState:
     return JobState(unpack_ids(packed), applied, failed, discarded)
 
 
-_tuned_lock = threading.Lock()
-_tuned: list[Any] = []  # the settings saved by the first of the steps running in this process
+@dataclass
+class _Tuning:
+    """The steps running in this process, and the settings from before the first of them."""
+
+    running: int = 0
+    saved: tuple[tuple[int, ...], float] = ((), 0.0)
+
+
+_tuning = _Tuning()
+_tuning_lock = threading.Lock()
 
 
 @contextmanager
@@ -148,22 +156,21 @@ def _batch_gc() -> Iterator[None]:
 
     Both settings are process-wide: steps running at once in several threads share them; the
     first to start saves the settings, and the last to end restores them."""
-    with _tuned_lock:
-        if not _tuned:
+    with _tuning_lock:
+        if _tuning.running == 0:
             old, old_switch = gc.get_threshold(), sys.getswitchinterval()
             gc.set_threshold(max(old[0], GC_YOUNG), *old[1:])
             sys.setswitchinterval(min(old_switch, SWITCH_INTERVAL))
-            _tuned.append((old, old_switch))
-        _tuned.append(None)  # one entry per step running
+            _tuning.saved = (old, old_switch)
+        _tuning.running += 1
     try:
         yield
     finally:
-        with _tuned_lock:
-            _tuned.pop()
-            if len(_tuned) == 1:
-                old, old_switch = _tuned.pop()
-                gc.set_threshold(*old)
-                sys.setswitchinterval(old_switch)
+        with _tuning_lock:
+            _tuning.running -= 1
+            if _tuning.running == 0:
+                gc.set_threshold(*_tuning.saved[0])
+                sys.setswitchinterval(_tuning.saved[1])
 
 
 def _sha(obj: Any) -> str:

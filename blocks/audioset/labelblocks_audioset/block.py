@@ -268,13 +268,10 @@ class AudioSet(ModelBlock):
 
     # -- the model ----------------------------------------------------------------------------
 
-    def forward(self, features: np.ndarray) -> np.ndarray:
-        """Per-class probabilities (sigmoid: AudioSet is multi-label) for a batch of windows."""
-        return self.launch(list(features)).result()
-
     def launch(self, windows: Sequence[np.ndarray]) -> _InFlight:
         """Starts the model on a batch of windows (audio, or features where the extractor is
-        not the AST's) and returns without waiting for it on a GPU: the host stages the
+        not the AST's); its ``result()`` is the per-class probabilities (sigmoid: AudioSet is
+        multi-label). It returns without waiting for the model on a GPU: the host stages the
         batch in pinned memory, copies it in and the scores out without blocking, so the
         next batch is prepared and queued while this one runs. On the CPU it runs here."""
         import torch
