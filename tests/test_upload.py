@@ -127,11 +127,21 @@ def test_corrupt_and_empty_audio_rejected(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "au" / "bad.wav").write_bytes(b"RIFF" + b"\x00" * 20)
     (tmp_path / "au" / "half.flac").write_bytes(data[:30])
     make_audio(tmp_path / "au" / "empty.wav", seconds=0)
+    (tmp_path / "au" / "cut.wav").write_bytes(data[:100])  # a copy that stopped early
+    streamed = bytearray(data)  # a writer that streams leaves the sizes at their placeholder
+    at = streamed.find(b"data")
+    streamed[4:8] = streamed[at + 4 : at + 8] = b"\xff\xff\xff\xff"
+    (tmp_path / "au" / "streamed.wav").write_bytes(bytes(streamed))
     out = cli.json("upload", str(tmp_path / "au"), expect=1)
     rejected = {Path(f["path"]).name: f["error"] for f in out["files"] if not f["success"]}
-    assert set(rejected) == {"bad.wav", "half.flac", "empty.wav"}
+    assert set(rejected) == {"bad.wav", "half.flac", "empty.wav", "cut.wav"}
     assert "no samples" in rejected["empty.wav"]
-    assert out["added"] == 1
+    assert rejected["cut.wav"] == ("truncated audio: the WAV header announces 32000 bytes of samples, "
+                                   "the file holds 56")
+    assert "BytesIO" not in rejected["bad.wav"] and "Format not recognised" in rejected["half.flac"] + rejected["bad.wav"]
+    assert out["added"] == 2
+    assert {s["filename"]: s["valuesCount"] for s in cli.json("samples", "list")} == {"good.wav": 16000,
+                                                                                      "streamed.wav": 16000}
 
 
 def test_bad_metadata_argument(cli: Cli, images, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ there, not when a block first reads it.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,9 @@ def _probe_image(data: bytes, ext: str) -> MediaInfo:
     return MediaInfo(media_type=mime, ext=ext, chart_type="image", width=w, height=h)
 
 
+# libsndfile's log line for a WAV whose data chunk is shorter than its header says
+_WAV_CUT = re.compile(r"^data : (?P<declared>\d+) \(should be (?P<actual>\d+)\)", re.MULTILINE)
+_WAV_SIZE_UNKNOWN = 0x7FFFFFFF  # sizes from here up are placeholders of writers that stream
 _AUDIO_MIME = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg"}
 
 
@@ -110,8 +114,13 @@ def _probe_audio(data: bytes, ext: str) -> MediaInfo:
             frames = 0
             for block in f.blocks(blocksize=65536, dtype="float32", always_2d=True):
                 frames += block.shape[0]
+            # libsndfile reads a cut-off WAV up to where it ends, and says so only in its log
+            short = _WAV_CUT.search(f.extra_info)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
-        raise InvalidInput(f"corrupt or unreadable audio: {e}") from None
+        raise InvalidInput(f"corrupt or unreadable audio: {_audio_error(e)}") from None
+    if short and int(short["actual"]) < int(short["declared"]) < _WAV_SIZE_UNKNOWN:
+        raise InvalidInput(f"truncated audio: the WAV header announces {short['declared']} bytes of samples, "
+                           f"the file holds {short['actual']}")
     if frames == 0:
         raise InvalidInput("audio has no samples")
     interval = 1000.0 / rate
@@ -146,6 +155,13 @@ def open_image(data: bytes) -> Any:
     return img.convert("RGB")
 
 
+def _audio_error(e: Exception) -> str:
+    """libsndfile's reason, without soundfile's "Error opening <_io.BytesIO object at 0x...>:"."""
+    import soundfile as sf
+
+    return str(e.error_string) if isinstance(e, sf.LibsndfileError) else str(e)
+
+
 def read_audio(data: bytes, mono: bool = True) -> tuple[Any, int]:
     """(float32 samples, sample rate): mixed to mono, or [values, channels] with ``mono=False``.
     Audio libsndfile cannot read raises ValueError with its reason (without soundfile's repr
@@ -156,7 +172,7 @@ def read_audio(data: bytes, mono: bool = True) -> tuple[Any, int]:
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
-        raise ValueError(f"not audio that libsndfile reads (WAV, FLAC, OGG, ...): {e.error_string}") from None
+        raise ValueError(f"not audio that libsndfile reads (WAV, FLAC, OGG, ...): {_audio_error(e)}") from None
     if not mono:
         return samples, int(rate)
     return np.ascontiguousarray(samples.mean(axis=1)), int(rate)
