@@ -111,6 +111,35 @@ def test_discard(ds: Cli) -> None:
     assert "discarded" in r.output
 
 
+def test_apply_leaves_out_samples_changed_since_the_preview(ds: Cli) -> None:
+    """A preview's proposals hold whole fields as the block saw them (all of a sample's
+    metadata): applied after the sample changed, they would undo that change. Such samples
+    are left out, and said so; a block that never looked at its samples still applies."""
+    ds("actions", "create", "box", "--step", "fake-boxer")
+    ds("actions", "create", "const", "--step", "fake-constant")
+    job = ds.json("actions", "preview", "box", "--ids", "1-3")["jobId"]
+    const = ds.json("actions", "preview", "const", "--ids", "1-3")["jobId"]
+    ds("metadata", "set", "--ids", "2", "reviewed=yes")
+    shown = [line for line in ds("proposals", "show", str(job)).stdout.splitlines() if line.startswith("sample")]
+    assert shown[1] == ("sample 2 img1.png: changed since the job ran; applying leaves it as it is "
+                        "(preview again for what it needs now)")
+    assert shown[0] == "sample 1 img0.png: boxes added: 1 (thing)" and shown[2].startswith("sample 3 img2.png: boxes")
+    # sample 2, changed, lies between the two applied: it is not left out when not asked for
+    assert ds("proposals", "apply", str(job), "--ids", "1,3").stdout.strip() == f"Applied job {job}'s proposals to 2 samples."
+    r = ds("proposals", "apply", str(job))
+    assert r.stdout.strip() == (f"Applied job {job}'s proposals to 0 samples. Left out 1 that changed or were deleted "
+                                f"since the job ran (`labelblocks proposals show {job}` lists them; preview again "
+                                f"for what they need now).")
+    s = {x["id"]: x for x in ds.json("samples", "list")}
+    assert s[2]["metadata"] == {"site": "Paris", "reviewed": "yes"} and not s[2]["boundingBoxes"]
+    assert s[1]["metadata"] == {"site": "Paris", "labeled_by": "fake-boxer"} and s[1]["boundingBoxes"]
+    assert ds.json("jobs", "show", str(job))["counts"] == {"applied": 2, "discarded": 1}
+    assert "sample 2 img1.png: changed since the job ran" in ds("proposals", "show", str(job)).stdout
+    # applying changed samples 1 and 3 too: the constant label holds for any state of a sample
+    assert ds("proposals", "apply", str(const)).stdout.strip() == f"Applied job {const}'s proposals to 3 samples."
+    assert [x.get("label") for x in ds.json("samples", "list")] == ["same"] * 3 + [None] * 3
+
+
 def test_run_reuses_preview_and_sets_metadata(ds: Cli) -> None:
     ds("actions", "create", "lab", "--step", "fake-boxer", "--step", "fake-labeler", "--set-metadata", "ai-labeled=true")
     ds.json("actions", "preview", "lab", "--limit", "2")

@@ -202,10 +202,30 @@ _INSERT_ROWS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, chan
 # the revision of a result that holds for every revision of its sample: the block never looked at
 # the sample (sample revisions are timestamps, never negative)
 ANY_REVISION = -1.0
+STALE_ERROR = ("the sample changed since job {job} proposed this change, which would overwrite that: "
+               "left as it is (preview again to see the change for the sample as it is now)")
 _INSERT_TEXT_ROWS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
                      "SELECT ?, value->>0, ?, value->>1, value->>2, value->>3 FROM json_each(?)")  # texts as strings
 _INSERT_TEXTS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
                  "VALUES (?, ?, ?, ?, ?, ?)")
+
+
+# the job's samples in an id range that changed since its steps computed their proposals from
+# them (a proposal without a revision, or one that holds for any, is never stale); a range scan
+# of the job's proposals costs a third of looking up a list of ids
+_STALE = ("SELECT DISTINCT p.sample_id FROM proposals AS p JOIN samples AS s ON s.id = p.sample_id "
+          "WHERE p.job_id = ? AND p.sample_id BETWEEN ? AND ? "
+          "AND p.revision IS NOT NULL AND p.revision != ? AND p.revision != s.updated_at")
+
+
+def stale_samples(conn: Any, job_id: int, ids: Sequence[int]) -> set[int]:
+    """Which of ``ids`` changed since job ``job_id`` proposed its changes for them. Applying
+    such a proposal would overwrite what changed since (its fields hold whole values, such as
+    all of the sample's metadata as the block saw it), so apply leaves these samples out."""
+    if not ids:
+        return set()
+    found = {r[0] for r in conn.exec_driver_sql(_STALE, (job_id, min(ids), max(ids), ANY_REVISION))}
+    return found.intersection(ids) if found else found
 
 
 def _load_change(text: str) -> SampleChange:
@@ -784,17 +804,20 @@ class Runner:
                      prepared: PreparedChanges, done: list[int]) -> None:
         """Apply one chunk's prepared changes in one transaction, with the samples' status."""
         with self.store.transaction() as conn:
-            # under the write lock: none of the samples disappears now
+            # under the write lock: none of the samples disappears or changes now
             alive_n = conn.exec_driver_sql("SELECT count(*) FROM samples WHERE id IN (SELECT value FROM json_each(?))",
                                            (json.dumps(chunk),)).scalar_one()
-            if alive_n != len(chunk) or prepared.count != len(writes):  # deleted since the job ran
+            stale = stale_samples(conn, job_id, chunk)
+            if alive_n != len(chunk) or prepared.count != len(writes) or stale:  # deleted or changed since
                 alive = self.store.revisions(chunk, conn)
-                gone = [sid for sid in chunk if sid not in alive]
+                left_out = [(job_id, i, "the sample was deleted") for i in chunk if i not in alive]
+                left_out += [(job_id, i, STALE_ERROR.format(job=job_id)) for i in sorted(stale)]
                 conn.exec_driver_sql(
                     "INSERT OR REPLACE INTO job_samples (job_id, sample_id, status, failed_step, error) "
-                    "VALUES (?, ?, 'discarded', NULL, 'the sample was deleted')", [(job_id, i) for i in gone])
-                chunk = [sid for sid in chunk if sid in alive]
-                prepared = self.store.prepare_changes([it for it in writes if it[0] in alive], conn)
+                    "VALUES (?, ?, 'discarded', NULL, ?)", left_out)
+                keep = alive.keys() - stale
+                chunk = [sid for sid in chunk if sid in keep]
+                prepared = self.store.prepare_changes([it for it in writes if it[0] in keep], conn)
             self.store.write_changes(conn, prepared)
             if chunk:
                 conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk)))

@@ -226,13 +226,16 @@ def actions_delete(app: AppContext, name: str) -> None:
     click.echo(f"Deleted action {name}.")
 
 
-def _print_preview(app: AppContext, runner: Any, job_id: int, limit: int = 50) -> None:
-    from ..runner import compose, describe_change
+def _print_preview(app: AppContext, runner: Any, job_id: int, limit: int = 50) -> int:
+    """Prints up to ``limit`` samples' proposals and failures; returns how many samples have either."""
+    from ..runner import compose, describe_change, stale_samples
 
     changes = runner.proposals_for(job_id)
     errors = _job_errors(app, job_id)
     ids = sorted(set(changes) | set(errors))
     samples = {s.id: s for s in app.store.get_samples(ids[:limit], missing_ok=True)} if ids else {}
+    with app.store.engine.connect() as conn:
+        stale = stale_samples(conn, job_id, ids[:limit])
     for sid in ids[:limit]:
         s = samples.get(sid)
         if s is None:
@@ -241,12 +244,17 @@ def _print_preview(app: AppContext, runner: Any, job_id: int, limit: int = 50) -
         if sid in errors:
             click.echo(f"sample {sid} {s.filename}: FAILED at step {errors[sid][0]}: {errors[sid][1]}")
             continue
+        if sid in stale:
+            click.echo(f"sample {sid} {s.filename}: changed since the job ran; applying leaves it as it is "
+                       f"(preview again for what it needs now)")
+            continue
         lines = describe_change(s, compose(changes[sid]))
         click.echo(f"sample {sid} {s.filename}: " + ("no change" if not lines else lines[0]))
         for line in lines[1:]:
             click.echo(f"    {line}")
     if len(ids) > limit:
         click.echo(f"... and {len(ids) - limit} more: `labelblocks proposals show {job_id}`")
+    return len(ids)
 
 
 def _errors_json(errors: dict[int, tuple[int, str]]) -> list[dict[str, Any]]:
@@ -504,14 +512,26 @@ def proposals_show(app: AppContext, job_id: int, as_json: bool) -> None:
     Example:
       labelblocks proposals show 3
     """
-    _job_row(app, job_id)
+    row = _job_row(app, job_id)
     runner = _runner(app)
     if as_json:
         from ..runner import job_proposals
 
         print_json({"proposedChanges": job_proposals(app.store, job_id)})
         return
-    _print_preview(app, runner, job_id, limit=1000)
+    if _print_preview(app, runner, job_id, limit=1000) == 0:
+        click.echo(_why_no_proposals(row))
+
+
+def _why_no_proposals(row: Any) -> str:
+    job = f"Job {row.id} ({row.kind} of action {row.action})"
+    if row.status == "discarded":
+        return f"{job}: its proposals were discarded."
+    if row.status == "failed":
+        return f"{job} failed before it proposed anything: {row.error} (see `labelblocks jobs show {row.id}`)."
+    if row.status in ("running", "interrupted"):
+        return f"{job} has no proposals yet: it is {row.status}."
+    return f"{job} proposed no changes."
 
 
 @proposals_group.command("apply")
@@ -536,9 +556,15 @@ def proposals_apply(app: AppContext, job_id: int, ids: str | None) -> None:
         set_md = get_action(app.store, row.action).set_metadata
     except NotFound:
         set_md = []
+    from ..runner import job_state
+
     runner = _runner(app)
+    left_before = len(job_state(app.store, job_id).discarded)
     n = runner.apply(job_id, ids=parse_ids([ids]) if ids else None, set_metadata=set_md)
-    click.echo(f"Applied job {job_id}'s proposals to {n} sample{'s' if n != 1 else ''}.")
+    left = len(job_state(app.store, job_id).discarded) - left_before
+    click.echo(f"Applied job {job_id}'s proposals to {n} sample{'s' if n != 1 else ''}."
+               + (f" Left out {left} that changed or were deleted since the job ran (`labelblocks proposals show "
+                  f"{job_id}` lists them; preview again for what they need now)." if left else ""))
 
 
 @proposals_group.command("discard")
