@@ -107,6 +107,7 @@ def test_discard(ds: Cli) -> None:
     job = ds.json("actions", "preview", "a", "--ids", "1,2")["jobId"]
     ds("proposals", "discard", str(job))
     assert ds.json("proposals", "show", str(job))["proposedChanges"] == []
+    assert ds("proposals", "show", str(job)).stdout == f"Job {job} (preview of action a): its proposals were discarded.\n"
     r = ds("proposals", "apply", str(job), expect=1)
     assert "discarded" in r.output
 
@@ -138,6 +139,17 @@ def test_apply_leaves_out_samples_changed_since_the_preview(ds: Cli) -> None:
     # applying changed samples 1 and 3 too: the constant label holds for any state of a sample
     assert ds("proposals", "apply", str(const)).stdout.strip() == f"Applied job {const}'s proposals to 3 samples."
     assert [x.get("label") for x in ds.json("samples", "list")] == ["same"] * 3 + [None] * 3
+
+
+def test_proposals_of_a_job_that_failed_before_proposing(ds: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    def out_of_memory(self: Any, args: Any, context: Any) -> None:
+        raise MemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(fake_blocks.FakeConstant, "setup", out_of_memory)
+    ds("actions", "create", "c", "--step", "fake-constant")
+    ds("actions", "preview", "c", expect=1)
+    assert ds("proposals", "show", "1").stdout == ("Job 1 (preview of action c) failed before it proposed anything: "
+                                                   "MemoryError: CUDA out of memory (see `labelblocks jobs show 1`).\n")
 
 
 def test_run_reuses_preview_and_sets_metadata(ds: Cli) -> None:
