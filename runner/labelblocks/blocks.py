@@ -20,10 +20,11 @@ Example::
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from .model import Sample, SampleChange
 from .parameters import ParametersFile, load_parameters
@@ -46,6 +47,11 @@ class SampleInput:
 
     def read_bytes(self) -> bytes:
         return self._read()
+
+    def open(self) -> BinaryIO:
+        """The sample's file, to read in pieces: a block that streams a long recording need
+        not hold all of it in memory."""
+        return io.BytesIO(self.read_bytes())
 
     def image(self) -> Any:
         """The image as a PIL RGB image, EXIF orientation applied."""

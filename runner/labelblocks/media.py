@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import InvalidInput
 
@@ -162,17 +164,28 @@ def _audio_error(e: Exception) -> str:
     return str(e.error_string) if isinstance(e, sf.LibsndfileError) else str(e)
 
 
-def read_audio(data: bytes, mono: bool = True) -> tuple[Any, int]:
-    """(float32 samples, sample rate): mixed to mono, or [values, channels] with ``mono=False``.
-    Audio libsndfile cannot read raises ValueError with its reason (without soundfile's repr
-    of the in-memory file)."""
-    import numpy as np
+@contextmanager
+def open_audio(file: BinaryIO) -> Iterator[Any]:
+    """``file`` as a soundfile.SoundFile, to read in blocks (a long recording need not be in
+    memory at once). Audio libsndfile cannot read raises ValueError with its reason (without
+    soundfile's repr of the file object)."""
     import soundfile as sf
 
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        f = sf.SoundFile(file)
     except sf.LibsndfileError as e:
         raise ValueError(f"not audio that libsndfile reads (WAV, FLAC, OGG, ...): {_audio_error(e)}") from None
+    with f:
+        yield f
+
+
+def read_audio(data: bytes, mono: bool = True) -> tuple[Any, int]:
+    """(float32 samples, sample rate): mixed to mono, or [values, channels] with ``mono=False``.
+    Audio libsndfile cannot read raises ValueError, as :func:`open_audio`."""
+    import numpy as np
+
+    with open_audio(io.BytesIO(data)) as f:
+        samples, rate = f.read(dtype="float32", always_2d=True), f.samplerate
     if not mono:
         return samples, int(rate)
     return np.ascontiguousarray(samples.mean(axis=1)), int(rate)

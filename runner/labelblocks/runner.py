@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from pydantic import TypeAdapter
 from sqlalchemy import and_, insert, select, update
@@ -848,8 +849,8 @@ class _LazyBatch:
             raise NotFound(f"sample {sid} was deleted")
         return self._pairs[sid]
 
-    def read(self, sid: int) -> bytes:
-        return self._runner.store.blob_path(self.pair(sid)[0]).read_bytes()
+    def path(self, sid: int) -> Path:
+        return self._runner.store.blob_path(self.pair(sid)[0])
 
     def inputs(self) -> list[SampleInput]:
         return [_LazyInput(self, sid) for sid in self._ids]
@@ -867,7 +868,10 @@ class _LazyInput(SampleInput):
         return self._batch.pair(self._sid)[1]
 
     def read_bytes(self) -> bytes:
-        return self._batch.read(self._sid)
+        return self._batch.path(self._sid).read_bytes()
+
+    def open(self) -> BinaryIO:
+        return self._batch.path(self._sid).open("rb")
 
 
 def label_batch(block: Block, inputs: Sequence[SampleInput], args: Mapping[str, Any],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,52 @@ def test_one_model_forward_per_batch_of_windows(ast: Path, monkeypatch: pytest.M
     monkeypatch.setattr(AudioSet, "launch", counted)
     results, _ = run_block(ast, [wav(5.0, seed=s) for s in range(4)], **{"batch-size": 4})  # 3 windows each
     assert calls == [4, 4, 4] and all(isinstance(r, SampleChange) for r in results)
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(44100, 2), (8000, 1), (16000, 3)])
+def test_audio_read_in_blocks_equals_reading_it_whole(rate: int, channels: int) -> None:
+    """Mixed to mono and resampled a block at a time (memory holds the result only): the same
+    values as reading the whole file, mixing and resampling it at once."""
+    import soxr
+
+    from labelblocks.media import open_audio, read_audio
+    from labelblocks_audioset.block import read_resampled
+
+    data = wav(3.3, rate=rate, channels=channels, fmt="FLAC")
+    whole, _ = read_audio(data)
+    expected = soxr.resample(whole, rate, 16000) if rate != 16000 else whole
+    with open_audio(io.BytesIO(data)) as f:
+        got, src, frames = read_resampled(f, 16000, block_seconds=0.25)
+    assert (src, frames) == (rate, len(whole))
+    assert got.dtype == np.float32 and len(got) == len(expected)
+    assert np.abs(got - expected).max() < 1e-6
+
+
+def test_decoding_stays_a_few_batches_ahead_of_the_model(ast: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Samples are decoded only a few model batches (and one sample) ahead of the model, so a
+    batch of long recordings is never all in memory at once; a sample longer than that bound
+    still goes through."""
+    from labelblocks_audioset import block as audioset
+
+    lengths = [3, 3, 10, 3, 3, 3, 3, 3, 3, 3]  # windows of 2 s each
+    launched: list[int] = []
+    behind: list[int] = []  # windows decoded but not yet sent to the model, as each decode starts
+    real_launch, real_prepare = AudioSet.launch, AudioSet.prepare
+
+    def slow_launch(self: AudioSet, windows: list[np.ndarray]) -> Any:
+        time.sleep(0.01)  # a slow model: without a bound, decoding would run far ahead
+        launched.append(len(windows))
+        return real_launch(self, windows)
+
+    def counted_prepare(self: AudioSet, inp: SampleInput, values_count: int | None) -> Any:
+        behind.append(sum(lengths[: inp.sample.id - 1]) - sum(launched))
+        return real_prepare(self, inp, values_count)
+
+    monkeypatch.setattr(AudioSet, "launch", slow_launch)
+    monkeypatch.setattr(AudioSet, "prepare", counted_prepare)
+    results, _ = run_block(ast, [wav(2.0 * n, seed=i) for i, n in enumerate(lengths)], **{"batch-size": 1})
+    assert [len(r.structured_labels) for r in results] == lengths and sum(launched) == sum(lengths)
+    assert max(behind) <= audioset.WINDOWS_AHEAD * 1 + max(lengths), behind  # batch-size 1
 
 
 def test_results_do_not_depend_on_the_batch_size(ast: Path) -> None:

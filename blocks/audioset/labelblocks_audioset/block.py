@@ -2,9 +2,11 @@
 
 - The labels of interest are checked against the model's own class names in ``setup``, before
   any audio is read; an unknown name suggests the closest valid ones.
-- Audio (WAV / FLAC / OGG, any rate and channel count) is mixed to mono and resampled with
-  soxr to the model's rate in a background thread while the model runs; the AST's log-mel
-  features of a whole model batch are computed at once on the model's device
+- Audio (WAV / FLAC / OGG, any rate and channel count) is read a block at a time, mixed to
+  mono and resampled with soxr to the model's rate (:func:`read_resampled`) in a background
+  thread while the model runs, a few model batches ahead of it (``WINDOWS_AHEAD``) and one
+  sample: memory holds a few recordings at the model's rate, not a whole batch of them. The
+  AST's log-mel features of a whole model batch are computed at once on the model's device
   (:class:`BatchedFbank`).
 - Windows from all samples of a batch go through the model together, ``batch-size`` at a time.
   On a GPU the next model batch is queued before the previous one's scores are read
@@ -20,7 +22,9 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +34,11 @@ import numpy as np
 from labelblocks.accel import ModelBlock
 from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, merged_metadata
 from labelblocks.errors import BlockError
-from labelblocks.model import SampleChange, StructuredLabel
+from labelblocks.model import Sample, SampleChange, StructuredLabel
 
 DEFAULT_MODEL = "MIT/ast-finetuned-audioset-10-10-0.4593"
 RECORD_TOP = 3  # scores of the best classes of interest kept per window in the job's record
+WINDOWS_AHEAD = 4  # model batches of windows decoded ahead of the model (and always one sample)
 
 _LINE = re.compile(r"^(?P<name>[^()]+?)\s*(?:\((?P<new>[^()]*)\))?$")
 
@@ -109,9 +114,28 @@ def merge_adjacent(labels: Sequence[StructuredLabel]) -> list[StructuredLabel]:
 
 @dataclass
 class _Prepared:
-    n_values: int
     spans: list[tuple[int, int]]
-    features: Any  # [windows, frames, mel bins], or [windows, values] of audio when BatchedFbank computes them
+    windows: list[np.ndarray]  # each window's audio (BatchedFbank computes features), or its features
+
+
+def read_resampled(f: Any, rate: int, block_seconds: float = 30.0) -> tuple[np.ndarray, int, int]:
+    """(mono float32 audio at ``rate``, the file's own rate, its number of values), read from
+    the soundfile ``f`` a block at a time: each block is mixed to mono and resampled (soxr,
+    streaming: the same values as resampling the whole) before the next is read, so memory
+    holds the result only, not the file's channels decoded at its own rate."""
+    import soxr
+
+    src = int(f.samplerate)
+    stream = soxr.ResampleStream(src, rate, 1, dtype="float32") if src != rate else None
+    parts: list[np.ndarray] = []
+    frames = 0
+    for block in f.blocks(blocksize=max(1, int(block_seconds * src)), dtype="float32", always_2d=True):
+        frames += len(block)
+        mono = block.mean(axis=1, dtype=np.float32)
+        parts.append(stream.resample_chunk(mono) if stream is not None else mono)
+    if stream is not None:
+        parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), src, frames
 
 
 @dataclass
@@ -159,8 +183,9 @@ class BatchedFbank:
     def supports(extractor: Any) -> bool:
         return type(extractor).__name__ == "ASTFeatureExtractor"
 
-    def __call__(self, audio: np.ndarray) -> Any:
-        """[windows, values] of audio -> [windows, max_length, mel bins] features (a tensor on the device)."""
+    def __call__(self, audio: Any) -> Any:
+        """[windows, values] of audio (an array, or a tensor) -> [windows, max_length, mel bins]
+        features (a tensor on the device)."""
         import torch
 
         x = torch.as_tensor(audio, device=self.device).to(self.dtype)
@@ -240,31 +265,35 @@ class AudioSet(ModelBlock):
     # -- audio -> features (background thread) ------------------------------------------------
 
     def prepare(self, inp: SampleInput, values_count: int | None) -> _Prepared | SampleFailure:
-        import soxr
-
-        from labelblocks.media import read_audio
+        from labelblocks.media import open_audio
 
         try:
-            audio, rate = read_audio(inp.read_bytes())
+            with inp.open() as file, open_audio(file) as f:
+                x, rate, frames = read_resampled(f, self.rate)
         except ValueError as e:  # what libsndfile does not read
             return SampleFailure(f"cannot read the audio: {e}")
         except Exception as e:
             return SampleFailure(f"cannot read the audio: {type(e).__name__}: {e}")
-        n = values_count or len(audio)
-        if len(audio) == 0 or n == 0:
+        n = values_count or frames
+        if frames == 0 or n == 0:
             return SampleFailure("the audio is empty")
         _, starts = window_starts(n, rate, self.win_ms, self.stride_ms)
-        x = soxr.resample(audio, rate, self.rate) if rate != self.rate else audio
         ratio = self.rate / rate
         length = round(self.win_ms * self.rate / 1000)  # the same for every sample: windows stack into one batch
         wins = []
-        for s in starts:  # a window past the end is padded with silence
+        for s in starts:  # views of the audio; a window past the end is padded with silence
             w = x[round(s * ratio) : round(s * ratio) + length]
             wins.append(w if len(w) == length else np.pad(w, (0, length - len(w))))
         if self.fbank is not None:  # features are computed per model batch, on the model's device
-            return _Prepared(n, segments(starts, n), np.stack(wins).astype(np.float32, copy=False))
+            return _Prepared(segments(starts, n), wins)
         feats = self.extractor(wins, sampling_rate=self.rate, return_tensors="np")["input_values"]
-        return _Prepared(n, segments(starts, n), feats)
+        return _Prepared(segments(starts, n), list(feats))
+
+    def windows_of(self, sample: Sample) -> int:
+        """How many windows a sample has (an estimate of 1 where its length is unknown)."""
+        if not sample.values_count or not sample.frequency:
+            return 1
+        return len(window_starts(sample.values_count, sample.frequency, self.win_ms, self.stride_ms)[1])
 
     # -- the model ----------------------------------------------------------------------------
 
@@ -299,35 +328,50 @@ class AudioSet(ModelBlock):
     ) -> Sequence[SampleChange | SampleFailure]:
         items = list(batch)
         samples = [inp.sample for inp in items]  # read in this thread; the decoder reads only files
-        futures = [self.pool.submit(self.prepare, inp, s.values_count) for inp, s in zip(items, samples, strict=True)]
         out: dict[int, SampleChange | SampleFailure] = {}  # by sample position
-        prepared: dict[int, _Prepared] = {}
+        spans: dict[int, list[tuple[int, int]]] = {}
         scores: dict[int, list[np.ndarray]] = {}
-        queue: list[tuple[int, np.ndarray]] = []  # (sample position, one window), not yet sent to the model
+        queue: deque[tuple[int, np.ndarray]] = deque()  # (sample position, one window), not yet sent to the model
         running: list[tuple[list[int], _InFlight]] = []  # at most one batch runs while the next is queued
+        # Samples are decoded ahead of the model by at most WINDOWS_AHEAD model batches of
+        # windows, and always one sample ahead: memory holds a few long recordings, not a batch's.
+        todo = deque(range(len(items)))
+        decoding: deque[tuple[int, Future[_Prepared | SampleFailure], int]] = deque()
+        ahead = self.micro_batch * WINDOWS_AHEAD
+
+        def decode_more() -> None:
+            held = len(queue) + sum(n for _, _, n in decoding)
+            while todo and (not decoding or held < ahead):
+                pos = todo.popleft()
+                n = self.windows_of(samples[pos])
+                decoding.append((pos, self.pool.submit(self.prepare, items[pos], samples[pos].values_count), n))
+                held += n
 
         def collect() -> None:
             positions, flight = running.pop()
             for pos, probs in zip(positions, flight.result(), strict=True):
                 scores[pos].append(probs)
-                if len(scores[pos]) == len(prepared[pos].spans):  # the sample's last window
-                    out[pos] = self.change(samples[pos], prepared[pos], scores[pos], context)
+                if len(scores[pos]) == len(spans[pos]):  # the sample's last window
+                    out[pos] = self.change(samples[pos], spans.pop(pos), scores.pop(pos), context)
 
         def send(k: int) -> None:
-            flight = self.launch([w for _, w in queue[:k]])
-            positions = [pos for pos, _ in queue[:k]]
-            del queue[:k]
+            sent = [queue.popleft() for _ in range(k)]
+            flight = self.launch([w for _, w in sent])
             if running:  # this batch is queued on the device: now read the previous one's scores
                 collect()
-            running.append((positions, flight))
+            running.append(([pos for pos, _ in sent], flight))
+            decode_more()
 
-        for pos, fut in enumerate(futures):
+        decode_more()
+        while decoding:
+            pos, fut, _ = decoding.popleft()
             p = fut.result()
             if isinstance(p, SampleFailure):
                 out[pos] = p
-                continue
-            prepared[pos], scores[pos] = p, []
-            queue.extend((pos, w) for w in p.features)
+            else:
+                spans[pos], scores[pos] = p.spans, []
+                queue.extend((pos, w) for w in p.windows)
+            decode_more()
             while len(queue) >= self.micro_batch:
                 send(self.micro_batch)
         if queue:
@@ -336,11 +380,12 @@ class AudioSet(ModelBlock):
             collect()
         return [out[pos] for pos in range(len(items))]
 
-    def change(self, sample: Any, p: _Prepared, probs: Sequence[np.ndarray], context: BlockContext) -> SampleChange:
+    def change(self, sample: Sample, spans: Sequence[tuple[int, int]], probs: Sequence[np.ndarray],
+               context: BlockContext) -> SampleChange:
         """A sample's structured labels from its windows' scores; the scores go to the job's record."""
         labels: list[StructuredLabel] = []
         windows: list[dict[str, Any]] = []
-        for (start, end), pr in zip(p.spans, probs, strict=True):
+        for (start, end), pr in zip(spans, probs, strict=True):
             of_interest = pr[self.interest]
             best = int(np.argmax(of_interest))
             label = self.names[best] if of_interest[best] >= self.min_conf else self.other
@@ -349,7 +394,7 @@ class AudioSet(ModelBlock):
             windows.append({"startIndex": start, "endIndex": end, "label": label,
                             "scores": {self.class_names[i]: round(float(of_interest[i]), 4) for i in top}})
         context.records[sample.id] = {"windows": windows}
-        context.count("windows", len(p.spans))
+        context.count("windows", len(spans))
         return SampleChange(
             structured_labels=merge_adjacent(labels) if self.merge else labels,
             metadata=merged_metadata(sample, labeled_by=self.model_id, audioset_labels=self.labels_text),
