@@ -261,6 +261,13 @@ def _errors_json(errors: dict[int, tuple[int, str]]) -> list[dict[str, Any]]:
     return [{"sampleId": k, "step": v[0], "error": v[1]} for k, v in sorted(errors.items())]
 
 
+def _discarded_count(app: AppContext, job_id: int) -> int:
+    """How many of the job's samples were left out (discarded, or deleted or changed before apply)."""
+    with app.store.engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM job_samples WHERE job_id = ? AND status = 'discarded'",
+                                        (job_id,)).scalar_one())
+
+
 def _job_errors(app: AppContext, job_id: int) -> dict[int, tuple[int, str]]:
     from sqlalchemy import and_, select
 
@@ -556,12 +563,10 @@ def proposals_apply(app: AppContext, job_id: int, ids: str | None) -> None:
         set_md = get_action(app.store, row.action).set_metadata
     except NotFound:
         set_md = []
-    from ..runner import job_state
-
     runner = _runner(app)
-    left_before = len(job_state(app.store, job_id).discarded)
+    left_before = _discarded_count(app, job_id)
     n = runner.apply(job_id, ids=parse_ids([ids]) if ids else None, set_metadata=set_md)
-    left = len(job_state(app.store, job_id).discarded) - left_before
+    left = _discarded_count(app, job_id) - left_before
     click.echo(f"Applied job {job_id}'s proposals to {n} sample{'s' if n != 1 else ''}."
                + (f" Left out {left} that changed or were deleted since the job ran (`labelblocks proposals show "
                   f"{job_id}` lists them; preview again for what they need now)." if left else ""))
