@@ -126,6 +126,7 @@ class FakeConstant(Block):
 
     name = "fake-constant"
     parameters = _spec("Fake constant", [{"name": "Label", "type": "string", "param": "label", "value": "same"}])
+    reads_samples = False
     calls = 0
 
     def label(self, batch, args, context):

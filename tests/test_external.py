@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from labelblocks.builtin_blocks import Relabel
-from labelblocks.external import dockerfile_command
+from labelblocks.external_blocks import dockerfile_command
 
 from .conftest import Cli, kill_when, make_image
 

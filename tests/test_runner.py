@@ -333,7 +333,7 @@ def test_results_carry_the_revision_of_the_sample_they_came_from(ds: Cli, projec
     """A block that read its samples: its results carry the revisions read with them, and a
     later run recomputes a sample changed since. One that never looked at them: its results
     hold for any revision of their samples and are reused even after a change."""
-    from labelblocks.runner import ANY_REVISION
+    from labelblocks.store.jobs import ANY_REVISION
 
     con = sqlite3.connect(project / ".labelblocks" / "project.db")
 
@@ -365,16 +365,16 @@ def test_a_failed_write_fails_the_job_and_a_new_run_resumes(ds: Cli, monkeypatch
 
     monkeypatch.setattr(runner, "WRITE_ROWS", 1)
     monkeypatch.setattr(fake_blocks.FakeConstant, "default_batch_size", 2)
-    real = runner.Runner._store_results
+    real = runner.write_results
     writes: list[int] = []
 
-    def failing(self: Any, job_id: int, step: int, pending: Any, secrets: list[str]) -> None:
-        writes.append(pending.rows)
+    def failing(store: Any, job_id: int, step: int, results: Any, secrets: list[str]) -> None:
+        writes.append(results.rows)
         if len(writes) == 2:
             raise OSError("disk full")
-        real(self, job_id, step, pending, secrets)
+        real(store, job_id, step, results, secrets)
 
-    monkeypatch.setattr(runner.Runner, "_store_results", failing)
+    monkeypatch.setattr(runner, "write_results", failing)
     ds("actions", "create", "c", "--step", "fake-constant")
     r = ds("actions", "run", "c", expect=1)
     assert r.stderr.strip() == ("Error: job 1 failed: OSError: disk full "
@@ -384,7 +384,7 @@ def test_a_failed_write_fails_the_job_and_a_new_run_resumes(ds: Cli, monkeypatch
     assert job["status"] == "failed" and "disk full" in job["error"]
     assert {s.get("label") for s in ds.json("samples", "list")} == {None}  # nothing applied
     fake_blocks.FakeConstant.calls = 0
-    monkeypatch.setattr(runner.Runner, "_store_results", real)
+    monkeypatch.setattr(runner, "write_results", real)
     out = ds.json("actions", "run", "c")
     assert out["resumed"] and out["applied"] == 6 and fake_blocks.FakeConstant.calls == 4  # 2 were written
     assert {s["label"] for s in ds.json("samples", "list")} == {"same"}
@@ -426,17 +426,17 @@ _JSON_TEXT = st.builds(lambda v, ascii_only: json.dumps(v, ensure_ascii=ascii_on
 def test_stored_texts_pass_through_json_into_sqlite_exactly(rows: list[tuple[str, str | None, float | None]]) -> None:
     """Cached or external results are stored by one json_each statement: every change and
     record text (JSON texts, any unicode) and every revision comes back as it went in."""
-    from labelblocks.runner import _INSERT_TEXT_ROWS
+    from labelblocks.store.jobs import INSERT_TEXT_ROWS
 
     con = sqlite3.connect(":memory:")
     con.execute("CREATE TABLE proposals (job_id, sample_id, step, change, record, revision)")
-    con.execute(_INSERT_TEXT_ROWS, (7, 2, json.dumps([(i, *r) for i, r in enumerate(rows)])))
+    con.execute(INSERT_TEXT_ROWS, (7, 2, json.dumps([(i, *r) for i, r in enumerate(rows)])))
     back = con.execute("SELECT job_id, step, change, record, revision FROM proposals ORDER BY sample_id").fetchall()
     assert back == [(7, 2, *r) for r in rows]
 
 
 def test_writer_writes_in_order_and_raises_a_failed_write() -> None:
-    from labelblocks.runner import _Writer
+    from labelblocks.store.writer import BackgroundWriter
 
     written: list[int] = []
 
@@ -446,12 +446,12 @@ def test_writer_writes_in_order_and_raises_a_failed_write() -> None:
         time.sleep(0.01)
         written.append(n)
 
-    w = _Writer()
+    w = BackgroundWriter()
     for n in (1, 2):
         w.submit(lambda n=n: write(n))
     w.close()
     assert written == [1, 2]
-    w = _Writer()
+    w = BackgroundWriter()
     for n in (1, 3, 4):  # after the failure, later writes are not attempted
         w.submit(lambda n=n: write(n))
     with pytest.raises(OSError, match="disk full"):
@@ -474,9 +474,9 @@ def test_apply_in_many_chunks_with_a_sample_deleted(ds: Cli, project: Path, monk
     """Chunks are written by the background writer while the next is prepared: every
     chunk's boxes, metadata and status land, and a sample deleted in a middle chunk is
     recorded as discarded without failing its chunk."""
-    from labelblocks import runner
+    from labelblocks import apply
 
-    monkeypatch.setattr(runner, "APPLY_ROWS", 2)
+    monkeypatch.setattr(apply, "APPLY_ROWS", 2)
     ds("actions", "create", "box", "--step", "fake-boxer", "-p", "label=cat", "--set-metadata", "ai-labeled=true")
     job = ds.json("actions", "preview", "box", "--limit", "6")["jobId"]
     ds("samples", "delete", "4")
@@ -530,7 +530,7 @@ def test_v2_jobs_migrate(tmp_path: Path) -> None:
     """A project written before jobs packed their sample ids keeps its jobs' states."""
     from sqlalchemy import create_engine
 
-    from labelblocks.runner import job_state
+    from labelblocks.store.jobs import job_state
     from labelblocks.store import Store
     from labelblocks.store.schema import MIGRATIONS, current_version
 
@@ -612,10 +612,10 @@ def test_steps_after_a_whole_set_block_are_not_cached(cli: Cli, tmp_path: Path) 
 def test_batch_gc_collects_less_often_inside_and_restores_after() -> None:
     import gc
 
-    from labelblocks.runner import GC_YOUNG, _batch_gc
+    from labelblocks.store.writer import GC_YOUNG, batch_tuning
 
     before = gc.get_threshold()
-    with pytest.raises(RuntimeError), _batch_gc():
+    with pytest.raises(RuntimeError), batch_tuning():
         assert gc.get_threshold() == (max(before[0], GC_YOUNG), *before[1:])
         raise RuntimeError("a block failed")
     assert gc.get_threshold() == before
@@ -626,19 +626,19 @@ def test_batch_gc_of_steps_in_several_threads_restores_when_the_last_ends() -> N
     settings stay tuned until the second ends, then are the ones from before either."""
     import gc
 
-    from labelblocks.runner import GC_YOUNG, SWITCH_INTERVAL, _batch_gc
+    from labelblocks.store.writer import GC_YOUNG, SWITCH_INTERVAL, batch_tuning
 
     before, switch = gc.get_threshold(), sys.getswitchinterval()
     tuned = ((max(before[0], GC_YOUNG), *before[1:]), min(switch, SWITCH_INTERVAL))
     second_in, first_out, seen = threading.Event(), threading.Event(), []
 
     def second() -> None:
-        with _batch_gc():
+        with batch_tuning():
             second_in.set()
             first_out.wait(10)
             seen.append((gc.get_threshold(), sys.getswitchinterval()))
 
-    with _batch_gc():
+    with batch_tuning():
         t = threading.Thread(target=second)
         t.start()
         assert second_in.wait(10)

@@ -74,6 +74,20 @@ class SampleFailure:
     record: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class CostEstimate:
+    """What running a block on some samples would cost, before anything is sent: the
+    requests it would make and the tokens they would use (paid blocks)."""
+
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"requests": self.requests, "promptTokens": self.prompt_tokens,
+                "completionTokens": self.completion_tokens}
+
+
 @dataclass
 class BlockContext:
     """What a block may use besides its arguments."""
@@ -99,8 +113,19 @@ class Block:
     parameters: ClassVar[Mapping[str, Any] | str | Path]
     version: ClassVar[str] = "0"
     default_batch_size: ClassVar[int] = 16
-    # True: the block sees the whole selection in one batch (e.g. grouping across samples)
+    # --- abilities, declared (the runner reads these; it never probes a block's methods) ---
+    # True: the block sees the whole selection in one batch (e.g. grouping across samples); its
+    # results depend on the selection, so neither they nor a later step's are reused
     needs_all_samples: ClassVar[bool] = False
+    # False: the block's results never depend on its samples (a constant label), so they are
+    # reused for every revision of a sample; True: reused only while the sample is unchanged
+    # (a block declared True that never looks at its inputs is still recognised at run time)
+    reads_samples: ClassVar[bool] = True
+    # True: :meth:`estimate` tells the requests and tokens a run would cost (paid blocks)
+    can_estimate: ClassVar[bool] = False
+    # how a step of the block runs: "inprocess" (label() in this process) or "external" (a
+    # program or container speaking the protocol, see labelblocks.external_blocks)
+    executor: ClassVar[str] = "inprocess"
 
     @classmethod
     @functools.cache
@@ -134,8 +159,15 @@ class Block:
         raise NotImplementedError
 
     def cache_key(self, args: Mapping[str, Any]) -> str:
-        """What, besides the sample and the parameters, the result depends on."""
+        """What, besides the sample and the parameters, the result depends on (a model's
+        revision, a prompt file's contents): part of the key under which results are reused."""
         return ""
+
+    @classmethod
+    def estimate(cls, samples: Sequence[Sample], args: Mapping[str, Any]) -> CostEstimate:
+        """What labeling ``samples`` would cost; only for blocks that declare
+        ``can_estimate``. Must send nothing."""
+        raise NotImplementedError(f"block {getattr(cls, 'name', cls.__name__)} cannot estimate its cost")
 
     def teardown(self) -> None:
         """Called once after the run."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import InvalidInput
+from .model import MediaFields
 
 IMAGE_EXTS = {
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
@@ -31,17 +32,12 @@ _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 
 
-@dataclass
-class MediaInfo:
+@dataclass(kw_only=True)
+class MediaInfo(MediaFields):
+    """A probed file: its MIME type, extension and media fields."""
+
     media_type: str
     ext: str
-    chart_type: str = "image"
-    width: int | None = None
-    height: int | None = None
-    frequency: float | None = None
-    values_count: int | None = None
-    interval_ms: float | None = None
-    total_length_ms: float | None = None
 
     @property
     def is_audio(self) -> bool:

@@ -7,6 +7,8 @@ snake_case attributes. Validation happens on construction, with "expected X, got
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
 
@@ -18,6 +20,32 @@ from .errors import InvalidInput
 CATEGORIES = ("training", "validation", "testing")
 Category = Literal["training", "validation", "testing"]
 ChartType = Literal["image", "video", "chart", "table"]
+
+
+
+@dataclass(kw_only=True)
+class MediaFields:
+    """What a sample's media is: the chart type, an image's size, an audio clip's rate and
+    length. Probed on upload (:class:`labelblocks.media.MediaInfo`), carried by a new sample
+    (:class:`labelblocks.store.NewSample`), stored per sample and read back into
+    :class:`Sample`, whose fields of these names :data:`MEDIA_FIELDS` lists."""
+
+    chart_type: str = "image"
+    width: int | None = None
+    height: int | None = None
+    frequency: float | None = None
+    values_count: int | None = None
+    interval_ms: float | None = None
+    total_length_ms: float | None = None
+
+    def media(self) -> dict[str, Any]:
+        """The media fields by name."""
+        return {f: getattr(self, f) for f in MEDIA_FIELDS}
+
+
+MEDIA_FIELDS = tuple(f.name for f in fields(MediaFields))
+# the fields of a proposed change, in the protocol's order
+CHANGE_FIELDS = ("label", "is_disabled", "bounding_boxes", "metadata", "structured_labels")
 
 
 class _Model(BaseModel):
@@ -100,10 +128,19 @@ class SampleChange(_Model):
         return None if v is None else _check_metadata(v)
 
     def is_empty(self) -> bool:
-        return all(
-            getattr(self, f) is None
-            for f in ("label", "is_disabled", "bounding_boxes", "metadata", "structured_labels")
-        )
+        return all(getattr(self, f) is None for f in CHANGE_FIELDS)
+
+
+def compose(changes: Sequence[SampleChange]) -> SampleChange:
+    """The net change of chained steps: each later step's fields replace earlier ones (step k
+    saw steps 1..k-1 applied, so its whole-field values already include theirs)."""
+    out = SampleChange()
+    for ch in changes:
+        for f in CHANGE_FIELDS:
+            v = getattr(ch, f)
+            if v is not None:
+                setattr(out, f, v)
+    return out
 
 
 class Sample(_Model):
@@ -137,6 +174,10 @@ class Sample(_Model):
     @property
     def is_audio(self) -> bool:
         return self.frequency is not None
+
+    def media(self) -> dict[str, Any]:
+        """The sample's media fields (:data:`MEDIA_FIELDS`) by name."""
+        return {f: getattr(self, f) for f in MEDIA_FIELDS}
 
     def to_json(self) -> dict[str, Any]:
         d = super().to_json()
@@ -221,3 +262,7 @@ def normalise_structured_labels(
             continue  # wholly covered by the previous range
         out.append(StructuredLabel(start_index=start, end_index=sl.end_index, label=sl.label))
     return out
+
+
+# a sample carries every media field (validated there: chart_type is one of the protocol's types)
+assert set(MEDIA_FIELDS) <= set(Sample.model_fields), "Sample lacks a media field"

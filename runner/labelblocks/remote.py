@@ -20,8 +20,8 @@ import requests
 
 from .blocks import Block, BlockContext, SampleFailure, SampleInput
 from .errors import InvalidInput, LabelblocksError, MissingSecret
+from .executors.inprocess import label_batch
 from .model import CATEGORIES, BoundingBox, Sample, SampleChange, StructuredLabel
-from .runner import label_batch
 from .secrets import redact
 
 

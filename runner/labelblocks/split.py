@@ -102,7 +102,7 @@ def load(store: Store, f: SampleFilter, opts: SplitOptions, conn: Connection | N
     if conn is None:
         with store.engine.connect() as c:
             return load(store, f, opts, c)
-    where = store._where(f)
+    where = store.where(f)
     scanned = _scan(conn, where, func.coalesce(samples.c.label, ""))
     if scanned is None:
         raise InvalidInput("the selection has no samples: nothing to split")
@@ -495,7 +495,7 @@ def leaks(store: Store, f: SampleFilter, keep: Sequence[str]) -> list[Leak]:
     if not keep:
         raise InvalidInput("say which key keeps samples together: --keep-together KEY")
     with store.engine.connect() as conn:
-        scanned = _scan(conn, store._where(f))
+        scanned = _scan(conn, store.where(f))
         if scanned is None:
             return []
         ids, category, _, _ = scanned

@@ -301,18 +301,12 @@ def _new_sample(item: UploadItem, p: _Prepared) -> NewSample:
         content_hash=p.content_hash,
         media_type=info.media_type,
         ext=info.ext,
-        chart_type=info.chart_type,
         label=label,
         bounding_boxes=list(item.bounding_boxes or []),
         structured_labels=list(item.structured_labels or []),
         metadata=dict(item.metadata),
         is_disabled=item.is_disabled,
-        width=info.width,
-        height=info.height,
-        frequency=info.frequency,
-        values_count=info.values_count,
-        interval_ms=info.interval_ms,
-        total_length_ms=info.total_length_ms,
+        **info.media(),
     )
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labelblocks.blocks import Block, BlockContext, SampleFailure, SampleInput, merged_metadata
+from labelblocks.blocks import Block, BlockContext, CostEstimate, SampleFailure, SampleInput, merged_metadata
 from labelblocks.errors import MissingSecret
 from labelblocks.model import BoundingBox, Sample, SampleChange
 
@@ -91,6 +91,7 @@ class Gpt4oBlock(Block):
 
     version = "1"
     default_batch_size = 8
+    can_estimate = True
     prompt_param = "prompt"
 
     @classmethod
@@ -200,7 +201,7 @@ class Gpt4oBlock(Block):
     # -- estimates -----------------------------------------------------------------------------------
 
     @classmethod
-    def estimate(cls, samples: Sequence[Sample], args: Mapping[str, Any]) -> dict[str, int]:
+    def estimate(cls, samples: Sequence[Sample], args: Mapping[str, Any]) -> CostEstimate:
         """Expected requests and tokens for ``samples`` before anything is sent: image tokens
         from each image's size at the chosen detail, text tokens from the prompt's length."""
         detail = str(args.get("image-quality") or "auto")
@@ -210,7 +211,7 @@ class Gpt4oBlock(Block):
             for w, h in cls.request_images(s, args):
                 requests_ += 1
                 prompt += text + image_tokens(w, h, detail)
-        return {"requests": requests_, "prompt_tokens": prompt, "completion_tokens": requests_ * ANSWER_TOKENS}
+        return CostEstimate(requests=requests_, prompt_tokens=prompt, completion_tokens=requests_ * ANSWER_TOKENS)
 
     @classmethod
     def request_images(cls, sample: Sample, args: Mapping[str, Any]) -> list[tuple[int, int]]:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -15,6 +15,9 @@ from ..errors import InvalidInput
 from ..filters import SampleFilter, check_categories, from_shorthand, parse_metadata_json
 from ..project import find_project, open_store
 from ..store import Store
+
+if TYPE_CHECKING:
+    from ..plugins import BlockRegistry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,11 +42,11 @@ class AppContext:
             self._store = open_store(self.project_dir)
         return self._store
 
-    def registry(self, need_project: bool = True) -> Any:
+    def registry(self, need_project: bool = True) -> BlockRegistry:
         """The installed blocks plus the project's external blocks (outside a project, with
         ``need_project=False``: the installed blocks only)."""
         from ..errors import ProjectNotFound
-        from ..external import add_to_registry
+        from ..external_blocks import add_to_registry
         from ..plugins import get_registry
 
         try:
@@ -70,19 +73,50 @@ def is_interactive() -> bool:
     return sys.stderr.isatty()
 
 
+class Progress:
+    """Progress bars on stderr when it is a terminal, silent otherwise (and under --json): one
+    bar per phase, called as ``progress(phase, done, total)`` (the services' ProgressFn)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and is_interactive()
+        self.phase: str | None = None
+        self.bar: Any = None
+        self.done = 0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            self.bar = click.progressbar(length=total, label=phase, file=sys.stderr, show_pos=True, show_eta=True)
+            self.bar.__enter__()
+            self.done = 0
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
 @contextmanager
-def progress(total: int | None, label: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr when it is a terminal; silent otherwise (and under --json)."""
-    if not enabled or not is_interactive():
-        yield _no_progress
-        return
-    bar: Any
-    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True) as bar:
-        yield bar.update
+def progress(total: int, label: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """One bar of ``total`` steps; yields ``update(n)``, which advances it by n."""
+    bar = Progress(enabled)
+    done = 0
 
+    def update(n: int = 1) -> None:
+        nonlocal done
+        done += n
+        bar(label, done, total)
 
-def _no_progress(n: int = 1) -> None:
-    return None
+    bar(label, 0, total)
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def parse_key_values(items: tuple[str, ...] | list[str], what: str) -> dict[str, str]:

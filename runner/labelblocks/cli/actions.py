@@ -1,17 +1,18 @@
-"""``labelblocks actions ...``, ``labelblocks jobs ...`` and ``labelblocks proposals ...``."""
+"""``labelblocks actions ...``: create, list, show, delete, preview and run actions."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import InvalidInput, UsageError
+from ..errors import UsageError
 from ._util import (
     AppContext,
+    Progress,
     build_filter,
     filter_given,
     filter_options,
@@ -20,6 +21,10 @@ from ._util import (
     pass_app,
     print_json,
 )
+from .render import errors_json, print_estimate, print_preview
+
+if TYPE_CHECKING:
+    from ..runner import Runner
 
 
 class _StepCommand(click.Command):
@@ -57,34 +62,7 @@ class _StepCommand(click.Command):
         return super().parse_args(ctx, rest)
 
 
-class _Progress:
-    """One progress bar per phase on a terminal; silent otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.phase: str | None = None
-        self.bar: Any = None
-        self.done = 0
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if phase != self.phase:
-            self.close()
-            self.phase = phase
-            self.bar = click.progressbar(length=total, label=phase, file=sys.stderr, show_pos=True, show_eta=True)
-            self.bar.__enter__()
-            self.done = 0
-        self.bar.update(done - self.done)
-        self.done = done
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
-
-
-def _runner(app: AppContext) -> Any:
+def _runner(app: AppContext) -> Runner:
     from ..runner import Runner
 
     return Runner(app.store, app.registry())
@@ -226,73 +204,6 @@ def actions_delete(app: AppContext, name: str) -> None:
     click.echo(f"Deleted action {name}.")
 
 
-def _print_preview(app: AppContext, runner: Any, job_id: int, limit: int = 50) -> int:
-    """Prints up to ``limit`` samples' proposals and failures; returns how many samples have either."""
-    from ..runner import compose, describe_change, stale_samples
-
-    changes = runner.proposals_for(job_id)
-    errors = _job_errors(app, job_id)
-    ids = sorted(set(changes) | set(errors))
-    samples = {s.id: s for s in app.store.get_samples(ids[:limit], missing_ok=True)} if ids else {}
-    with app.store.engine.connect() as conn:
-        stale = stale_samples(conn, job_id, ids[:limit])
-    for sid in ids[:limit]:
-        s = samples.get(sid)
-        if s is None:
-            click.echo(f"sample {sid}: deleted since the job ran")
-            continue
-        if sid in errors:
-            click.echo(f"sample {sid} {s.filename}: FAILED at step {errors[sid][0]}: {errors[sid][1]}")
-            continue
-        if sid in stale:
-            click.echo(f"sample {sid} {s.filename}: changed since the job ran; applying leaves it as it is "
-                       f"(preview again for what it needs now)")
-            continue
-        lines = describe_change(s, compose(changes[sid]))
-        click.echo(f"sample {sid} {s.filename}: " + ("no change" if not lines else lines[0]))
-        for line in lines[1:]:
-            click.echo(f"    {line}")
-    if len(ids) > limit:
-        click.echo(f"... and {len(ids) - limit} more: `labelblocks proposals show {job_id}`")
-    return len(ids)
-
-
-def _errors_json(errors: dict[int, tuple[int, str]]) -> list[dict[str, Any]]:
-    return [{"sampleId": k, "step": v[0], "error": v[1]} for k, v in sorted(errors.items())]
-
-
-def _discarded_count(app: AppContext, job_id: int) -> int:
-    """How many of the job's samples were left out (discarded, or deleted or changed before apply)."""
-    with app.store.engine.connect() as conn:
-        return int(conn.exec_driver_sql("SELECT count(*) FROM job_samples WHERE job_id = ? AND status = 'discarded'",
-                                        (job_id,)).scalar_one())
-
-
-def _job_errors(app: AppContext, job_id: int) -> dict[int, tuple[int, str]]:
-    from sqlalchemy import and_, select
-
-    from ..store.schema import job_samples
-
-    with app.store.engine.connect() as conn:
-        return {r[0]: (r[1], r[2]) for r in conn.execute(
-            select(job_samples.c.sample_id, job_samples.c.failed_step, job_samples.c.error)
-            .where(and_(job_samples.c.job_id == job_id, job_samples.c.status == "failed")))}
-
-
-def _print_estimate(steps: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        print_json({"steps": steps})
-        return
-    for st in steps:
-        head = f"step {st['step']} ({st['block']}), {st['samples']} samples: "
-        if st.get("estimate", True) is None:
-            click.echo(head + "no paid requests")
-        else:
-            click.echo(head + f"{st['requests']} requests, about {st['promptTokens']} prompt tokens and "
-                              f"{st['completionTokens']} completion tokens")
-    click.echo("Nothing was sent. Answers already in the project's cache will not be paid again.")
-
-
 @actions_group.command("preview")
 @click.argument("name")
 @click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="Preview this many samples.")
@@ -319,25 +230,25 @@ def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_
     action = get_action(app.store, name)
     runner = _runner(app)
     if estimate:
-        _print_estimate(runner.estimate(action, ids=parse_ids([ids]) if ids else None, limit=limit), as_json)
+        print_estimate(runner.estimate(action, ids=parse_ids([ids]) if ids else None, limit=limit), as_json)
         return
-    progress = _Progress(not as_json)
+    progress = Progress(not as_json)
     try:
         summary = runner.preview(action, ids=parse_ids([ids]) if ids else None, limit=limit,
                                  use_cache=not no_cache, max_failures=max_failures, on_progress=progress)
     finally:
         progress.close()
     if as_json:
-        out = summary.to_json()
-        from ..runner import job_proposals
+        from ..store import jobs as job_store
 
-        out["proposals"] = job_proposals(app.store, summary.job_id)
-        out["errors"] = _errors_json(_job_errors(app, summary.job_id))
+        out = summary.to_json()
+        out["proposals"] = job_store.job_proposals(app.store, summary.job_id)
+        out["errors"] = errors_json(job_store.job_errors(app.store, summary.job_id))
         print_json(out)
     else:
         click.echo(f"Preview job {summary.job_id}: {summary.total} samples, {summary.failed} failed, "
                    f"{summary.cached} step results reused from cache.")
-        _print_preview(app, runner, summary.job_id)
+        print_preview(app.store, summary.job_id)
         click.echo(f"Apply with `labelblocks proposals apply {summary.job_id}`.")
     if summary.failed:
         sys.exit(1)
@@ -368,9 +279,9 @@ def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | 
     action = get_action(app.store, name)
     runner = _runner(app)
     if estimate:
-        _print_estimate(runner.estimate(action), as_json)
+        print_estimate(runner.estimate(action), as_json)
         return
-    progress = _Progress(not as_json)
+    progress = Progress(not as_json)
     try:
         summary = runner.run(action, use_cache=not no_cache, max_failures=max_failures, on_progress=progress,
                              resume=not restart)
@@ -392,214 +303,5 @@ def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | 
         sys.exit(1)
 
 
-@click.group("jobs")
-def jobs_group() -> None:
-    """Preview and run jobs."""
-
-
-def _job_row(app: AppContext, job_id: int) -> Any:
-    from sqlalchemy import select
-
-    from ..errors import NotFound
-    from ..store.schema import jobs
-
-    with app.store.engine.connect() as conn:
-        row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
-    if row is None:
-        raise NotFound(f"no job {job_id}: see `labelblocks jobs list`")
-    return row
-
-
-def _job_json(app: AppContext, row: Any) -> dict[str, Any]:
-    from ..runner import job_state
-
-    state = job_state(app.store, row.id)
-    return {"id": row.id, "action": row.action, "kind": row.kind, "status": row.status,
-            "samples": len(state.ids), "counts": state.counts(), "usage": json.loads(row.usage or "{}"),
-            "error": row.error, "definition": json.loads(row.definition), "created": row.created_at,
-            "updated": row.updated_at}
-
-
-@jobs_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-@pass_app
-def jobs_list(app: AppContext, as_json: bool) -> None:
-    """List jobs, newest first.
-
-    \b
-    Example:
-      labelblocks jobs list
-    """
-    from sqlalchemy import select
-
-    from ..store.schema import jobs
-
-    with app.store.engine.connect() as conn:
-        rows = conn.execute(select(jobs).order_by(jobs.c.id.desc())).all()
-    data = [_job_json(app, r) for r in rows]
-    if as_json:
-        print_json(data)
-        return
-    if not data:
-        click.echo("No jobs yet.")
-    for j in data:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(j["counts"].items()))
-        click.echo(f"{j['id']:>5}  {j['kind']:<8} {j['status']:<12} {j['action']:<20} {counts}")
-
-
-@jobs_group.command("show")
-@click.argument("job_id", type=int)
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-@pass_app
-def jobs_show(app: AppContext, job_id: int, as_json: bool) -> None:
-    """Show a job: status, steps and parameters, per-sample counts, usage and failures.
-
-    \b
-    Example:
-      labelblocks jobs show 3
-    """
-    j = _job_json(app, _job_row(app, job_id))
-    errors = _job_errors(app, job_id)
-    if as_json:
-        j["failures"] = _errors_json(errors)
-        print_json(j)
-        return
-    click.echo(f"job {j['id']}: {j['kind']} of action {j['action']} — {j['status']}")
-    for s in j["definition"].get("steps", []):
-        click.echo(f"  step {s['step']}: {s['block']} {s['version']} {json.dumps(s['parameters'])}")
-    click.echo("  samples: " + ", ".join(f"{n} {s}" for s, n in sorted(j["counts"].items())))
-    if j["usage"]:
-        click.echo("  usage: " + ", ".join(f"{k}={v:g}" for k, v in sorted(j["usage"].items())))
-    if j["error"]:
-        click.echo(f"  error: {j['error']}")
-    from ..external import job_log_path
-
-    if job_log_path(app.store, job_id).exists():
-        click.echo(f"  log: `labelblocks jobs log {job_id}`")
-    for sid, (step, err) in sorted(errors.items())[:50]:
-        click.echo(f"  sample {sid} failed at step {step}: {err}")
-
-
-@jobs_group.command("log")
-@click.argument("job_id", type=int)
-@click.option("--tail", "tail", type=click.IntRange(min=1), default=None, help="Only the last N lines.")
-@pass_app
-def jobs_log(app: AppContext, job_id: int, tail: int | None) -> None:
-    """Print what a job's external blocks wrote (their output, secrets redacted).
-
-    \b
-    Example:
-      labelblocks jobs log 3 --tail 50
-    """
-    from ..external import job_log_path
-
-    _job_row(app, job_id)
-    path = job_log_path(app.store, job_id)
-    if not path.exists():
-        click.echo(f"Job {job_id} has no log: only external blocks write one.", err=True)
-        return
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    for line in lines[-tail:] if tail else lines:
-        click.echo(line)
-
-
-@click.group("proposals")
-def proposals_group() -> None:
-    """Review, apply or discard the proposed changes of a preview job."""
-
-
-@proposals_group.command("show")
-@click.argument("job_id", type=int)
-@click.option("--json", "as_json", is_flag=True, help="Print as the protocol's {proposedChanges: [...]} JSON.")
-@pass_app
-def proposals_show(app: AppContext, job_id: int, as_json: bool) -> None:
-    """Show what a job's proposals would change, per sample.
-
-    \b
-    Example:
-      labelblocks proposals show 3
-    """
-    row = _job_row(app, job_id)
-    runner = _runner(app)
-    if as_json:
-        from ..runner import job_proposals
-
-        print_json({"proposedChanges": job_proposals(app.store, job_id)})
-        return
-    if _print_preview(app, runner, job_id, limit=1000) == 0:
-        click.echo(_why_no_proposals(row))
-
-
-def _why_no_proposals(row: Any) -> str:
-    job = f"Job {row.id} ({row.kind} of action {row.action})"
-    if row.status == "discarded":
-        return f"{job}: its proposals were discarded."
-    if row.status == "failed":
-        return f"{job} failed before it proposed anything: {row.error} (see `labelblocks jobs show {row.id}`)."
-    if row.status in ("running", "interrupted"):
-        return f"{job} has no proposals yet: it is {row.status}."
-    return f"{job} proposed no changes."
-
-
-@proposals_group.command("apply")
-@click.argument("job_id", type=int)
-@click.option("--ids", help="Apply only these sample ids (e.g. 1,2,10-20).")
-@pass_app
-def proposals_apply(app: AppContext, job_id: int, ids: str | None) -> None:
-    """Apply a preview job's proposals (all, or --ids), each sample atomically.
-
-    \b
-    Examples:
-      labelblocks proposals apply 3
-      labelblocks proposals apply 3 --ids 12,14
-    """
-    from ..actions import get_action
-    from ..errors import NotFound
-
-    row = _job_row(app, job_id)
-    if row.status == "discarded":
-        raise InvalidInput(f"job {job_id}'s proposals were discarded")
-    try:
-        set_md = get_action(app.store, row.action).set_metadata
-    except NotFound:
-        set_md = []
-    runner = _runner(app)
-    left_before = _discarded_count(app, job_id)
-    n = runner.apply(job_id, ids=parse_ids([ids]) if ids else None, set_metadata=set_md)
-    left = _discarded_count(app, job_id) - left_before
-    click.echo(f"Applied job {job_id}'s proposals to {n} sample{'s' if n != 1 else ''}."
-               + (f" Left out {left} that changed or were deleted since the job ran (`labelblocks proposals show "
-                  f"{job_id}` lists them; preview again for what they need now)." if left else ""))
-
-
-@proposals_group.command("discard")
-@click.argument("job_id", type=int)
-@pass_app
-def proposals_discard(app: AppContext, job_id: int) -> None:
-    """Discard a job's proposals without applying them.
-
-    \b
-    Example:
-      labelblocks proposals discard 3
-    """
-    import time
-
-    from sqlalchemy import delete, insert, update
-
-    from ..runner import job_state
-    from ..store.schema import job_samples, jobs, proposals
-
-    _job_row(app, job_id)
-    pending = job_state(app.store, job_id).pending()
-    with app.store.transaction() as conn:
-        n = conn.execute(delete(proposals).where(proposals.c.job_id == job_id)).rowcount
-        if pending:
-            conn.execute(insert(job_samples), [{"job_id": job_id, "sample_id": sid, "status": "discarded"}
-                                               for sid in pending])
-        conn.execute(update(jobs).where(jobs.c.id == job_id).values(status="discarded", updated_at=time.time()))
-    click.echo(f"Discarded {n} proposal{'s' if n != 1 else ''} of job {job_id}.")
-
-
 def register(group: click.Group) -> None:
-    for c in (actions_group, jobs_group, proposals_group):
-        group.add_command(c)
+    group.add_command(actions_group)

@@ -73,7 +73,7 @@ def blocks_info(app: AppContext, name: str, as_json: bool) -> None:
     Example:
       labelblocks blocks info near-duplicates
     """
-    from ..external import ExternalBlock
+    from ..external_blocks import ExternalBlock
 
     b = app.registry(need_project=False).get(name)
     spec = b.cls.spec()
@@ -133,7 +133,7 @@ def blocks_add(app: AppContext, path: Path | None, command: str | None, image: s
       labelblocks blocks add --image ghcr.io/me/block:1 --parameters parameters.json --timeout 3600
       labelblocks blocks add --image labelblocks --command "blocks run owlvit" --parameters owlvit.json --name owlvit-docker
     """
-    from ..external import add_block
+    from ..external_blocks import add_block
 
     block = add_block(app.store, app.registry(), path=path, command=command, image=image, parameters=parameters,
                       name=name, timeout=timeout, replace=replace)
@@ -151,7 +151,7 @@ def blocks_remove(app: AppContext, name: str) -> None:
     Example:
       labelblocks blocks remove my-block
     """
-    from ..external import remove_block
+    from ..external_blocks import remove_block
 
     remove_block(app.store, name)
     click.echo(f"Removed block {name}")

@@ -32,8 +32,8 @@ def serve_cmd(app: AppContext, host: str, port: int, max_upload_mb: int, max_fil
       labelblocks serve --port 4800
       curl -H "x-api-key: $KEY" "http://127.0.0.1:4800/v1/api/1/raw-data?limit=5"
     """
+    from ..api import MB
     from ..server import Limits
-    from ..server.app import MB
 
     limits = Limits(upload_bytes=max_upload_mb * MB, file_bytes=max_file_mb * MB)
     project_dir = app.project_dir

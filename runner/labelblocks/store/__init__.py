@@ -39,7 +39,9 @@ from ..errors import InvalidInput, NotFound
 from ..filters import SampleFilter
 from ..model import (
     CATEGORIES,
+    MEDIA_FIELDS,
     BoundingBox,
+    MediaFields,
     Sample,
     SampleChange,
     StructuredLabel,
@@ -52,8 +54,8 @@ DB_NAME = "project.db"
 BLOB_DIR = "blobs"
 
 
-@dataclass
-class NewSample:
+@dataclass(kw_only=True)
+class NewSample(MediaFields):
     """A sample about to be inserted (its blob already written)."""
 
     filename: str
@@ -61,18 +63,11 @@ class NewSample:
     content_hash: str
     media_type: str
     ext: str
-    chart_type: str = "image"
     label: str | None = None
     bounding_boxes: list[BoundingBox] = field(default_factory=list)
     structured_labels: list[StructuredLabel] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     is_disabled: bool = False
-    width: int | None = None
-    height: int | None = None
-    frequency: float | None = None
-    values_count: int | None = None
-    interval_ms: float | None = None
-    total_length_ms: float | None = None
 
 
 def _dump_boxes(boxes: Sequence[BoundingBox]) -> str:
@@ -208,15 +203,9 @@ class Store:
                     "bounding_boxes": _dump_boxes(s.bounding_boxes),
                     "structured_labels": _dump_structured(s.structured_labels),
                     "is_disabled": s.is_disabled,
-                    "chart_type": s.chart_type,
                     "media_type": s.media_type,
                     "ext": s.ext,
-                    "width": s.width,
-                    "height": s.height,
-                    "frequency": s.frequency,
-                    "values_count": s.values_count,
-                    "interval_ms": s.interval_ms,
-                    "total_length_ms": s.total_length_ms,
+                    **s.media(),
                     "content_hash": s.content_hash,
                     "created_at": now,
                     "updated_at": now,
@@ -461,6 +450,12 @@ class Store:
             out.update((sid, rev) for sid, rev in conn.execute(select(samples.c.id, samples.c.updated_at).where(samples.c.id.in_(chunk))))
         return out
 
+    def samples_and_revisions(self, ids: Sequence[int]) -> tuple[list[Sample], dict[int, float]]:
+        """The samples that exist among ``ids`` (in order) and their revisions, read in one
+        transaction, so each revision is that of the sample returned."""
+        with self.engine.connect() as conn, conn.begin():
+            return self.get_samples(ids, conn, missing_ok=True), self.revisions(ids, conn)
+
     def set_categories(self, assignments: dict[int, str], conn: Connection | None = None) -> int:
         if conn is None:
             with self.transaction() as c:
@@ -477,7 +472,8 @@ class Store:
 
     # --- reading samples -------------------------------------------------------------------
 
-    def _where(self, f: SampleFilter, counting: bool = False) -> ColumnElement[bool]:
+    def where(self, f: SampleFilter, counting: bool = False) -> ColumnElement[bool]:
+        """The filter as a condition on the samples table (for statements in ``store/``)."""
         return and_(true(), *self._conditions(f, counting))
 
     def _conditions(self, f: SampleFilter, counting: bool = False) -> list[ColumnElement[bool]]:
@@ -537,7 +533,7 @@ class Store:
     def scan(self, f: SampleFilter, *columns: str) -> list[tuple[Any, ...]]:
         """Raw rows (id, *columns) of the samples matching ``f``, by id: for bulk work over
         hundreds of thousands of samples, without building a Sample per row."""
-        q = select(samples.c.id, *(samples.c[c] for c in columns)).where(self._where(f)).order_by(samples.c.id)
+        q = select(samples.c.id, *(samples.c[c] for c in columns)).where(self.where(f)).order_by(samples.c.id)
         with self._read() as conn:
             return list(conn.execute(q).cursor.fetchall())
 
@@ -550,7 +546,7 @@ class Store:
     def select_ids(self, f: SampleFilter, limit: int | None = None, offset: int = 0) -> list[int]:
         """The ids of the samples matching ``f``, in order; read as one text (group_concat),
         which costs a fraction of one Python row per sample."""
-        q = select(samples.c.id).where(self._where(f)).order_by(samples.c.id)
+        q = select(samples.c.id).where(self.where(f)).order_by(samples.c.id)
         if limit is not None:
             q = q.limit(limit)
         if offset:
@@ -571,7 +567,7 @@ class Store:
         self, f: SampleFilter | None = None, limit: int | None = 50, offset: int = 0, descending: bool = False
     ) -> list[Sample]:
         f = f or SampleFilter()
-        q = select(samples).where(self._where(f)).order_by(samples.c.id.desc() if descending else samples.c.id)
+        q = select(samples).where(self.where(f)).order_by(samples.c.id.desc() if descending else samples.c.id)
         if limit is not None:
             q = q.limit(limit)
         if offset:
@@ -668,13 +664,7 @@ def _row_to_sample(r: Row[Any], md: dict[str, str]) -> Sample:
         ],
         metadata=md,
         is_disabled=bool(r.is_disabled),
-        chart_type=r.chart_type,
-        width=r.width,
-        height=r.height,
-        frequency=r.frequency,
-        values_count=r.values_count,
-        interval_ms=r.interval_ms,
-        total_length_ms=r.total_length_ms,
+        **{f: getattr(r, f) for f in MEDIA_FIELDS},
         content_hash=r.content_hash,
         media_type=r.media_type,
         created=_ts(r.created_at),

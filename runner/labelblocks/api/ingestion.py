@@ -13,17 +13,24 @@ import secrets
 import time
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from ..uploads import INFER, UPLOAD_CATEGORIES, Outcome, UploadItem, upload
+from .state import ApiError, Auth, BodyTooLarge, ServerState, State
 
-if TYPE_CHECKING:
-    from .app import ServerState
+router = APIRouter(tags=["ingestion"])
+
+
+@router.post("/api/{category}/files")
+async def ingest(category: str, request: Request, state: State, a: Auth) -> JSONResponse:
+    if a.scope is not None:
+        raise ApiError(403, "a job's key cannot upload samples: an action's results are proposals, applied after review")
+    return await ingest_request(state, category, request)
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -43,8 +50,6 @@ def _date_id(name: str) -> str:
 
 
 async def ingest_request(state: ServerState, category: str, request: Request) -> JSONResponse:
-    from .app import ApiError, BodyTooLarge
-
     if category not in UPLOAD_CATEGORIES:
         raise ApiError(404, f"unknown category {category!r}: expected one of {', '.join(UPLOAD_CATEGORIES)}")
     label: Any = INFER

@@ -1,0 +1,96 @@
+"""``labelblocks proposals ...``: show, apply or discard a job's proposed changes."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import InvalidInput, NotFound
+from ..store import jobs as job_store
+from ..store.jobs import JobRecord
+from ._util import AppContext, parse_ids, pass_app, print_json
+from .jobs import get_job
+from .render import print_preview
+
+
+@click.group("proposals")
+def proposals_group() -> None:
+    """Review, apply or discard the proposed changes of a preview job."""
+
+
+@proposals_group.command("show")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print as the protocol's {proposedChanges: [...]} JSON.")
+@pass_app
+def proposals_show(app: AppContext, job_id: int, as_json: bool) -> None:
+    """Show what a job's proposals would change, per sample.
+
+    \b
+    Example:
+      labelblocks proposals show 3
+    """
+    row = get_job(app.store, job_id)
+    if as_json:
+        print_json({"proposedChanges": job_store.job_proposals(app.store, job_id)})
+        return
+    if print_preview(app.store, job_id, limit=1000) == 0:
+        click.echo(_why_no_proposals(row))
+
+
+def _why_no_proposals(row: JobRecord) -> str:
+    job = f"Job {row.id} ({row.kind} of action {row.action})"
+    if row.status == "discarded":
+        return f"{job}: its proposals were discarded."
+    if row.status == "failed":
+        return f"{job} failed before it proposed anything: {row.error} (see `labelblocks jobs show {row.id}`)."
+    if row.status in ("running", "interrupted"):
+        return f"{job} has no proposals yet: it is {row.status}."
+    return f"{job} proposed no changes."
+
+
+@proposals_group.command("apply")
+@click.argument("job_id", type=int)
+@click.option("--ids", help="Apply only these sample ids (e.g. 1,2,10-20).")
+@pass_app
+def proposals_apply(app: AppContext, job_id: int, ids: str | None) -> None:
+    """Apply a preview job's proposals (all, or --ids), each sample atomically.
+
+    \b
+    Examples:
+      labelblocks proposals apply 3
+      labelblocks proposals apply 3 --ids 12,14
+    """
+    from ..actions import get_action
+    from ..apply import apply_job
+
+    row = get_job(app.store, job_id)
+    if row.status == "discarded":
+        raise InvalidInput(f"job {job_id}'s proposals were discarded")
+    try:
+        set_md = get_action(app.store, row.action).set_metadata
+    except NotFound:
+        set_md = []
+    left_before = job_store.discarded_count(app.store, job_id)
+    n = apply_job(app.store, job_id, ids=parse_ids([ids]) if ids else None, set_metadata=set_md)
+    left = job_store.discarded_count(app.store, job_id) - left_before
+    click.echo(f"Applied job {job_id}'s proposals to {n} sample{'s' if n != 1 else ''}."
+               + (f" Left out {left} that changed or were deleted since the job ran (`labelblocks proposals show "
+                  f"{job_id}` lists them; preview again for what they need now)." if left else ""))
+
+
+@proposals_group.command("discard")
+@click.argument("job_id", type=int)
+@pass_app
+def proposals_discard(app: AppContext, job_id: int) -> None:
+    """Discard a job's proposals without applying them.
+
+    \b
+    Example:
+      labelblocks proposals discard 3
+    """
+    get_job(app.store, job_id)
+    n = job_store.discard_job(app.store, job_id)
+    click.echo(f"Discarded {n} proposal{'s' if n != 1 else ''} of job {job_id}.")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(proposals_group)

@@ -1,0 +1,28 @@
+"""How a step runs: the runner picks one executor per step through one interface
+(:class:`.base.StepExecutor`), by what the step's block declares (``Block.executor``).
+
+- :mod:`.inprocess`: a Python block's batches, in this process;
+- :mod:`.external`: a program or container speaking the protocol, given a job-scoped
+  :mod:`labelblocks.api` app on loopback.
+"""
+
+from __future__ import annotations
+
+from ..store import Store
+from .base import StepExecutor, StepPlan, StepResults, pid_alive
+from .inprocess import InProcessExecutor
+
+__all__ = ["StepExecutor", "StepPlan", "StepResults", "make_executor", "pid_alive"]
+
+
+def make_executor(store: Store, job_id: int, plan: StepPlan, preview: bool, secrets: list[str]) -> StepExecutor:
+    """The executor of ``plan``'s step in job ``job_id``. ``secrets``: every secret value of
+    the job, redacted from whatever the step writes."""
+    kind = plan.block.cls.executor
+    if kind == "external":
+        from .external import ExternalExecutor  # the API server (FastAPI) loads only for external steps
+
+        return ExternalExecutor(store, job_id, plan, secrets)
+    if kind == "inprocess":
+        return InProcessExecutor(store, job_id, plan, preview, secrets)
+    raise ValueError(f"block {plan.block.name} declares an unknown executor {kind!r}: expected inprocess or external")

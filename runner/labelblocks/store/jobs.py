@@ -1,0 +1,412 @@
+"""Jobs: every statement on the jobs, job_samples, job_applied, job_steps and proposals tables.
+
+A job is a preview or a run of an action over a fixed list of samples. Per sample it records
+whether it was applied (``job_applied``, packed id lists), failed or discarded
+(``job_samples``); per step its cache key (``job_steps``); per sample and step the proposed
+change (``proposals``), with the revision of the sample it was computed from, so that a later
+job of the same steps may reuse it and apply can tell a sample that changed since.
+
+Dialect-specific statements (``json_each``, ``->>``, ``INSERT OR REPLACE``) live here only,
+each behind one function.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy import Connection, and_, delete, insert, select, update
+
+from ..model import Sample, SampleChange, compose
+from . import PreparedChanges, Store
+from .schema import job_applied, job_samples, job_steps, jobs, pack_ids, proposals, unpack_ids
+
+# (sample id, change, record JSON, revision) rows, serialised in one call for SQLite's json_each
+# (a float goes through JSON exactly: tests/test_runner.py checks the round trip)
+# (a revision of None: ANY_REVISION)
+ROWS = TypeAdapter(list[tuple[int, SampleChange, str | None, float | None]])
+_INSERT_ROWS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
+                "SELECT ?, value->>0, ?, value->1, value->>2, coalesce(value->>3, ?) FROM json_each(?)")
+# the revision of a result that holds for every revision of its sample: the block never looked at
+# the sample (sample revisions are timestamps, never negative)
+ANY_REVISION = -1.0
+STALE_ERROR = ("the sample changed since job {job} proposed this change, which would overwrite that: "
+               "left as it is (preview again to see the change for the sample as it is now)")
+INSERT_TEXT_ROWS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
+                     "SELECT ?, value->>0, ?, value->>1, value->>2, value->>3 FROM json_each(?)")  # texts as strings
+_INSERT_TEXTS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
+                 "VALUES (?, ?, ?, ?, ?, ?)")
+_INSERT_FAILED = ("INSERT OR REPLACE INTO job_samples (job_id, sample_id, status, failed_step, error) "
+                  "VALUES (?, ?, 'failed', ?, ?)")
+_INSERT_DISCARDED = ("INSERT OR REPLACE INTO job_samples (job_id, sample_id, status, failed_step, error) "
+                     "VALUES (?, ?, 'discarded', NULL, ?)")
+_COUNT_ALIVE = "SELECT count(*) FROM samples WHERE id IN (SELECT value FROM json_each(?))"
+
+# the job's samples in an id range that changed since its steps computed their proposals from
+# them (a proposal without a revision, or one that holds for any, is never stale); a range scan
+# of the job's proposals costs a third of looking up a list of ids
+_STALE = ("SELECT DISTINCT p.sample_id FROM proposals AS p JOIN samples AS s ON s.id = p.sample_id "
+          "WHERE p.job_id = ? AND p.sample_id BETWEEN ? AND ? "
+          "AND p.revision IS NOT NULL AND p.revision != ? AND p.revision != s.updated_at")
+
+# a pending result of a step: (sample id, change JSON, record JSON, revision)
+TextRow = tuple[int, str, str | None, float | None]
+
+
+# --- jobs -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as stored: what ran (``definition``: the action with its steps resolved), its
+    status, its usage counters and its error."""
+
+    id: int
+    action: str
+    kind: str  # preview | run
+    status: str  # running | interrupted | failed | completed | discarded
+    error: str | None
+    definition: dict[str, Any]
+    usage: dict[str, float]
+    pid: int | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def step_count(self) -> int:
+        return len(self.definition.get("steps", []))
+
+
+def _record(row: Any) -> JobRecord:
+    return JobRecord(id=row.id, action=row.action, kind=row.kind, status=row.status, error=row.error,
+                     definition=json.loads(row.definition), usage=json.loads(row.usage or "{}"), pid=row.pid,
+                     created_at=row.created_at, updated_at=row.updated_at)
+
+
+_JOB_COLUMNS = (jobs.c.id, jobs.c.action, jobs.c.kind, jobs.c.status, jobs.c.error, jobs.c.definition, jobs.c.usage,
+                jobs.c.pid, jobs.c.created_at, jobs.c.updated_at)
+
+
+def get_job(store: Store, job_id: int) -> JobRecord | None:
+    """The job ``job_id``, or None when there is none."""
+    with store.engine.connect() as conn:
+        row = conn.execute(select(*_JOB_COLUMNS).where(jobs.c.id == job_id)).first()
+    return None if row is None else _record(row)
+
+
+def list_jobs(store: Store) -> list[JobRecord]:
+    """Every job, newest first."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(*_JOB_COLUMNS).order_by(jobs.c.id.desc())).all()
+    return [_record(r) for r in rows]
+
+
+def create_job(store: Store, action: str, kind: str, definition: Mapping[str, Any], definition_hash: str,
+               ids: Sequence[int]) -> int:
+    """A new running job of ``action`` over the samples ``ids``; returns its id."""
+    now = time.time()
+    with store.transaction() as conn:
+        job_id = conn.execute(
+            insert(jobs).values(action=action, kind=kind, status="running", definition=json.dumps(definition),
+                                definition_hash=definition_hash, pid=os.getpid(), usage="{}",
+                                created_at=now, updated_at=now, sample_ids=pack_ids(sorted(ids)))
+            .returning(jobs.c.id)
+        ).scalar_one()
+    return int(job_id)
+
+
+def unfinished_run(store: Store, action: str, definition_hash: str) -> JobRecord | None:
+    """The newest run of ``action`` with this definition that did not complete, if any."""
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            select(*_JOB_COLUMNS)
+            .where(and_(jobs.c.action == action, jobs.c.kind == "run", jobs.c.definition_hash == definition_hash,
+                        jobs.c.status.in_(["running", "interrupted", "failed"])))
+            .order_by(jobs.c.id.desc())
+        ).first()
+    return None if row is None else _record(row)
+
+
+def set_job_status(store: Store, job_id: int, status: str, error: str | None = None) -> None:
+    with store.transaction() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job_id)
+                     .values(status=status, error=error, updated_at=time.time(), pid=os.getpid()))
+
+
+def add_job_usage(store: Store, job_id: int, usage: Mapping[str, float]) -> None:
+    """Add ``usage`` (requests, tokens, ...) to the job's counters."""
+    if not usage:
+        return
+    with store.transaction() as conn:
+        cur = json.loads(conn.execute(select(jobs.c.usage).where(jobs.c.id == job_id)).scalar_one() or "{}")
+        for k, v in usage.items():
+            cur[k] = cur.get(k, 0) + v
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(usage=json.dumps(cur), updated_at=time.time()))
+
+
+def job_usage(store: Store, job_id: int) -> dict[str, float]:
+    with store.engine.connect() as conn:
+        return dict(json.loads(conn.execute(select(jobs.c.usage).where(jobs.c.id == job_id)).scalar_one() or "{}"))
+
+
+# --- the job's samples --------------------------------------------------------------------------
+
+
+@dataclass
+class JobState:
+    """Where each of a job's samples stands: pending until applied, failed or discarded."""
+
+    ids: list[int]
+    applied: set[int]
+    failed: set[int]
+    discarded: set[int]
+
+    def pending(self) -> list[int]:
+        done = self.applied | self.failed | self.discarded
+        return [i for i in self.ids if i not in done] if done else list(self.ids)
+
+    def counts(self) -> dict[str, int]:
+        c = {"pending": len(self.ids) - len(self.applied) - len(self.failed) - len(self.discarded),
+             "applied": len(self.applied), "failed": len(self.failed), "discarded": len(self.discarded)}
+        return {k: v for k, v in c.items() if v}
+
+
+def job_state(store: Store, job_id: int) -> JobState:
+    with store.engine.connect() as conn:
+        packed = conn.execute(select(jobs.c.sample_ids).where(jobs.c.id == job_id)).scalar_one_or_none()
+        applied: set[int] = set()
+        for (blob,) in conn.execute(select(job_applied.c.sample_ids).where(job_applied.c.job_id == job_id)):
+            applied.update(unpack_ids(blob))
+        failed: set[int] = set()
+        discarded: set[int] = set()
+        for sid, status in conn.execute(select(job_samples.c.sample_id, job_samples.c.status)
+                                        .where(job_samples.c.job_id == job_id)):
+            (failed if status == "failed" else discarded).add(sid)
+    return JobState(unpack_ids(packed), applied, failed, discarded)
+
+
+def job_errors(store: Store, job_id: int) -> dict[int, tuple[int, str]]:
+    """The job's failed samples: {sample id: (step, error)}."""
+    with store.engine.connect() as conn:
+        return {r[0]: (r[1], r[2]) for r in conn.execute(
+            select(job_samples.c.sample_id, job_samples.c.failed_step, job_samples.c.error)
+            .where(and_(job_samples.c.job_id == job_id, job_samples.c.status == "failed")))}
+
+
+def discarded_count(store: Store, job_id: int) -> int:
+    """How many of the job's samples were left out (discarded, or deleted or changed before apply)."""
+    with store.engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM job_samples WHERE job_id = ? AND status = 'discarded'",
+                                        (job_id,)).scalar_one())
+
+
+def discard_job(store: Store, job_id: int) -> int:
+    """Discard the job's proposals and its pending samples; returns how many proposals were dropped."""
+    pending = job_state(store, job_id).pending()
+    with store.transaction() as conn:
+        n = conn.execute(delete(proposals).where(proposals.c.job_id == job_id)).rowcount
+        if pending:
+            conn.execute(insert(job_samples), [{"job_id": job_id, "sample_id": sid, "status": "discarded"}
+                                               for sid in pending])
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(status="discarded", updated_at=time.time()))
+    return int(n)
+
+
+# --- steps and their results --------------------------------------------------------------------
+
+
+def record_step(store: Store, job_id: int, step: int, cache_key: str) -> None:
+    """Remember step ``step``'s cache key: its results are reusable by later jobs of that key."""
+    with store.transaction() as conn:
+        conn.execute(job_steps.insert().prefix_with("OR REPLACE").values(job_id=job_id, step=step,
+                                                                         cache_key=cache_key))
+
+
+def proposed_ids(store: Store, job_id: int, step: int) -> set[int]:
+    """The samples with a proposal of ``step`` in the job."""
+    with store.engine.connect() as conn:
+        return {r[0] for r in conn.execute(select(proposals.c.sample_id)
+                                           .where(and_(proposals.c.job_id == job_id, proposals.c.step == step)))}
+
+
+def cached_results(store: Store, key: str, revs: Mapping[int, float]) -> dict[int, tuple[str, str | None]]:
+    """Changes that earlier jobs' steps of cache key ``key`` computed from these revisions
+    of these samples: {sample id: (change, record)}."""
+    out: dict[int, tuple[str, str | None]] = {}
+    if not revs:
+        return out
+    with store.engine.connect() as conn:
+        steps = conn.execute(select(job_steps.c.job_id, job_steps.c.step).where(job_steps.c.cache_key == key)).all()
+        lo, hi = min(revs), max(revs)
+        for job_id, step in steps:  # each a range of the proposals' primary key
+            cond = [proposals.c.job_id == job_id, proposals.c.step == step, proposals.c.revision.is_not(None)]
+            cols = (proposals.c.sample_id, proposals.c.revision, proposals.c.change, proposals.c.record)
+            if hi - lo < 4 * len(revs):
+                chunks: list[Any] = [proposals.c.sample_id.between(lo, hi)]
+            else:
+                ids = sorted(revs)
+                chunks = [proposals.c.sample_id.in_(ids[i : i + 500]) for i in range(0, len(ids), 500)]
+            for chunk in chunks:
+                for sid, rev, change, record in conn.execute(select(*cols).where(and_(*cond, chunk))):
+                    if sid in revs and (rev == ANY_REVISION or revs[sid] == rev):
+                        out[sid] = (change, record)
+    return out
+
+
+def write_step_results(store: Store, job_id: int, step: int, computed: Sequence[str], texts: Sequence[TextRow],
+                       failed: Sequence[tuple[int, str]]) -> None:
+    """Write a step's results in one transaction: ``computed``, JSON arrays of :data:`ROWS`
+    without their brackets (written by one statement over their JSON), change ``texts``,
+    and ``failed`` samples with their errors."""
+    with store.transaction() as conn:
+        if computed:
+            conn.exec_driver_sql(_INSERT_ROWS, (job_id, step, ANY_REVISION, "[" + ",".join(computed) + "]"))
+        if texts:  # one statement too: no row-by-row round trips through the GIL
+            conn.exec_driver_sql(INSERT_TEXT_ROWS, (job_id, step, json.dumps(list(texts))))
+        if failed:
+            conn.exec_driver_sql(_INSERT_FAILED, [(job_id, sid, step, error) for sid, error in failed])
+
+
+def stage_proposal(store: Store, job_id: int, sample_id: int, step: int, change: SampleChange,
+                   merge: bool = False, revision: float | None = None) -> None:
+    """Store ``change`` as the job's proposal for the sample at ``step`` (replacing it; with
+    ``merge``, only the fields ``change`` sets replace those of the stored proposal).
+    ``revision``: the sample's revision the change was computed from, when it may be reused."""
+    with store.transaction() as conn:
+        if merge:
+            row = conn.execute(select(proposals.c.change).where(and_(
+                proposals.c.job_id == job_id, proposals.c.sample_id == sample_id, proposals.c.step == step))).first()
+            if row is not None:
+                change = compose([load_change(row[0]), change])
+        conn.exec_driver_sql(_INSERT_TEXTS, (job_id, sample_id, step, change_json(change), None, revision))
+
+
+# --- reading proposals ----------------------------------------------------------------------------
+
+
+def change_json(ch: SampleChange) -> str:
+    """A change as stored: its protocol JSON without unset fields."""
+    return ch.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def load_change(text: str) -> SampleChange:
+    return SampleChange.model_validate_json(text)
+
+
+def proposal_texts(store: Store, job_id: int, ids: Sequence[int] | None = None,
+                   max_step: int | None = None) -> dict[int, list[str]]:
+    """The stored change texts of ``ids`` (all when None), per sample in step order; read
+    as one range scan over the job's proposals."""
+    sql = "SELECT sample_id, change FROM proposals WHERE job_id = ?"
+    params: list[Any] = [job_id]
+    if max_step is not None:
+        sql += " AND step <= ?"
+        params.append(max_step)
+    if ids is not None:
+        if not ids:
+            return {}
+        sql += " AND sample_id BETWEEN ? AND ?"
+        params += [min(ids), max(ids)]
+    wanted = set(ids) if ids is not None else None
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(sql + " ORDER BY sample_id, step", tuple(params)).cursor.fetchall()
+    out: dict[int, list[str]] = {}
+    for sid, text in rows:
+        if wanted is None or sid in wanted:
+            out.setdefault(sid, []).append(text)
+    return out
+
+
+def read_proposals(store: Store, job_id: int, ids: Sequence[int] | None = None,
+                   max_step: int | None = None) -> dict[int, list[SampleChange]]:
+    """A job's proposals of ``ids`` (all when None), per sample in step order."""
+    return {sid: [load_change(t) for t in texts]
+            for sid, texts in proposal_texts(store, job_id, ids, max_step).items()}
+
+
+def job_proposals(store: Store, job_id: int, records: bool = True) -> list[dict[str, Any]]:
+    """Every proposal of a job in the protocol's listing shape ``{sampleId, step,
+    proposedChanges}`` (plus ``record`` where a block kept one, with ``records``), by sample
+    then step."""
+    out = []
+    with store.engine.connect() as conn:
+        for sid, step, change, record in conn.execute(
+            select(proposals.c.sample_id, proposals.c.step, proposals.c.change, proposals.c.record)
+            .where(proposals.c.job_id == job_id).order_by(proposals.c.sample_id, proposals.c.step)
+        ):
+            item = {"sampleId": sid, "step": step, "proposedChanges": json.loads(change)}
+            if records and record:
+                item["record"] = json.loads(record)
+            out.append(item)
+    return out
+
+
+def overlay(store: Store, job_id: int, stored: Sequence[Sample], max_step: int | None = None) -> list[Sample]:
+    """``stored`` samples with the job's proposals up to ``max_step`` (all when None) applied:
+    what step ``max_step + 1`` of a chain sees."""
+    if max_step is not None and max_step < 1:
+        return list(stored)
+    changes = read_proposals(store, job_id, [s.id for s in stored], max_step)
+    out = []
+    for s in stored:
+        for ch in changes.get(s.id, []):
+            s = s.with_change(ch)
+        out.append(s)
+    return out
+
+
+def stale_samples(store: Store, job_id: int, ids: Sequence[int], conn: Connection | None = None) -> set[int]:
+    """Which of ``ids`` changed since job ``job_id`` proposed its changes for them. Applying
+    such a proposal would overwrite what changed since (its fields hold whole values, such as
+    all of the sample's metadata as the block saw it), so apply leaves these samples out."""
+    if not ids:
+        return set()
+    if conn is None:
+        with store.engine.connect() as own:
+            return stale_samples(store, job_id, ids, own)
+    found = {r[0] for r in conn.exec_driver_sql(_STALE, (job_id, min(ids), max(ids), ANY_REVISION))}
+    return found.intersection(ids) if found else found
+
+
+# --- applying -------------------------------------------------------------------------------------
+
+
+def apply_chunk(store: Store, job_id: int, chunk: list[int], writes: list[tuple[int, SampleChange]],
+                prepared: PreparedChanges) -> int:
+    """Apply one chunk's prepared changes in one transaction, with the samples' status:
+    samples deleted or changed since the job proposed are left out (discarded, with why).
+    Returns how many samples were applied."""
+    with store.transaction() as conn:
+        # under the write lock: none of the samples disappears or changes now
+        alive_n = conn.exec_driver_sql(_COUNT_ALIVE, (json.dumps(chunk),)).scalar_one()
+        stale = stale_samples(store, job_id, chunk, conn)
+        if alive_n != len(chunk) or prepared.count != len(writes) or stale:  # deleted or changed since
+            alive = store.revisions(chunk, conn)
+            left_out = [(job_id, i, "the sample was deleted") for i in chunk if i not in alive]
+            left_out += [(job_id, i, STALE_ERROR.format(job=job_id)) for i in sorted(stale)]
+            conn.exec_driver_sql(_INSERT_DISCARDED, left_out)
+            keep = alive.keys() - stale
+            chunk = [sid for sid in chunk if sid in keep]
+            prepared = store.prepare_changes([it for it in writes if it[0] in keep], conn)
+        store.write_changes(conn, prepared)
+        if chunk:
+            conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk)))
+    return len(chunk)
+
+
+def job_sample_ids(store: Store, job_id: int) -> list[int]:
+    """The samples the job was created over, in id order."""
+    with store.engine.connect() as conn:
+        packed = conn.execute(select(jobs.c.sample_ids).where(jobs.c.id == job_id)).scalar_one_or_none()
+    return unpack_ids(packed)
+
+
+def job_log_path(store: Store, job_id: int) -> Path:
+    """Where the job's external blocks' output goes (secrets redacted)."""
+    return store.root / "logs" / f"job-{job_id}.log"
