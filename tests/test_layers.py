@@ -1,0 +1,54 @@
+"""The package's layers hold (import-linter, as pyproject.toml declares them) and no module
+needs another to be imported first: each imports alone in a fresh interpreter, so an import
+circle cannot hide behind a lazy import."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import labelblocks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules() -> list[str]:
+    names = ["labelblocks"]
+    for info in pkgutil.walk_packages(labelblocks.__path__, "labelblocks."):
+        if not info.name.endswith("__main__"):
+            names.append(info.name)
+    return sorted(names)
+
+
+def test_the_layers_contract_holds() -> None:
+    r = subprocess.run(["lint-imports", "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 broken" in r.stdout
+
+
+def test_the_layers_contract_refuses_an_upward_import() -> None:
+    """The contract is not vacuous: a store module importing the runner is reported."""
+    probe = ROOT / "runner" / "labelblocks" / "store" / "_layer_probe.py"
+    probe.write_text("from ..runner import Runner  # noqa: F401\n")
+    try:
+        r = subprocess.run(["lint-imports", "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        probe.unlink()
+    assert r.returncode != 0
+    assert "labelblocks.store._layer_probe -> labelblocks.runner" in r.stdout
+
+
+def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
+    modules = _modules()
+    assert {"labelblocks.store.jobs", "labelblocks.executors.external", "labelblocks.api.raw_data"} <= set(modules)
+
+    def imports(name: str) -> tuple[str, int, str]:
+        r = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, timeout=120)
+        return name, r.returncode, r.stderr[-2000:]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        failed = [(n, err) for n, rc, err in pool.map(imports, modules) if rc != 0]
+    assert failed == []
