@@ -530,8 +530,8 @@ def test_v2_jobs_migrate(tmp_path: Path) -> None:
     """A project written before jobs packed their sample ids keeps its jobs' states."""
     from sqlalchemy import create_engine
 
-    from labelblocks.store.jobs import job_state
     from labelblocks.store import Store
+    from labelblocks.store.jobs import job_state
     from labelblocks.store.schema import MIGRATIONS, current_version
 
     root = tmp_path / ".labelblocks"
