@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from store import DEVICES, SITES, cli_upload, make_pngs, seed
 
 from labelblocks.filters import MetadataCondition, SampleFilter
-from labelblocks.keys import create_key
 from labelblocks.project import init_project, open_store
+from labelblocks.store.keys import create_key
 
 PAGE = 50
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
-from sqlalchemy import delete, insert, select, update
 
 from .errors import InvalidInput, NotFound
 from .filters import MetadataCondition, SampleFilter
@@ -17,7 +15,7 @@ from .model import format_validation_error
 from .parameters import ResolvedParameters, resolve
 from .plugins import BlockRegistry
 from .store import Store
-from .store.schema import actions as actions_table
+from .store import actions as action_store
 
 DataCategory = Literal["allData", "unlabeledData", "enabledData", "dataWithoutMetadataKey", "dataWithMetadata"]
 DATA_CATEGORIES: tuple[str, ...] = DataCategory.__args__  # type: ignore[attr-defined]
@@ -111,35 +109,20 @@ def validate_steps(action: Action, registry: BlockRegistry) -> list[ResolvedPara
 
 
 def save_action(store: Store, action: Action, replace: bool = False) -> None:
-    now = time.time()
-    with store.transaction() as conn:
-        exists = conn.execute(select(actions_table.c.name).where(actions_table.c.name == action.name)).first()
-        if exists and not replace:
-            raise InvalidInput(f"an action named {action.name!r} exists: delete it first or pass --replace")
-        doc = json.dumps(action.to_json())
-        if exists:
-            conn.execute(update(actions_table).where(actions_table.c.name == action.name)
-                         .values(definition=doc, updated_at=now))
-        else:
-            conn.execute(insert(actions_table).values(name=action.name, definition=doc, created_at=now, updated_at=now))
+    action_store.save_definition(store, action.name, json.dumps(action.to_json()), replace)
 
 
 def get_action(store: Store, name: str) -> Action:
-    with store.engine.connect() as conn:
-        row = conn.execute(select(actions_table.c.definition).where(actions_table.c.name == name)).first()
-    if row is None:
+    text = action_store.get_definition(store, name)
+    if text is None:
         raise NotFound(f"no action named {name!r}: see `labelblocks actions list`")
-    return parse_action(json.loads(row[0]))
+    return parse_action(json.loads(text))
 
 
 def list_actions(store: Store) -> list[Action]:
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(actions_table.c.definition).order_by(actions_table.c.name)).all()
-    return [parse_action(json.loads(r[0])) for r in rows]
+    return [parse_action(json.loads(t)) for t in action_store.list_definitions(store)]
 
 
 def delete_action(store: Store, name: str) -> None:
-    with store.transaction() as conn:
-        n = conn.execute(delete(actions_table).where(actions_table.c.name == name)).rowcount
-    if not n:
+    if not action_store.delete_definition(store, name):
         raise NotFound(f"no action named {name!r}")

@@ -4,20 +4,8 @@ project over the protocol's HTTP API. This module registers them (add / remove /
 
 ``labelblocks blocks add DIR`` registers a block folder (its parameters.json and the command
 to run: given, or taken from its Dockerfile's ENTRYPOINT / CMD); ``blocks add --image``
-registers a container image. At run time each external step:
-
-- serves the project on loopback (an ephemeral port) with a key valid only for this step of
-  this job;
-- runs the program (or ``docker run`` with the same argv and environment) with the argv the
-  contract prescribes, always with ``--propose-actions JOB``: the block's results, and even
-  direct writes it makes, are staged as the step's proposals; the runner applies them, as
-  for in-process blocks, so preview, apply, caching and resume behave the same;
-- gives it the environment the contract lists (``EI_API_ENDPOINT``, ``EI_PROJECT_API_KEY``,
-  ...), the secrets its parameters.json declares, a few harmless variables of the runner's
-  own environment (PATH, HOME, locale), and nothing else;
-- streams its output into the job's log with every secret redacted, enforces a time limit,
-  and records a non-zero exit as the failure of the step's unfinished samples, with the
-  log's tail.
+registers a container image. Each registered block becomes an :class:`ExternalBlock` class
+in the project's block registry (:func:`add_to_registry`).
 """
 
 from __future__ import annotations
@@ -26,18 +14,15 @@ import hashlib
 import json
 import shlex
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-
-from sqlalchemy import delete, insert, select
 
 from .blocks import Block
 from .errors import InvalidInput, NotFound
 from .parameters import load_parameters
 from .store import Store
-from .store.schema import external_blocks
+from .store.external_blocks import ExternalBlockRow, delete_external_block, list_external_blocks, save_external_block
 
 if TYPE_CHECKING:
     from .plugins import BlockRegistry
@@ -152,36 +137,24 @@ def add_block(store: Store, registry: BlockRegistry, path: Path | None = None, c
     if block_name in registry.blocks and registry.blocks[block_name].plugin != EXTERNAL_PLUGIN:
         raise InvalidInput(f"a block named {block_name!r} comes from plugin {registry.blocks[block_name].plugin}: "
                            "pick another with --name")
-    with store.transaction() as conn:
-        exists = conn.execute(select(external_blocks.c.name).where(external_blocks.c.name == block_name)).first()
-        if exists and not replace:
-            raise InvalidInput(f"an external block named {block_name!r} is registered: pass --replace, or --name")
-        if exists:
-            conn.execute(delete(external_blocks).where(external_blocks.c.name == block_name))
-        conn.execute(insert(external_blocks).values(
-            name=block_name, kind=kind, directory=directory, command=json.dumps(argv), image=image,
-            parameters=json.dumps(doc), timeout=timeout, created_at=time.time()))
+    save_external_block(store, ExternalBlockRow(block_name, kind, directory, argv, image, doc, timeout), replace)
     return block_name
 
 
 def remove_block(store: Store, name: str) -> None:
-    with store.transaction() as conn:
-        n = conn.execute(delete(external_blocks).where(external_blocks.c.name == name)).rowcount
-    if not n:
+    if not delete_external_block(store, name):
         raise NotFound(f"no external block named {name!r}: see `labelblocks blocks list`")
 
 
 def external_classes(store: Store) -> list[tuple[type[ExternalBlock], str]]:
     """(block class, version) of every external block registered in the project."""
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(external_blocks).order_by(external_blocks.c.name)).all()
     out = []
-    for r in rows:
-        spec = json.loads(r.parameters)
-        attrs = {"name": r.name, "parameters": spec, "kind": r.kind, "command": json.loads(r.command or "[]"),
+    for r in list_external_blocks(store):
+        spec = r.parameters
+        attrs = {"name": r.name, "parameters": spec, "kind": r.kind, "command": r.command,
                  "directory": r.directory, "image": r.image, "timeout": r.timeout, "__doc__": spec["info"].get("description")}
         cls = type(f"External_{r.name}", (ExternalBlock,), attrs)
-        out.append((cls, _version(spec, r.kind, attrs["command"], r.image, r.directory)))
+        out.append((cls, _version(spec, r.kind, r.command, r.image, r.directory)))
     return out
 
 

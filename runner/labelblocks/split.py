@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,13 +25,14 @@ from operator import mul
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, and_, case, func, select
+from sqlalchemy import Connection
 
 from .errors import InvalidInput
 from .filters import SampleFilter
 from .model import CATEGORIES
 from .store import Store
-from .store.schema import pack_ids, samples, split_runs, unpack_ids
+from .store import split as split_store
+from .store.split import SEP
 
 NAMES = {"training": "train", "validation": "validation", "testing": "test"}
 NONE_LABEL = "(no label)"
@@ -93,29 +93,25 @@ def factorize(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
     return np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=len(values)), names
 
 
-_CATEGORY_CODE = case({c: i for i, c in enumerate(CATEGORIES)}, value=samples.c.category, else_=0)
-
-
 def load(store: Store, f: SampleFilter, opts: SplitOptions, conn: Connection | None = None) -> SplitData:
     """The selection's categories, labels and keys, read in a few scans (``conn``: inside the
     caller's transaction)."""
     if conn is None:
-        with store.engine.connect() as c:
+        with split_store.connection(store, write=False) as c:
             return load(store, f, opts, c)
     where = store.where(f)
-    scanned = _scan(conn, where, func.coalesce(samples.c.label, ""))
+    scanned = split_store.scan(conn, where, labels=True)
     if scanned is None:
         raise InvalidInput("the selection has no samples: nothing to split")
     ids, category, order, (label_text,) = scanned
     labels = label_text.split(SEP)
     if len(labels) != len(ids):  # a label with the separator in it: read them row by row
-        rows = dict(conn.execute(select(samples.c.id, func.coalesce(samples.c.label, "")).where(where)).cursor.fetchall())
+        rows = split_store.labels_by_id(conn, where)
         labels = [rows[i] for i in ids.tolist()]
     elif not (order == np.arange(len(ids))).all():
         labels = [labels[i] for i in order.tolist()]
     if "" in labels:  # unlabeled: the most frequent box label stands for the sample
-        for sid, boxes in conn.execute(select(samples.c.id, samples.c.bounding_boxes)
-                                       .where(and_(where, func.coalesce(samples.c.label, "") == ""))).cursor.fetchall():
+        for sid, boxes in split_store.unlabeled_boxes(conn, where):
             labels[int(np.searchsorted(ids, sid))] = sample_label(None, boxes)
     keys = dict.fromkeys([*opts.keep_together, *opts.stratify_keys])
     coded = {k: _key_codes(conn, ids, k) for k in keys}
@@ -131,26 +127,6 @@ def load(store: Store, f: SampleFilter, opts: SplitOptions, conn: Connection | N
         data.codes[k] = (codes, values)
         data.key_values[k] = _Lazy(codes, values)
     return data
-
-
-SEP = "\x1f"  # joins a text column's values in one aggregate (far cheaper than a Python row per sample)
-
-
-def _scan(conn: Connection, where: Any, *texts: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None:
-    """The selection's ids and category codes, sorted by id, the permutation that sorted them
-    (an index may have driven the scan), and each of ``texts`` joined by SEP in scan order: one
-    aggregate each. None for an empty selection."""
-    row = conn.execute(select(func.group_concat(samples.c.id), func.group_concat(_CATEGORY_CODE),
-                              *(func.group_concat(t, SEP) for t in texts)).where(where)).one()
-    if row[0] is None:
-        return None
-    ids = _ints(row[0])
-    order = np.argsort(ids, kind="stable")
-    return ids[order], _ints(row[1]).astype(np.int8)[order], order, list(row[2:])
-
-
-def _ints(text: str) -> np.ndarray:
-    return np.fromstring(text, dtype=np.int64, sep=",")
 
 
 class _Lazy(Sequence[str]):
@@ -171,16 +147,9 @@ class _Lazy(Sequence[str]):
 def _key_codes(conn: Connection, ids: np.ndarray, key: str) -> tuple[np.ndarray, list[str]]:
     """(code per selected sample, -1 without the key; the values) of metadata ``key``; a key
     that no sample has is an error."""
-    sid_text, value_text = conn.exec_driver_sql(
-        "SELECT group_concat(sample_id), group_concat(value, ?) FROM sample_metadata WHERE key = ?", (SEP, key)).one()
-    if sid_text is None:
+    sids, value_col = split_store.key_column(conn, key)
+    if sids is None:
         raise InvalidInput(f"no sample has metadata key {key!r}: see `labelblocks metadata keys`")
-    sids = _ints(sid_text)
-    value_col: Sequence[str] = value_text.split(SEP)
-    if len(value_col) != len(sids):  # a value with the separator in it: read them row by row
-        rows = conn.exec_driver_sql("SELECT sample_id, value FROM sample_metadata WHERE key = ?", (key,)).cursor.fetchall()
-        sids = np.array([r[0] for r in rows], dtype=np.int64)
-        value_col = [r[1] for r in rows]
     vcodes, values = factorize(value_col)
     pos = np.searchsorted(ids, sids).clip(0, len(ids) - 1)
     hit = ids[pos] == sids  # samples outside the selection are left out
@@ -427,35 +396,6 @@ class _Greedy:
 # --- store ------------------------------------------------------------------------------------
 
 
-def assigned_ids(conn: Connection) -> np.ndarray:
-    """The ids of every sample an earlier split placed, sorted."""
-    blobs = [unpack_ids(blob) for (blob,) in
-             conn.execute(split_runs.select().with_only_columns(split_runs.c.sample_ids))]
-    return np.unique(np.concatenate([np.asarray(b, dtype=np.int64) for b in blobs])) if blobs else \
-        np.empty(0, dtype=np.int64)
-
-
-def write(conn: Connection, data: SplitData, result: np.ndarray, newly: np.ndarray, opts: SplitOptions) -> int:
-    """Store the categories and record the placed samples, in the caller's transaction.
-    Returns how many samples changed category."""
-    changed = np.flatnonzero(result != data.category)
-    now = time.time()
-    written = 0
-    for c, cat in enumerate(CATEGORIES):
-        ids = data.ids[changed[result[changed] == c]]
-        if len(ids):
-            written += conn.exec_driver_sql(
-                "UPDATE samples SET category = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?))",
-                (cat, now, json.dumps(ids.tolist()))).rowcount
-    if written != len(changed):  # raising rolls the transaction back
-        raise InvalidInput(f"{len(changed) - written} of the samples to move were deleted meanwhile: "
-                           "nothing was written; run the split again")
-    if newly.any():
-        conn.execute(split_runs.insert().values(options=json.dumps(opts.to_json()),
-                                                sample_ids=pack_ids(data.ids[newly].tolist()), created_at=now))
-    return len(changed)
-
-
 # --- summaries and leakage --------------------------------------------------------------------
 
 
@@ -494,13 +434,23 @@ def leaks(store: Store, f: SampleFilter, keep: Sequence[str]) -> list[Leak]:
     """Groups (by the keep-together keys) whose samples sit in more than one split, as stored."""
     if not keep:
         raise InvalidInput("say which key keeps samples together: --keep-together KEY")
-    with store.engine.connect() as conn:
-        scanned = _scan(conn, store.where(f))
+    with split_store.connection(store, write=False) as conn:
+        scanned = split_store.scan(conn, store.where(f))
         if scanned is None:
             return []
         ids, category, _, _ = scanned
         group, names, _ = _coded_groups(ids, keep, {k: _key_codes(conn, ids, k) for k in dict.fromkeys(keep)})
     return _leaks_in(group, names, category, keep)
+
+
+def write(conn: Connection, data: SplitData, result: np.ndarray, newly: np.ndarray, opts: SplitOptions) -> int:
+    """Store the categories and record the placed samples, in the split's transaction.
+    Returns how many samples changed category."""
+    changed = np.flatnonzero(result != data.category)
+    moves = {cat: data.ids[changed[result[changed] == c]].tolist() for c, cat in enumerate(CATEGORIES)}
+    placed = data.ids[newly].tolist() if newly.any() else []
+    split_store.write_split(conn, moves, len(changed), placed, opts.to_json())
+    return len(changed)
 
 
 def _leaks_in(group: np.ndarray, names: list[str], category: np.ndarray, keep: Sequence[str]) -> list[Leak]:
@@ -522,16 +472,13 @@ def run_split(store: Store, f: SampleFilter, opts: SplitOptions, dry_run: bool) 
     A real split reads, places and writes in one write transaction, so what it planned is
     what the store holds when it ends: the leakage check at the end runs on that plan."""
     opts.check()
-    if dry_run:
-        with store.engine.connect() as conn:
-            return _split(store, conn, f, opts, dry_run)
-    with store.transaction() as conn:
+    with split_store.connection(store, write=not dry_run) as conn:
         return _split(store, conn, f, opts, dry_run)
 
 
 def _split(store: Store, conn: Connection, f: SampleFilter, opts: SplitOptions, dry_run: bool) -> dict[str, Any]:
     data = load(store, f, opts, conn)
-    before = assigned_ids(conn) if not opts.reassign else np.empty(0, dtype=np.int64)
+    before = split_store.assigned_ids(conn) if not opts.reassign else np.empty(0, dtype=np.int64)
     assigned = np.isin(data.ids, before, assume_unique=True) if len(before) else np.zeros(len(data.ids), dtype=bool)
     result = assign(data, opts, assigned)
     newly = ~assigned

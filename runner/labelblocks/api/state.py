@@ -2,7 +2,7 @@
 FastAPI dependency), the project check, the error shape and the request-body limit.
 
 Every route but the health check needs a project API key in ``x-api-key`` (see
-:mod:`labelblocks.keys`), or a job key: a key the runner makes for one step of one job while
+:mod:`labelblocks.store.keys`), or a job key: a key the runner makes for one step of one job while
 an external block runs. Errors have the protocol's shape ``{"success": false, "error": "..."}``.
 """
 
@@ -19,8 +19,8 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..keys import hash_key, verify_key
 from ..store import Store
+from ..store.keys import hash_key, verify_key
 from .protocol import ProjectInfo
 
 PROJECT_ID = 1

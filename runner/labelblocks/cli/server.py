@@ -39,7 +39,7 @@ def serve_cmd(app: AppContext, host: str, port: int, max_upload_mb: int, max_fil
     project_dir = app.project_dir
     app.store  # noqa: B018 - opens (and migrates) the project before the server starts
     click.echo(f"Serving {project_dir} on http://{host}:{port} (API base http://{host}:{port}/v1)", err=True)
-    from ..keys import list_keys
+    from ..store.keys import list_keys
 
     if not any(k.revoked_at is None for k in list_keys(app.store)):
         click.echo("The project has no active API key yet: every request but /healthz will get 401. "
@@ -75,7 +75,7 @@ def keys_create(app: AppContext, name: str, as_json: bool) -> None:
     Example:
       KEY=$(labelblocks keys create --name ci --json | jq -r .key)
     """
-    from ..keys import create_key
+    from ..store.keys import create_key
 
     rec, key = create_key(app.store, name)
     if as_json:
@@ -95,7 +95,7 @@ def keys_list(app: AppContext, as_json: bool) -> None:
     Example:
       labelblocks keys list
     """
-    from ..keys import list_keys
+    from ..store.keys import list_keys
 
     keys = list_keys(app.store)
     if as_json:
@@ -119,7 +119,7 @@ def keys_revoke(app: AppContext, key: str) -> None:
     Example:
       labelblocks keys revoke 2
     """
-    from ..keys import revoke_key
+    from ..store.keys import revoke_key
 
     k = revoke_key(app.store, key)
     click.echo(f"Revoked key {k.id} ({k.name}).")

@@ -1,4 +1,4 @@
-"""Project API keys for the HTTP API.
+"""Project API keys for the HTTP API: every statement on the api_keys table.
 
 A key is shown once, when it is created; the project keeps only its SHA-256 hash and its
 first characters (to tell keys apart in listings). Keys start with ``ei_``, as the protocol's
@@ -16,9 +16,9 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from .errors import InvalidInput, NotFound
-from .store import Store
-from .store.schema import api_keys
+from ..errors import InvalidInput, NotFound
+from . import Store
+from .schema import api_keys
 
 KEY_PREFIX = "ei_"
 _SHOWN = 10  # characters of a key kept to tell keys apart
