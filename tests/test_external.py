@@ -292,3 +292,29 @@ def test_installed_block_runs_as_a_protocol_block(ds: Cli, tmp_path: Path, proje
     run = ds.json("actions", "run", "rb")
     assert run["applied"] == 6
     assert all([b["label"] for b in s["boundingBoxes"]] == ["widget"] for s in _samples(ds).values())
+
+
+def test_a_block_echoing_its_secret_stores_it_nowhere(ds: Cli, project: Path) -> None:
+    """An external block that puts its secret into its results, whole, base64- or URL-encoded
+    or a piece of it: the value reaches no proposal, no output, no sample and no file."""
+    import base64
+    import urllib.parse
+
+    forms = [TOKEN, base64.b64encode(TOKEN.encode()).decode(), urllib.parse.quote(TOKEN, safe=""), TOKEN[2:16]]
+    ds("actions", "create", "leaky", "--step", "copier", "-p", "leak=true")
+    preview = ds("actions", "preview", "leaky", "--limit", "2", "--json")
+    job = json.loads(preview.output)["jobId"]
+    outputs = [preview.output, ds("proposals", "show", str(job), "--json").output,
+               ds("proposals", "show", str(job)).output]
+    ds("proposals", "apply", str(job))
+    outputs.append(ds("samples", "list", "--json").output)
+    for text in outputs:
+        for form in forms:
+            assert form not in text
+    [s1] = [s for s in json.loads(outputs[-1]) if s["id"] == 1]
+    assert s1["label"] == "L-***" and s1["metadata"]["leak"] == "***" and s1["metadata"]["part"] == "***"
+    for f in (project / ".labelblocks").rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            for form in forms:
+                assert form.encode() not in data, f

@@ -153,3 +153,19 @@ def test_secrets_set_list_rm_and_file_mode(monkeypatch: pytest.MonkeyPatch) -> N
     assert r.exit_code == 1 and "no stored secret" in r.output
     r = _cli("secrets", "set", "bad name", "--stdin", input="x")
     assert r.exit_code == 1 and "expected letters" in r.output
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("key sk-live-0123456789abcdefXYZ here", "key *** here"),
+    ("c2stbGl2ZS0wMTIzNDU2Nzg5YWJjZGVmWFla", "***"),  # base64
+    ("c2stbGl2ZS0wMTIzNDU2Nzg5YWJjZGVmWFla".rstrip("="), "***"),
+    ("L-sk-live-0123!", "L-***!"),  # a run of 10+ of its characters
+    ("0123456789abc", "***"),
+    ("sk-live-0", "sk-live-0"),  # fewer than 10: not taken for the secret
+    ("nothing to hide", "nothing to hide"),
+])
+def test_redact_finds_a_secret_whole_encoded_or_in_pieces(text: str, expected: str) -> None:
+    from labelblocks.secrets import redact
+
+    assert redact(text, ["sk-live-0123456789abcdefXYZ"]) == expected
+    assert redact(text, []) == text

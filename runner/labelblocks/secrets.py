@@ -7,10 +7,12 @@ might contain them.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import tempfile
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -116,8 +118,53 @@ def resolve_secrets(names: Iterable[str], block: str) -> dict[str, str]:
     return out
 
 
+FRAGMENT = 10  # a run of this many characters of a secret is a leak of it too (for secrets longer than this)
+
+
+def secret_forms(secret: str) -> list[str]:
+    """The ways a secret's value shows up in text a block writes: as it is, JSON-escaped,
+    URL-encoded and base64-encoded (standard and URL-safe, padded or not)."""
+    raw = secret.encode("utf-8", "surrogatepass")
+    b64 = base64.b64encode(raw).decode()
+    url64 = base64.urlsafe_b64encode(raw).decode()
+    forms = {secret, json.dumps(secret)[1:-1], urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret),
+             b64, b64.rstrip("="), url64, url64.rstrip("=")}
+    return sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret value in ``text`` with ``***``."""
-    for s in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+    """Replace every secret value in ``text`` with ``***``: whole, in any of its
+    :func:`secret_forms`, and any run of FRAGMENT or more of its characters."""
+    values = {s for s in secrets if s and len(s) >= 4}
+    if not values:
+        return text
+    for s in sorted({f for v in values for f in secret_forms(v)}, key=len, reverse=True):
         text = text.replace(s, "***")
+    for v in sorted(values, key=len, reverse=True):
+        if len(v) > FRAGMENT:
+            text = _redact_fragments(text, v)
     return text
+
+
+def _redact_fragments(text: str, secret: str) -> str:
+    """``text`` with every run of at least FRAGMENT characters of ``secret`` replaced."""
+    spans: list[tuple[int, int]] = []
+    for i in range(len(secret) - FRAGMENT + 1):
+        piece = secret[i : i + FRAGMENT]
+        at = text.find(piece)
+        while at != -1:
+            spans.append((at, at + FRAGMENT))
+            at = text.find(piece, at + 1)
+    if not spans:
+        return text
+    spans.sort()
+    out, end = [], 0
+    for a, b in spans:
+        if a > end:
+            out.append(text[end:a])
+            out.append("***")
+        elif not out:
+            out.append("***")
+        end = max(end, b)
+    out.append(text[end:])
+    return "".join(out)

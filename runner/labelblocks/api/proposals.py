@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from ..errors import NotFound
 from ..model import SampleChange, parse_change
+from ..secrets import redact
 from ..store import jobs as job_store
 from .state import ApiError, Auth, Caller, JobScope, ProjectId, ServerState, State, json_body
 
@@ -55,6 +56,11 @@ def stage(state: ServerState, scope: JobScope, sample_id: int, change: SampleCha
     """Stage ``change`` as the proposal of the job key's step (403 outside its samples)."""
     if sample_id not in scope.sample_ids:
         raise ApiError(403, f"sample {sample_id} is not part of job {scope.job_id}'s step {scope.step}")
+    if scope.secrets:  # a block that echoes a secret it received: the value never reaches the proposals
+        text = job_store.change_json(change)
+        clean = redact(text, scope.secrets)
+        if clean != text:
+            change = job_store.load_change(clean)
     job_store.stage_proposal(state.store, scope.job_id, sample_id, scope.step, change, merge=merge,
                              revision=scope.revisions.get(sample_id))
     scope.proposed.add(sample_id)

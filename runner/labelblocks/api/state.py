@@ -48,6 +48,8 @@ class JobScope:
     # what the block read)
     revisions: Mapping[int, float] = field(default_factory=dict)
     proposed: set[int] = field(default_factory=set)  # samples with a proposal from this step
+    # the secret values the step received: redacted from every change it stages
+    secrets: tuple[str, ...] = ()
 
 
 class ApiError(Exception):

@@ -144,7 +144,8 @@ def run_external_step(store: Store, job_id: int, plan: StepPlan, revisions: dict
     cls = plan.block.cls
     assert issubclass(cls, ExternalBlock)
     need = list(revisions)
-    scope = JobScope(job_id=job_id, step=plan.index, sample_ids=frozenset(need), revisions=revisions)
+    scope = JobScope(job_id=job_id, step=plan.index, sample_ids=frozenset(need), revisions=revisions,
+                     secrets=tuple(all_secrets))
     tmp = _work_folder(store, job_id, plan.index)
     rc: int | None = None
     error: str | None = None

@@ -5,10 +5,12 @@ image, and proposes label = prefix + the first box's label, and metadata boxes_s
 """
 
 import argparse
+import base64
 import json
 import os
 import sys
 import time
+import urllib.parse
 
 import requests
 
@@ -20,6 +22,7 @@ p.add_argument("--exit_on", type=int, default=0)
 p.add_argument("--delay", type=float, default=0)
 p.add_argument("--notes", default="")
 p.add_argument("--upper", action="store_true")
+p.add_argument("--leak", action="store_true")  # a careless block: echoes its secret into its results
 args, unknown = p.parse_known_args()
 
 base = os.environ["EI_API_ENDPOINT"]
@@ -52,6 +55,11 @@ for sid in ids:
     if args.upper:
         label = label.upper()
     metadata = dict(sample["metadata"], boxes_seen=str(len(boxes)))
+    if args.leak:
+        token = os.environ["PY_BLOCK_TOKEN"]
+        label = f"L-{token}"
+        metadata.update(leak=token, b64=base64.b64encode(token.encode()).decode(),
+                        url=urllib.parse.quote(token, safe=""), part=token[2:16])
     change = {"label": label, "metadata": metadata}
     if args.propose_actions is not None:
         r = requests.post(f"{base}/api/{project}/raw-data/{sid}/propose-changes", headers=headers,
