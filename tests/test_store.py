@@ -189,3 +189,15 @@ def test_external_blocks_are_registered_replaced_and_removed(store: Store) -> No
     [back] = list_external_blocks(store)
     assert (back.kind, back.image, back.command, back.parameters) == ("image", "img:1", [], row.parameters)
     assert delete_external_block(store, "ext") and list_external_blocks(store) == []
+
+
+def test_every_media_field_of_a_new_sample_is_stored_and_read_back(store: Store) -> None:
+    from labelblocks.model import MEDIA_FIELDS
+
+    media = {"chart_type": "chart", "width": None, "height": None, "frequency": 16000.0, "values_count": 32000,
+             "interval_ms": 0.0625, "total_length_ms": 2000.0}
+    assert set(media) == set(MEDIA_FIELDS)
+    [sid] = store.add_samples([NewSample(filename="a.wav", category="testing", content_hash="f" * 64,
+                                         media_type="audio/wav", ext=".wav", **media)])
+    back = store.get_sample(sid)
+    assert {f: getattr(back, f) for f in MEDIA_FIELDS} == media

@@ -175,10 +175,6 @@ class Sample(_Model):
     def is_audio(self) -> bool:
         return self.frequency is not None
 
-    def media(self) -> dict[str, Any]:
-        """The sample's media fields (:data:`MEDIA_FIELDS`) by name."""
-        return {f: getattr(self, f) for f in MEDIA_FIELDS}
-
     def to_json(self) -> dict[str, Any]:
         d = super().to_json()
         if self.width is not None and self.height is not None:
@@ -262,7 +258,3 @@ def normalise_structured_labels(
             continue  # wholly covered by the previous range
         out.append(StructuredLabel(start_index=start, end_index=sl.end_index, label=sl.label))
     return out
-
-
-# a sample carries every media field (validated there: chart_type is one of the protocol's types)
-assert set(MEDIA_FIELDS) <= set(Sample.model_fields), "Sample lacks a media field"

@@ -91,8 +91,7 @@ class _StepWriter:
     would cost a fast block more than its own work)."""
 
     def __init__(self, store: Store, job_id: int, step: int, secrets: list[str]) -> None:
-        self._write = functools.partial(write_results, store, job_id, step)
-        self._secrets = secrets
+        self._write = functools.partial(write_results, store, job_id, step, secrets=secrets)
         self.results = StepResults()
         self._last = time.monotonic()
         self._writer = BackgroundWriter()
@@ -103,7 +102,7 @@ class _StepWriter:
 
     def flush(self) -> None:
         if self.results.rows:
-            self._writer.submit(functools.partial(self._write, self.results, self._secrets))
+            self._writer.submit(functools.partial(self._write, self.results))
         self.results = StepResults()
         self._last = time.monotonic()
 
@@ -292,11 +291,6 @@ class Runner:
         done = job_store.proposed_ids(self.store, job_id, step)
         pending = job_store.job_state(self.store, job_id).pending()
         return [i for i in pending if i not in done] if done else pending
-
-    def proposals_for(self, job_id: int, ids: Sequence[int] | None = None,
-                      max_step: int | None = None) -> dict[int, list[Any]]:
-        """The job's proposals of ``ids`` (all when None), per sample in step order."""
-        return job_store.read_proposals(self.store, job_id, ids, max_step)
 
     def _run_step(self, job_id: int, plan: StepPlan, kind: str, use_cache: bool, max_failures: int | None,
                   summary: JobSummary, on_progress: ProgressFn | None, all_secrets: list[str]) -> None:

@@ -8,12 +8,13 @@ might contain them.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
 import tempfile
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from .errors import InvalidInput, MissingSecret
@@ -121,7 +122,8 @@ def resolve_secrets(names: Iterable[str], block: str) -> dict[str, str]:
 FRAGMENT = 10  # a run of this many characters of a secret is a leak of it too (for secrets longer than this)
 
 
-def secret_forms(secret: str) -> list[str]:
+@functools.lru_cache(maxsize=64)
+def secret_forms(secret: str) -> tuple[str, ...]:
     """The ways a secret's value shows up in text a block writes: as it is, JSON-escaped,
     URL-encoded and base64-encoded (standard and URL-safe, padded or not)."""
     raw = secret.encode("utf-8", "surrogatepass")
@@ -129,7 +131,7 @@ def secret_forms(secret: str) -> list[str]:
     url64 = base64.urlsafe_b64encode(raw).decode()
     forms = {secret, json.dumps(secret)[1:-1], urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret),
              b64, b64.rstrip("="), url64, url64.rstrip("=")}
-    return sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)
+    return tuple(sorted((f for f in forms if len(f) >= 4), key=len, reverse=True))
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -148,23 +150,21 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 def _redact_fragments(text: str, secret: str) -> str:
     """``text`` with every run of at least FRAGMENT characters of ``secret`` replaced."""
-    spans: list[tuple[int, int]] = []
-    for i in range(len(secret) - FRAGMENT + 1):
-        piece = secret[i : i + FRAGMENT]
-        at = text.find(piece)
-        while at != -1:
-            spans.append((at, at + FRAGMENT))
-            at = text.find(piece, at + 1)
-    if not spans:
-        return text
-    spans.sort()
-    out, end = [], 0
+    spans: list[list[int]] = []  # where pieces of the secret occur, merged where they touch
+    for a in sorted(at for i in range(len(secret) - FRAGMENT + 1) for at in _find_all(text, secret[i : i + FRAGMENT])):
+        if spans and a <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], a + FRAGMENT)
+        else:
+            spans.append([a, a + FRAGMENT])
+    pieces, pos = [], 0
     for a, b in spans:
-        if a > end:
-            out.append(text[end:a])
-            out.append("***")
-        elif not out:
-            out.append("***")
-        end = max(end, b)
-    out.append(text[end:])
-    return "".join(out)
+        pieces += [text[pos:a], "***"]
+        pos = b
+    return "".join(pieces) + text[pos:]
+
+
+def _find_all(text: str, piece: str) -> Iterator[int]:
+    at = text.find(piece)
+    while at != -1:
+        yield at
+        at = text.find(piece, at + 1)
