@@ -13,6 +13,9 @@ from pathlib import Path
 import labelblocks
 
 ROOT = Path(__file__).resolve().parents[1]
+# lint-imports, run by the interpreter running the tests (so it reads this checkout's package)
+LINT_IMPORTS = [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()",
+                "--no-cache"]
 
 
 def _modules() -> list[str]:
@@ -24,7 +27,7 @@ def _modules() -> list[str]:
 
 
 def test_the_layers_contract_holds() -> None:
-    r = subprocess.run(["lint-imports", "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(LINT_IMPORTS, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 broken" in r.stdout
 
@@ -34,7 +37,7 @@ def test_the_layers_contract_refuses_an_upward_import() -> None:
     probe = ROOT / "runner" / "labelblocks" / "store" / "_layer_probe.py"
     probe.write_text("from ..runner import Runner  # noqa: F401\n")
     try:
-        r = subprocess.run(["lint-imports", "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(LINT_IMPORTS, cwd=ROOT, capture_output=True, text=True, timeout=300)
     finally:
         probe.unlink()
     assert r.returncode != 0
