@@ -283,7 +283,7 @@ def test_bomb_and_chunked_oversize_are_refused(data: Cli, server: BackgroundServ
         bomb = _png_bomb(side, side)
         assert len(bomb) < 200
         r = _post(server, "/api/training/files", key, files=[("data", ("bomb.png", bomb, "image/png"))]).json()
-        assert r["files"][0]["success"] is False and "larger than the limit" in r["files"][0]["error"]
+        assert r["files"][0]["success"] is False and "image too large" in r["files"][0]["error"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts what arrives
         yield b'--x\r\nContent-Disposition: form-data; name="data"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'

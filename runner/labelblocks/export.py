@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,11 +47,26 @@ def export_info(
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
     """Write the selected samples' files under ``dest/<category>/`` and ``dest/info.labels``.
-    Returns the number of samples exported. ``dest`` must be empty or absent."""
+    Returns the number of samples exported. ``dest`` must be empty or absent.
+
+    Atomic: everything is written into a temporary folder beside ``dest``, renamed to ``dest``
+    at the end; an export that fails leaves no ``dest`` (or the empty one there was)."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InvalidInput(f"{dest} exists and is not an empty folder: choose a new folder to export into")
-    dest.mkdir(parents=True, exist_ok=True)
-    f = f or SampleFilter()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # a new folder (the umask's permissions, as the files in it) beside dest: same file system
+    work = dest.parent / f".{dest.name[:100]}.export-{secrets.token_hex(4)}"
+    work.mkdir()
+    try:
+        n = _export_into(store, work, f or SampleFilter(), on_progress)
+        os.replace(work, dest)  # replaces an empty folder too
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return n
+
+
+def _export_into(store: Store, dest: Path, f: SampleFilter, on_progress: Callable[[int], None] | None) -> int:
     entries: list[dict[str, Any]] = []
     used: set[str] = set()
     offset = 0
@@ -61,23 +76,42 @@ def export_info(
             break
         offset += len(page)
         for s in page:
-            rel = f"{s.category}/{s.filename}"
-            if rel in used or not s.filename.lower().endswith(_ext_of(s)):
-                stem = Path(s.filename).stem or "sample"
-                rel = f"{s.category}/{stem}.{s.id}{_ext_of(s)}"
+            rel = f"{s.category}/{_file_name(s)}"
+            if rel in used:
+                rel = f"{s.category}/{_fallback_name(s)}"
             used.add(rel)
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(store.blob_path(s), target)
+            try:
+                shutil.copyfile(store.blob_path(s), target)
+            except FileNotFoundError:
+                raise InvalidInput(f"sample {s.id} ({s.filename}): its stored file is missing from the project "
+                                   f"({store.blob_path(s)}); nothing was exported") from None
             entries.append(info_entry(s, rel))
             if on_progress:
                 on_progress(1)
     doc = {"version": 1, "files": entries}
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=".info-")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with (dest / INFO_FILE).open("x", encoding="utf-8") as fh:  # the umask's permissions, as the files
         json.dump(doc, fh, indent=1)
-    os.replace(tmp, dest / INFO_FILE)
     return len(entries)
+
+
+_NAME_BYTES = 200  # an exported name's limit, leaving room for ".<id>" within NAME_MAX (255)
+
+
+def _file_name(s: Sample) -> str:
+    """The sample's file name where it is usable as one, else a name made from its id."""
+    name = s.filename
+    usable = (name not in ("", ".", "..") and "/" not in name and "\\" not in name and name.isprintable()
+              and len(name.encode("utf-8")) <= _NAME_BYTES and name.lower().endswith(_ext_of(s)))
+    return name if usable else _fallback_name(s)
+
+
+def _fallback_name(s: Sample) -> str:
+    stem = Path(s.filename).stem
+    stem = "".join(ch for ch in stem if ch.isprintable() and ch not in "/\\").strip(". ") or "sample"
+    stem = stem.encode("utf-8")[:_NAME_BYTES].decode("utf-8", "ignore")
+    return f"{stem}.{s.id}{_ext_of(s)}"
 
 
 def _ext_of(s: Sample) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +25,8 @@ IMAGE_EXTS = {
 AUDIO_EXTS = {".wav", ".flac", ".ogg", ".oga"}
 SUPPORTED = IMAGE_EXTS | AUDIO_EXTS
 
-# Pillow's own bomb guard raises for images past twice this; we refuse at this size
+# the largest image accepted, in pixels (width x height); `upload --max-pixels` and
+# `serve --max-pixels` change it. Checked from the header, before anything is decoded.
 MAX_IMAGE_PIXELS = 178_956_970
 
 _ORIENTATION_TAG = 0x0112
@@ -44,11 +45,11 @@ class MediaInfo(MediaFields):
         return self.frequency is not None
 
 
-def probe(data: bytes, name: str) -> MediaInfo:
+def probe(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> MediaInfo:
     """Identify and fully validate a media file. Raises InvalidInput with the reason."""
     ext = Path(name).suffix.lower()
     if ext in IMAGE_EXTS:
-        return _probe_image(data, ext)
+        return _probe_image(data, ext, max_pixels)
     if ext in AUDIO_EXTS:
         return _probe_audio(data, ext)
     shown = ext or "(no extension)"
@@ -58,34 +59,48 @@ def probe(data: bytes, name: str) -> MediaInfo:
     )
 
 
-def _probe_image(data: bytes, ext: str) -> MediaInfo:
-    from PIL import Image, UnidentifiedImageError
+def _pillow() -> Any:
+    """Pillow, with its global decompression-bomb guard off: labelblocks applies its own limit
+    (``max_pixels``) from the header before decoding, and images it stored must decode later
+    (the guard would refuse one past twice Pillow's default even when the limit was raised)."""
+    from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = None
+    return Image
+
+
+def _probe_image(data: bytes, ext: str, max_pixels: int) -> MediaInfo:
+    from PIL import UnidentifiedImageError
+
+    Image = _pillow()
     if not data:
         raise InvalidInput("empty file: expected image data")
+    check = "reading the header"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+        if img.format == "PNG":
+            # every chunk's CRC and the closing IEND chunk (decoding alone checks neither)
+            check = "checking the PNG chunks"
+            img.verify()
+            check = "reading the header"
             img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise InvalidInput(
-                    f"image of {w}x{h} pixels is larger than the limit of {MAX_IMAGE_PIXELS} pixels"
-                )
-            orientation = img.getexif().get(_ORIENTATION_TAG, 1)
-            fmt = img.format or ext.lstrip(".").upper()
-            if fmt == "JPEG":
-                # decode at reduced scale: still reads every byte (catches truncation), 8x cheaper
-                img.draft(img.mode, (max(1, w // 8), max(1, h // 8)))
-            img.load()
+        w, h = img.size
+        if w * h > max_pixels:
+            raise InvalidInput(f"image too large: {w}x{h} is {w * h:,} pixels, the limit is {max_pixels:,} "
+                               "(raise it with --max-pixels)")
+        orientation = img.getexif().get(_ORIENTATION_TAG, 1)
+        fmt = img.format or ext.lstrip(".").upper()
+        if fmt == "JPEG":
+            # decode at reduced scale: still reads every byte (catches truncation), 8x cheaper
+            img.draft(img.mode, (max(1, w // 8), max(1, h // 8)))
+        check = "decoding the pixels"
+        img.load()
     except InvalidInput:
         raise
-    except Image.DecompressionBombError as e:
-        raise InvalidInput(f"image is larger than the limit of {MAX_IMAGE_PIXELS} pixels, refused before decoding ({e})") from None
     except UnidentifiedImageError:
         raise InvalidInput(f"not a readable image (expected {ext} data)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
-        raise InvalidInput(f"corrupt image: {e}") from None
+    except (OSError, SyntaxError, ValueError, struct.error) as e:
+        raise InvalidInput(f"corrupt image: {check} failed: {e}") from None
     if w <= 0 or h <= 0:
         raise InvalidInput(f"image has no pixels ({w}x{h})")
     if orientation in _SWAPPING_ORIENTATIONS:
@@ -138,6 +153,7 @@ def open_image(data: bytes) -> Any:
     RGBA and 16-bit images)."""
     from PIL import Image, ImageOps
 
+    _pillow()
     img: Image.Image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         import numpy as np

@@ -7,6 +7,8 @@ snake_case attributes. Validation happens on construction, with "expected X, got
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -20,6 +22,43 @@ from .errors import InvalidInput
 CATEGORIES = ("training", "validation", "testing")
 Category = Literal["training", "validation", "testing"]
 ChartType = Literal["image", "video", "chart", "table"]
+MAX_INT = 2**63 - 1  # the largest integer a database column holds (SQLite INTEGER, PostgreSQL bigint)
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` if it is valid Unicode text (encodable as UTF-8); a lone surrogate, which a
+    JSON escape such as ``\\ud800`` or a file name of undecodable bytes can carry, is refused."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInput(f"{what}: not valid Unicode text (a lone surrogate {value[e.start]!r} at "
+                           f"position {e.start}); send UTF-8 text") from None
+    return value
+
+
+# a JSON escape of a UTF-16 surrogate: only then can parsed JSON hold a lone one
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def parse_json(text: str | bytes, what: str) -> Any:
+    """JSON ``text`` parsed, or InvalidInput saying why not: invalid JSON or UTF-8, nesting
+    deeper than Python can parse (a hostile ``[[[[...``), text with a lone surrogate."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{what}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise InvalidInput(f"{what}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise InvalidInput(f"{what}: JSON nested too deeply") from None
+    probe = text if isinstance(text, str) else text.decode("utf-8", "replace")
+    if _SURROGATE_ESCAPE.search(probe):
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidInput(f"{what}: not valid Unicode text (a lone surrogate {e.object[e.start]!r}); "
+                               "send UTF-8 text") from None
+    return data
 
 
 
@@ -62,10 +101,10 @@ class BoundingBox(_Model):
     """An axis-aligned box in integer pixels of the (EXIF-oriented) image."""
 
     label: str
-    x: int = Field(ge=0)
-    y: int = Field(ge=0)
-    width: int = Field(gt=0)
-    height: int = Field(gt=0)
+    x: int = Field(ge=0, le=MAX_INT)
+    y: int = Field(ge=0, le=MAX_INT)
+    width: int = Field(gt=0, le=MAX_INT)
+    height: int = Field(gt=0, le=MAX_INT)
     score: float | None = None  # kept in job records only; never part of a stored sample
 
     @field_validator("label")
@@ -73,7 +112,7 @@ class BoundingBox(_Model):
     def _label_not_empty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("expected a non-empty label")
-        return v
+        return _text(v)
 
     def inside(self, width: int, height: int) -> bool:
         return self.x + self.width <= width and self.y + self.height <= height
@@ -82,9 +121,14 @@ class BoundingBox(_Model):
 class StructuredLabel(_Model):
     """A label over value indices ``startIndex..endIndex`` (both inclusive)."""
 
-    start_index: int = Field(ge=0)
-    end_index: int = Field(ge=0)
+    start_index: int = Field(ge=0, le=MAX_INT)
+    end_index: int = Field(ge=0, le=MAX_INT)
     label: str
+
+    @field_validator("label")
+    @classmethod
+    def _label_text(cls, v: str) -> str:
+        return _text(v)
 
     @model_validator(mode="after")
     def _ordered(self) -> StructuredLabel:
@@ -94,6 +138,15 @@ class StructuredLabel(_Model):
                 f"endIndex={self.end_index}"
             )
         return self
+
+
+def _text(v: str) -> str:
+    """A pydantic validator's form of :func:`check_text` (ValueError, worded for a field)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode text (a lone surrogate {v[e.start]!r} at position {e.start})") from None
+    return v
 
 
 def _check_metadata(v: Any) -> dict[str, str]:
@@ -106,6 +159,11 @@ def _check_metadata(v: Any) -> dict[str, str]:
             raise ValueError(
                 f"expected a string value for metadata key {k!r}, got {type(val).__name__} {val!r}"
             )
+        try:
+            _text(k)
+            _text(val)
+        except ValueError as e:
+            raise ValueError(f"metadata key {k!r}: {e}") from None
     return dict(v)
 
 
@@ -126,6 +184,11 @@ class SampleChange(_Model):
     @classmethod
     def _metadata(cls, v: Any) -> Any:
         return None if v is None else _check_metadata(v)
+
+    @field_validator("label")
+    @classmethod
+    def _label_text(cls, v: str | None) -> str | None:
+        return None if v is None else _text(v)
 
     def is_empty(self) -> bool:
         return all(getattr(self, f) is None for f in CHANGE_FIELDS)

@@ -6,23 +6,24 @@ The same pipeline serves ``labelblocks upload`` and the HTTP ingestion service.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InvalidInput
-from .media import MediaInfo, probe
-from .model import BoundingBox, StructuredLabel, parse_boxes, parse_structured_labels
+from .media import MAX_IMAGE_PIXELS, MediaInfo, probe
+from .model import BoundingBox, StructuredLabel, parse_boxes, parse_json, parse_structured_labels
 from .store import NewSample, Store
 from .store.blobs import BlobStore
 
@@ -35,6 +36,22 @@ UPLOAD_CATEGORIES = ("training", "validation", "testing", "split")
 _LABEL_FROM_NAME = re.compile(r"^[A-Za-z0-9 _-]+")
 
 INFER: Any = object()  # the label is inferred from the file name
+
+# a stored file name's limit: what every common file system holds in one name (export writes
+# samples under their names)
+MAX_NAME_BYTES = 255
+
+
+def check_name(name: str) -> str:
+    """A sample's file name as stored: ``name`` without folders, with undecodable bytes (a file
+    system name that is not UTF-8) replaced. InvalidInput when longer than MAX_NAME_BYTES."""
+    base = Path(name).name
+    text = base.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    size = len(text.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise InvalidInput(f"file name too long: {size} bytes of UTF-8 ({text[:40]}...), "
+                           f"the limit is {MAX_NAME_BYTES}; rename the file")
+    return text
 
 
 def label_from_filename(name: str) -> str | None:
@@ -129,28 +146,28 @@ class _Prepared:
 _BLOB_STORES: dict[str, BlobStore] = {}
 
 
-def _prepare(blob_root: str, item: UploadItem) -> _Prepared:
+def _prepare(blob_root: str, item: UploadItem, max_pixels: int = MAX_IMAGE_PIXELS) -> _Prepared:
     """Read, validate, hash and store one file's blob. Runs in a worker (thread or process)."""
     blobs = _BLOB_STORES.get(blob_root)
     if blobs is None:
         blobs = _BLOB_STORES.setdefault(blob_root, BlobStore(Path(blob_root)))
     try:
+        check_name(item.name)
         data = item.read()
-    except OSError as e:
-        return _Prepared(error=f"cannot read file: {e.strerror or e}")
-    try:
-        info = probe(data, item.name)
+        info = probe(data, item.name, max_pixels)
         _check_labels_fit(item, info)
     except InvalidInput as e:
         return _Prepared(error=f"{item.where}: {e}" if item.where else str(e))
+    except OSError as e:
+        return _Prepared(error=f"cannot read file: {e.strerror or e}")
     h = hashlib.sha256(data).hexdigest()
     blobs.put(h, data)
     return _Prepared(content_hash=h, info=info)
 
 
-def _prepare_chunk(args: tuple[str, list[UploadItem]]) -> list[_Prepared]:
-    blob_root, items = args
-    return [_prepare(blob_root, it) for it in items]
+def _prepare_chunk(args: tuple[str, list[UploadItem], int]) -> list[_Prepared]:
+    blob_root, items, max_pixels = args
+    return [_prepare(blob_root, it, max_pixels) for it in items]
 
 
 def _check_labels_fit(item: UploadItem, info: MediaInfo) -> None:
@@ -177,9 +194,12 @@ def _check_labels_fit(item: UploadItem, info: MediaInfo) -> None:
 _CHUNK = 64
 
 
-def _prepared_stream(store: Store, items: list[UploadItem | Outcome], workers: int) -> Iterator[tuple[UploadItem | Outcome, _Prepared | None]]:
+def _prepared_stream(store: Store, items: list[UploadItem | Outcome], workers: int, max_pixels: int,
+                     written: set[str]) -> Generator[tuple[UploadItem | Outcome, _Prepared | None], None, None]:
     """Each item with its prepared result, in order. Files on disk are prepared in worker
-    processes (decoding is CPU-bound); in-memory uploads in threads."""
+    processes (decoding is CPU-bound); in-memory uploads in threads. Every blob a worker wrote
+    is added to ``written`` once the stream ends, however it ends (the caller removes those no
+    sample references when the upload fails)."""
     root = str(store.blobs.root)
     files = [it for it in items if isinstance(it, UploadItem)]
     use_processes = workers > 1 and len(files) >= 4 * _CHUNK and all(it.data is None for it in files)
@@ -187,21 +207,36 @@ def _prepared_stream(store: Store, items: list[UploadItem | Outcome], workers: i
     pool: Executor
     if use_processes:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(_start_method()),
-                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
+                                   initializer=_worker_init, initargs=(os.getpid(),))
     else:
         pool = ThreadPoolExecutor(max_workers=workers)
     with pool:
-        results = pool.map(_prepare_chunk, [(root, c) for c in chunks])
-        current: Iterator[_Prepared] = iter(())
-        for it in items:
-            if isinstance(it, Outcome):
-                yield it, None
-                continue
-            nxt = next(current, None)
-            if nxt is None:
-                current = iter(next(results))
-                nxt = next(current)
-            yield it, nxt
+        futures = [pool.submit(_prepare_chunk, (root, c, max_pixels)) for c in chunks]
+        try:
+            results = iter(futures)
+            current: Iterator[_Prepared] = iter(())
+            for it in items:
+                if isinstance(it, Outcome):
+                    yield it, None
+                    continue
+                nxt = next(current, None)
+                if nxt is None:
+                    current = iter(next(results).result())
+                    nxt = next(current)
+                yield it, nxt
+        finally:
+            for fut in futures:
+                fut.cancel()  # not started: nothing written
+            for fut in futures:
+                if not fut.cancelled() and fut.exception() is None:
+                    written.update(p.content_hash for p in fut.result() if p.content_hash)
+
+
+def _worker_init(parent: int) -> None:
+    """In a worker process: finish the chunk at hand on Ctrl-C (the uploading process decides,
+    and removes what is not committed), and exit once the uploading process is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -228,6 +263,7 @@ def upload(
     batch_size: int = 500,
     on_progress: Callable[[Outcome], None] | None = None,
     workers: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> UploadReport:
     """Upload ``items`` (an Outcome in the stream is a rejection found while collecting).
 
@@ -256,31 +292,36 @@ def upload(
                 else:
                     keep.append((it, n))
             pending[:] = keep
+        store.blobs.sync(n.content_hash for _, n in pending)  # durable before a row references them
         ids = store.add_samples([n for _, n in pending])
         for (it, n), i in zip(pending, ids, strict=True):
             emit(Outcome(it.source, "added", id=i, filename=n.filename))
         pending.clear()
 
     workers = workers or max(1, os.cpu_count() or 1)
+    written: set[str] = set()
     try:
-        for it, p in _prepared_stream(store, list(items), workers):
-            if isinstance(it, Outcome):
-                emit(it)
-                continue
-            assert p is not None
-            if p.error is not None or p.info is None:
-                emit(Outcome(it.source, "rejected", error=p.error))
-                continue
-            if disallow_duplicates and p.content_hash in seen:
-                emit(Outcome(it.source, "duplicate", error="a sample with the same content already exists"))
-                continue
-            seen.add(p.content_hash)
-            pending.append((it, _new_sample(it, p)))
-            if len(pending) >= batch_size:
-                flush()
-        flush()
+        # closed before the cleanup below runs, so that `written` is complete there
+        with contextlib.closing(_prepared_stream(store, list(items), workers, max_pixels, written)) as stream:
+            for it, p in stream:
+                if isinstance(it, Outcome):
+                    emit(it)
+                    continue
+                assert p is not None
+                if p.error is not None or p.info is None:
+                    emit(Outcome(it.source, "rejected", error=p.error))
+                    continue
+                if disallow_duplicates and p.content_hash in seen:
+                    emit(Outcome(it.source, "duplicate", error="a sample with the same content already exists"))
+                    continue
+                seen.add(p.content_hash)
+                pending.append((it, _new_sample(it, p)))
+                if len(pending) >= batch_size:
+                    flush()
+            flush()
     except BaseException:
-        hashes = {n.content_hash for _, n in pending}
+        # the blobs of the uncommitted batch, and those workers wrote ahead: none stays unreferenced
+        hashes = written | {n.content_hash for _, n in pending}
         if hashes:
             for h in hashes - store.existing_hashes(hashes):
                 store.blobs.remove(h)
@@ -296,7 +337,7 @@ def _new_sample(item: UploadItem, p: _Prepared) -> NewSample:
     if item.structured_labels and item.label is INFER:
         label = None
     return NewSample(
-        filename=Path(item.name).name,
+        filename=check_name(item.name),
         category=category,
         content_hash=p.content_hash,
         media_type=info.media_type,
@@ -330,11 +371,10 @@ def walk_paths(paths: Iterable[Path]) -> Iterator[Path]:
 
 def _load_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except OSError as e:
         raise InvalidInput(f"{path}: cannot read {what}: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInput(f"{path}: {what} is not valid JSON ({e})") from None
+    return parse_json(data, f"{path}: {what}")
 
 
 def read_companions(directory: Path) -> tuple[dict[str, Any], dict[str, Any], list[Outcome]]:

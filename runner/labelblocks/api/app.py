@@ -15,11 +15,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import LabelblocksError, NotFound
+from ..errors import LabelblocksError, NotFound, StorageError
 from ..store import DB_NAME, Store
 from . import ingestion, media, projects, proposals, raw_data
 from .protocol import ProjectInfo
-from .state import PROJECT_ID, ApiError, BodyLimit, Limits, ServerState, error
+from .state import PROJECT_ID, ApiError, BodyLimit, ErrorShape, Limits, ServerState, error
 
 # the protocol's routers, in the order their paths are matched
 ROUTERS: tuple[APIRouter, ...] = (projects.router, proposals.router, raw_data.router, media.router, ingestion.router)
@@ -37,6 +37,7 @@ def create_api_app(store: Store, project_dir: Path, limits: Limits | None = None
                   description="The Edge Impulse AI-labeling protocol's raw-data and ingestion API for a labelblocks project.")
     app.state.lb = state
     app.add_middleware(BodyLimit, limits=state.limits)
+    app.add_middleware(ErrorShape)
     _add_error_handlers(app)
     for router in (*routers, *ROUTERS):
         app.include_router(router)
@@ -51,6 +52,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
         return error(404, str(exc))
+
+    @app.exception_handler(StorageError)
+    async def _storage(request: Request, exc: StorageError) -> JSONResponse:
+        return error(exc.status, str(exc))
 
     @app.exception_handler(LabelblocksError)
     async def _bad(request: Request, exc: LabelblocksError) -> JSONResponse:

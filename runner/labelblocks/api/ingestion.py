@@ -8,7 +8,6 @@ Multipart field ``data`` (one or many files) and the headers ``x-label`` (URL-en
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 import urllib.parse
@@ -20,8 +19,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
-from ..uploads import INFER, UPLOAD_CATEGORIES, Outcome, UploadItem, upload
-from .state import ApiError, Auth, BodyTooLarge, ServerState, State
+from ..errors import InvalidInput
+from ..model import parse_json
+from ..uploads import INFER, UPLOAD_CATEGORIES, Outcome, UploadItem, check_name, upload
+from .state import ApiError, Auth, BodyTooLarge, ServerState, State, header
 
 router = APIRouter(tags=["ingestion"])
 
@@ -35,6 +36,18 @@ async def ingest(category: str, request: Request, state: State, a: Auth) -> JSON
 
 def _flag(request: Request, name: str) -> bool:
     return request.headers.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def _multipart_problem(e: Exception) -> str:
+    """What is wrong with a multipart body, from the parser's own reason."""
+    root: BaseException = e
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    reason = str(root)
+    if "header size" in reason.lower():
+        return ("a part's headers are longer than 4 KB: is its file name that long? "
+                "File names are limited to 255 bytes of UTF-8")
+    return reason
 
 
 def safe_name(name: str) -> str:
@@ -55,14 +68,14 @@ async def ingest_request(state: ServerState, category: str, request: Request) ->
     label: Any = INFER
     if _flag(request, "x-no-label"):
         label = None
-    elif "x-label" in request.headers:
-        label = urllib.parse.unquote(request.headers["x-label"]).strip() or None
+    elif (raw_label := header(request, "x-label")) is not None:
+        label = urllib.parse.unquote(raw_label).strip() or None
     metadata: dict[str, str] = {}
-    if "x-metadata" in request.headers:
+    if (raw_md := header(request, "x-metadata")) is not None:
         try:
-            md = json.loads(request.headers["x-metadata"])
-        except json.JSONDecodeError as e:
-            raise ApiError(400, f"x-metadata: expected a JSON object of strings, got invalid JSON ({e.msg})") from None
+            md = parse_json(raw_md, "x-metadata")
+        except InvalidInput as e:
+            raise ApiError(400, str(e)) from None
         if not isinstance(md, dict) or not all(isinstance(k, str) and k and isinstance(v, str) for k, v in md.items()):
             raise ApiError(400, "x-metadata: expected a JSON object of non-empty string keys and string values")
         metadata = md
@@ -75,12 +88,12 @@ async def ingest_request(state: ServerState, category: str, request: Request) ->
     except (ApiError, BodyTooLarge):
         raise
     except Exception as e:
-        raise ApiError(400, f"malformed multipart body: {e}") from None
+        raise ApiError(400, f"malformed multipart body: {_multipart_problem(e)}") from None
     try:
         files = [f for f in form.getlist("data") if isinstance(f, UploadFile)]
         if not files:
             raise ApiError(400, "no files: send them in the multipart field 'data'")
-        file_name = request.headers.get("x-file-name")
+        file_name = header(request, "x-file-name")
         if file_name is not None and len(files) != 1:
             raise ApiError(400, f"x-file-name names one file, but {len(files)} were sent")
         items: list[UploadItem | Outcome] = []
@@ -89,9 +102,14 @@ async def ingest_request(state: ServerState, category: str, request: Request) ->
             name = safe_name(urllib.parse.unquote(file_name) if file_name is not None else (f.filename or "file"))
             if _flag(request, "x-add-date-id"):
                 name = _date_id(name)
-            data = await f.read(limits.file_bytes + 1)
             source = str(len(names))  # outcomes come back in processing order: answer in request order
             names.append(name)
+            try:
+                check_name(name)
+            except InvalidInput as e:
+                items.append(Outcome(source, "rejected", error=str(e)))
+                continue
+            data = await f.read(limits.file_bytes + 1)
             if len(data) > limits.file_bytes:
                 items.append(Outcome(source, "rejected", error=f"file too large: the limit is {limits.file_bytes} bytes"))
                 continue
@@ -99,7 +117,8 @@ async def ingest_request(state: ServerState, category: str, request: Request) ->
                                     data=data))
     finally:
         await form.close()
-    report = await run_in_threadpool(upload, state.store, items, _flag(request, "x-disallow-duplicates"))
+    report = await run_in_threadpool(upload, state.store, items, _flag(request, "x-disallow-duplicates"),
+                                     max_pixels=limits.max_pixels)
     out = report.to_json()
     out["files"].sort(key=lambda f: int(f["path"]))
     for f in out["files"]:

@@ -13,32 +13,33 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..errors import NotFound
-from ..model import SampleChange, parse_change
+from ..model import MAX_INT, SampleChange, parse_change
 from ..secrets import redact
 from ..store import jobs as job_store
-from .state import ApiError, Auth, Caller, JobScope, ProjectId, ServerState, State, json_body
+from .state import ApiError, Auth, Caller, JobId, JobScope, ProjectId, SampleId, ServerState, State, json_body
 
 router = APIRouter(prefix="/v1/api/{project_id}/raw-data", tags=["raw-data"])
 
 
 @router.get("/ai-actions-preview/{job_id}/proposed-changes")
-def proposed_changes(project_id: ProjectId, job_id: int, state: State) -> dict[str, Any]:
+def proposed_changes(project_id: ProjectId, job_id: JobId, state: State, a: Auth) -> dict[str, Any]:
+    a.check_job(job_id)
     if job_store.get_job(state.store, job_id) is None:
         raise NotFound(f"no job {job_id}")
     return {"success": True, "proposedChanges": job_store.job_proposals(state.store, job_id, records=False)}
 
 
 @router.post("/{sample_id}/propose-changes")
-async def propose(project_id: ProjectId, sample_id: int, request: Request, state: State, a: Auth) -> JSONResponse:
+async def propose(project_id: ProjectId, sample_id: SampleId, request: Request, state: State, a: Auth) -> JSONResponse:
     data = await json_body(request)
     job_id = data.get("jobId")
-    if not isinstance(job_id, int) or isinstance(job_id, bool):
+    if not isinstance(job_id, int) or isinstance(job_id, bool) or not 0 <= job_id <= MAX_INT:
         raise ApiError(400, f"jobId: expected the integer job id (--propose-actions), got {job_id!r}")
     change = parse_change(data.get("proposedChanges"), "proposedChanges")
+    a.check_job(job_id)
+    a.check_sample(sample_id)
     state.store.get_sample(sample_id)
     if a.scope is not None:
-        if job_id != a.scope.job_id:
-            raise ApiError(403, f"this key belongs to job {a.scope.job_id}, not job {job_id}")
         stage(state, a.scope, sample_id, change, merge=False)
     else:
         job_store.stage_proposal(state.store, job_id, sample_id, _step_for(state, job_id, sample_id), change)

@@ -8,20 +8,32 @@ samples, because published blocks find their samples by paging training, then te
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import secrets as pysecrets
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import InvalidInput
 from ..filters import SampleFilter, parse_metadata_json
 from ..model import CATEGORIES, Sample, SampleChange, parse_boxes, parse_change, parse_structured_labels
 from ..store.jobs import overlay
-from .media import stored_audio
+from .media import audio_values_json, stored_audio_header
 from .proposals import overlay_step, stage
 from .protocol import payload_json, sample_json
-from .state import ApiError, Auth, Caller, ProjectId, ServerState, State, json_body
+from .state import (
+    ApiError,
+    Auth,
+    Caller,
+    OptionalQueryInt,
+    ProjectId,
+    QueryInt,
+    SampleId,
+    ServerState,
+    State,
+    json_body,
+)
 
 router = APIRouter(prefix="/v1/api/{project_id}/raw-data", tags=["raw-data"])
 
@@ -30,19 +42,23 @@ router = APIRouter(prefix="/v1/api/{project_id}/raw-data", tags=["raw-data"])
 
 
 @router.get("")
-def list_samples(project_id: ProjectId, state: State, a: Auth, category: str = "all", limit: int = 20,
-                 offset: int = 0, labels: str | None = None, filename: str | None = None, search: str | None = None,
-                 includeDisabled: str | None = None, proposedActionsJobId: int | None = None,
-                 sortBy: str | None = None, dataType: str | None = None, minId: int | None = None,
-                 maxId: int | None = None, metadata: str | None = None) -> dict[str, Any]:
+def list_samples(project_id: ProjectId, state: State, a: Auth, category: str = "all", limit: QueryInt = 20,
+                 offset: QueryInt = 0, labels: str | None = None, filename: str | None = None,
+                 search: str | None = None, includeDisabled: str | None = None,
+                 proposedActionsJobId: OptionalQueryInt = None, sortBy: str | None = None,
+                 dataType: str | None = None, minId: OptionalQueryInt = None, maxId: OptionalQueryInt = None,
+                 metadata: str | None = None) -> dict[str, Any]:
     store = state.store
     f = _list_filter(category, labels, filename or search, includeDisabled, dataType, minId, maxId, metadata)
-    if a.scope is not None and f.categories == ["training"]:
-        # published blocks find their samples by paging training, then testing: a job's
-        # validation samples (from `labelblocks split`) must not be skipped silently
-        f.categories = ["training", "validation"]
-    if limit < 0 or offset < 0:
-        raise ApiError(400, f"expected limit and offset >= 0, got limit={limit} offset={offset}")
+    if a.scope is not None:
+        # a job key lists its job's samples only
+        f.ids = sorted(a.scope.sample_ids)
+        if f.categories == ["training"]:
+            # published blocks find their samples by paging training, then testing: a job's
+            # validation samples (from `labelblocks split`) must not be skipped silently
+            f.categories = ["training", "validation"]
+    if proposedActionsJobId is not None:
+        a.check_job(proposedActionsJobId)
     limit = min(limit, state.limits.page)
     desc = (sortBy or "id-desc") == "id-desc"
     if sortBy not in (None, "id-desc", "id-asc"):
@@ -54,22 +70,40 @@ def list_samples(project_id: ProjectId, state: State, a: Auth, category: str = "
 
 
 @router.get("/{sample_id}")
-def get_sample(project_id: ProjectId, sample_id: int, state: State, a: Auth, proposedActionsJobId: int | None = None,
-               limitPayloadValues: int | None = None) -> dict[str, Any]:
+def get_sample(project_id: ProjectId, sample_id: SampleId, state: State, a: Auth,
+               proposedActionsJobId: OptionalQueryInt = None, limitPayloadValues: OptionalQueryInt = None) -> Response:
+    """A sample with its payload: an audio sample's values (mono), at most ``limitPayloadValues``
+    and never more than the server's limit (``totalPayloadLength`` says how many there are),
+    streamed as they are decoded."""
     s = _sample_of(state, a, sample_id, proposedActionsJobId)
-    values: list[list[float]] = []
-    if s.is_audio and limitPayloadValues != 0:
-        audio, _ = stored_audio(state.store.blob_path(s).read_bytes(), mono=True)
-        if limitPayloadValues is not None:
-            audio = audio[:limitPayloadValues]
-        values = [[float(v)] for v in audio]
-    payload = payload_json(s, values)
-    return {"success": True, "sample": sample_json(s, project_id), "payload": payload,
-            "totalPayloadLength": int(s.values_count or 1),
-            "datastreamPayloads": [{"index": 0, "payload": payload, "totalPayloadLength": int(s.values_count or 1)}]}
+    total = int(s.values_count or 1)
+    n = 0
+    if s.is_audio:
+        n = min(total, state.limits.payload_values if limitPayloadValues is None else limitPayloadValues,
+                state.limits.payload_values)
+    marker = pysecrets.token_hex(16)  # where the values go: no stored text can guess it
+    payload = payload_json(s, marker)  # type: ignore[arg-type]
+    doc = {"success": True, "sample": sample_json(s, project_id), "payload": payload, "totalPayloadLength": total,
+           "datastreamPayloads": [{"index": 0, "payload": payload, "totalPayloadLength": total}]}
+    parts = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).split(f'"{marker}"')
+    if n == 0:
+        return Response("[]".join(parts), media_type="application/json")
+    path = state.store.blob_path(s)
+    stored_audio_header(path)  # a file gone bad is a clean error before the answer starts
+
+    def stream() -> Iterator[bytes]:
+        for i, part in enumerate(parts):
+            if i:
+                yield from audio_values_json(path, n)
+            yield part.encode("utf-8")
+
+    return StreamingResponse(stream(), media_type="application/json")
 
 
-def _sample_of(state: ServerState, a: Caller, sample_id: int, job_id: int | None = None) -> Sample:
+def _sample_of(state: ServerState, a: Caller, sample_id: SampleId, job_id: int | None = None) -> Sample:
+    a.check_sample(sample_id)
+    if job_id is not None:
+        a.check_job(job_id)
     s = state.store.get_sample(sample_id)
     if job_id is not None:
         [s] = overlay(state.store, job_id, [s], overlay_step(a, job_id))
@@ -79,9 +113,10 @@ def _sample_of(state: ServerState, a: Caller, sample_id: int, job_id: int | None
 # --- writing ----------------------------------------------------------------------------------------
 
 
-def _write(state: ServerState, a: Caller, sample_id: int, change: SampleChange,
+def _write(state: ServerState, a: Caller, sample_id: SampleId, change: SampleChange,
            direct: Callable[[], Any]) -> JSONResponse:
     """A write from a block: staged as the step's proposal under a job key, else applied."""
+    a.check_sample(sample_id)
     if a.scope is not None:
         stage(state, a.scope, sample_id, change, merge=True)
     else:
@@ -90,14 +125,14 @@ def _write(state: ServerState, a: Caller, sample_id: int, change: SampleChange,
 
 
 @router.post("/{sample_id}/bounding-boxes")
-async def set_boxes(project_id: ProjectId, sample_id: int, request: Request, state: State, a: Auth) -> JSONResponse:
+async def set_boxes(project_id: ProjectId, sample_id: SampleId, request: Request, state: State, a: Auth) -> JSONResponse:
     boxes = parse_boxes((await json_body(request)).get("boundingBoxes"), "boundingBoxes")
     return _write(state, a, sample_id, SampleChange(bounding_boxes=boxes),
                   lambda: state.store.set_bounding_boxes(sample_id, boxes))
 
 
 @router.post("/{sample_id}/structured-labels")
-async def set_structured(project_id: ProjectId, sample_id: int, request: Request, state: State,
+async def set_structured(project_id: ProjectId, sample_id: SampleId, request: Request, state: State,
                          a: Auth) -> JSONResponse:
     labels = parse_structured_labels((await json_body(request)).get("structuredLabels"), "structuredLabels")
     return _write(state, a, sample_id, SampleChange(structured_labels=labels),
@@ -105,7 +140,7 @@ async def set_structured(project_id: ProjectId, sample_id: int, request: Request
 
 
 @router.post("/{sample_id}/edit-label")
-async def edit_label(project_id: ProjectId, sample_id: int, request: Request, state: State, a: Auth) -> JSONResponse:
+async def edit_label(project_id: ProjectId, sample_id: SampleId, request: Request, state: State, a: Auth) -> JSONResponse:
     label = (await json_body(request)).get("label")
     if label is not None and not isinstance(label, str):
         raise ApiError(400, f"label: expected a string, got {type(label).__name__}")
@@ -114,9 +149,10 @@ async def edit_label(project_id: ProjectId, sample_id: int, request: Request, st
 
 
 @router.post("/{sample_id}/metadata")
-async def set_metadata(project_id: ProjectId, sample_id: int, request: Request, state: State,
+async def set_metadata(project_id: ProjectId, sample_id: SampleId, request: Request, state: State,
                        a: Auth) -> JSONResponse:
     md = parse_change({"metadata": (await json_body(request)).get("metadata") or {}}, "metadata").metadata or {}
+    a.check_sample(sample_id)
     if a.scope is not None:
         # the protocol adds or updates keys; a change's metadata replaces the whole: start from
         # the sample as this step has it so far (earlier steps and this step's own writes)
@@ -127,13 +163,13 @@ async def set_metadata(project_id: ProjectId, sample_id: int, request: Request, 
 
 
 @router.post("/{sample_id}/disable")
-def disable(project_id: ProjectId, sample_id: int, state: State, a: Auth) -> JSONResponse:
+def disable(project_id: ProjectId, sample_id: SampleId, state: State, a: Auth) -> JSONResponse:
     return _write(state, a, sample_id, SampleChange(is_disabled=True),
                   lambda: state.store.set_disabled([sample_id], True))
 
 
 @router.post("/{sample_id}/enable")
-def enable(project_id: ProjectId, sample_id: int, state: State, a: Auth) -> JSONResponse:
+def enable(project_id: ProjectId, sample_id: SampleId, state: State, a: Auth) -> JSONResponse:
     return _write(state, a, sample_id, SampleChange(is_disabled=False),
                   lambda: state.store.set_disabled([sample_id], False))
 

@@ -8,23 +8,35 @@ an external block runs. Errors have the protocol's shape ``{"success": false, "e
 
 from __future__ import annotations
 
-import json
+import logging
 import secrets as pysecrets
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import InvalidInput, storage_error
+from ..media import MAX_IMAGE_PIXELS
+from ..model import MAX_INT, parse_json
 from ..store import Store
-from ..store.keys import hash_key, verify_key
+from ..store.keys import LAST_USED_EVERY, hash_key, touch_key, verify_key
 from .protocol import ProjectInfo
 
 PROJECT_ID = 1
 MB = 1024 * 1024
+
+# ids, offsets and counts in paths and queries: what a database integer holds (a larger one is
+# a 400 with the bound, not an overflow deep in the driver)
+SampleId = Annotated[int, PathParam(ge=0, le=MAX_INT)]
+JobId = Annotated[int, PathParam(ge=0, le=MAX_INT)]
+QueryInt = Annotated[int, Query(ge=0, le=MAX_INT)]
+OptionalQueryInt = Annotated[int | None, Query(ge=0, le=MAX_INT)]
 
 
 @dataclass
@@ -34,6 +46,10 @@ class Limits:
     file_bytes: int = 128 * MB  # one uploaded file
     files: int = 10_000  # files in one ingestion request
     page: int = 10_000  # samples in one list page
+    # audio values in one sample answer (the protocol's limitPayloadValues is capped at it, and
+    # is it when not given): 1,000,000 values are 21 s at 48 kHz, about 20 MB of JSON
+    payload_values: int = 1_000_000
+    max_pixels: int = MAX_IMAGE_PIXELS  # the largest uploaded image (width x height)
 
 
 @dataclass
@@ -65,6 +81,17 @@ class Caller:
     def __init__(self, scope: JobScope | None) -> None:
         self.scope = scope
 
+    def check_sample(self, sample_id: int) -> None:
+        """403 when a job key asks for a sample outside its job: a job key reads and writes
+        its job's samples only."""
+        if self.scope is not None and sample_id not in self.scope.sample_ids:
+            raise ApiError(403, f"sample {sample_id} is not part of job {self.scope.job_id}'s step {self.scope.step}")
+
+    def check_job(self, job_id: int) -> None:
+        """403 when a job key asks for another job's proposals."""
+        if self.scope is not None and job_id != self.scope.job_id:
+            raise ApiError(403, f"this key belongs to job {self.scope.job_id}, not job {job_id}")
+
 
 class ServerState:
     def __init__(self, store: Store, project: ProjectInfo, limits: Limits) -> None:
@@ -73,6 +100,26 @@ class ServerState:
         self.limits = limits
         self._scopes: dict[str, JobScope] = {}
         self._lock = threading.Lock()
+        self._used: dict[int, float] = {}  # key id -> last use recorded (or being recorded)
+
+    def _note_use(self, key_id: int, recorded: float | None) -> None:
+        """Record a key's use, at most once a minute, in the background: a request never waits
+        for the database's write lock for it, and a read-only project still serves reads."""
+        now = time.time()
+        with self._lock:
+            last = max(recorded or 0.0, self._used.get(key_id, 0.0))
+            if now - last < LAST_USED_EVERY:
+                return
+            self._used[key_id] = now
+
+        def write() -> None:
+            try:
+                touch_key(self.store, key_id, now)
+            except Exception:  # a busy, full or read-only database: the next use retries
+                with self._lock:
+                    self._used[key_id] = last
+
+        threading.Thread(target=write, name="labelblocks-key-use", daemon=True).start()
 
     def add_job_key(self, scope: JobScope) -> str:
         """A new key valid only for ``scope``; forget it with :meth:`remove_job_key`."""
@@ -91,7 +138,9 @@ class ServerState:
                 scope = self._scopes.get(hash_key(key))
             if scope is not None:
                 return Caller(scope)
-            if verify_key(self.store, key) is not None:
+            record = verify_key(self.store, key)
+            if record is not None:
+                self._note_use(record.id, record.last_used_at)
                 return Caller(None)
         raise ApiError(401, "missing or invalid API key: pass a project key (`labelblocks keys create`) in x-api-key")
 
@@ -127,14 +176,26 @@ ProjectId = Annotated[int, Depends(checked_project)]
 
 async def json_body(request: Request) -> dict[str, Any]:
     """The request's JSON object body (400 for anything else)."""
-    raw = await request.body()
     try:
-        data = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"expected a JSON body: {e}") from None
+        data = parse_json(await request.body() or b"{}", "expected a JSON body")
+    except InvalidInput as e:
+        raise ApiError(400, str(e)) from None
     if not isinstance(data, dict):
         raise ApiError(400, f"expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def header(request: Request, name: str) -> str | None:
+    """A request header's text: its bytes as UTF-8 (HTTP hands them over as Latin-1), or as
+    Latin-1 where they are not valid UTF-8."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    raw = value.encode("latin-1")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -196,3 +257,42 @@ class BodyLimit:
         except BodyTooLarge:
             if not started:
                 await too_big(scope, receive, send)
+
+
+# --- errors no handler expected -------------------------------------------------------------------
+
+log = logging.getLogger("labelblocks.api")
+
+
+class ErrorShape:
+    """Every error answer in the protocol's JSON shape, also for what no handler expected: the
+    storage refusing a write (a full disk is 507, a read-only project 503) and, for a bug, a
+    500 with a JSON body (its traceback goes to the server's log, not to the caller)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as exc:
+            if started:
+                raise
+            known = storage_error(exc)
+            if known is not None:
+                await error(known.status, str(known))(scope, receive, send)
+                return
+            log.exception("unexpected error answering %s %s", scope.get("method"), scope.get("path"))
+            await error(500, f"internal error ({type(exc).__name__}): the server's log has the details")(
+                scope, receive, send)

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import LabelblocksError
+from ..errors import LabelblocksError, storage_error
 from ._util import AppContext
 
 DEBUG_ENV = "LABELBLOCKS_DEBUG"
@@ -30,6 +30,13 @@ class _Group(click.Group):
             if e.exit_code == 2:
                 raise click.UsageError(str(e), ctx) from None
             raise click.ClickException(str(e)) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            known = storage_error(e)
+            if known is None or os.environ.get(DEBUG_ENV):
+                raise
+            raise click.ClickException(str(known)) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

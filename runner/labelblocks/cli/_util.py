@@ -13,6 +13,7 @@ import click
 
 from ..errors import InvalidInput
 from ..filters import SampleFilter, check_categories, from_shorthand, parse_metadata_json
+from ..model import check_text
 from ..project import find_project, open_store
 from ..store import Store
 
@@ -127,7 +128,7 @@ def parse_key_values(items: tuple[str, ...] | list[str], what: str) -> dict[str,
         k, v = text.split("=", 1)
         if not k.strip():
             raise InvalidInput(f"{what}: expected KEY=VALUE with a non-empty key, got {text!r}")
-        out[k.strip()] = v
+        out[check_text(k.strip(), what)] = check_text(v, what)
     return out
 
 

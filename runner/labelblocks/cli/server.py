@@ -6,6 +6,7 @@ from datetime import datetime
 
 import click
 
+from ..media import MAX_IMAGE_PIXELS
 from ._util import AppContext, pass_app, print_json
 
 
@@ -15,10 +16,13 @@ from ._util import AppContext, pass_app, print_json
 @click.option("--max-upload-mb", type=click.IntRange(min=1), default=512, show_default=True,
               help="Largest ingestion request, all files together.")
 @click.option("--max-file-mb", type=click.IntRange(min=1), default=128, show_default=True, help="Largest uploaded file.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_IMAGE_PIXELS, show_default=True,
+              help="Largest uploaded image, in pixels (width x height).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes (each opens the project's database; writes are serialised by SQLite).")
 @pass_app
-def serve_cmd(app: AppContext, host: str, port: int, max_upload_mb: int, max_file_mb: int, workers: int) -> None:
+def serve_cmd(app: AppContext, host: str, port: int, max_upload_mb: int, max_file_mb: int, max_pixels: int,
+              workers: int) -> None:
     """Serve the project over HTTP: the protocol's raw-data API under /v1/api/1/...,
     its ingestion service under /api/{training,testing,validation,split}/files, a health
     check at /healthz and the OpenAPI document at /openapi.json.
@@ -35,7 +39,7 @@ def serve_cmd(app: AppContext, host: str, port: int, max_upload_mb: int, max_fil
     from ..api import MB
     from ..server import Limits
 
-    limits = Limits(upload_bytes=max_upload_mb * MB, file_bytes=max_file_mb * MB)
+    limits = Limits(upload_bytes=max_upload_mb * MB, file_bytes=max_file_mb * MB, max_pixels=max_pixels)
     project_dir = app.project_dir
     app.store  # noqa: B018 - opens (and migrates) the project before the server starts
     click.echo(f"Serving {project_dir} on http://{host}:{port} (API base http://{host}:{port}/v1)", err=True)
@@ -50,7 +54,9 @@ def serve_cmd(app: AppContext, host: str, port: int, max_upload_mb: int, max_fil
         import uvicorn
 
         os.environ["LABELBLOCKS_SERVE_PROJECT"] = str(project_dir)
-        os.environ["LABELBLOCKS_SERVE_LIMITS"] = f"{limits.upload_bytes},{limits.file_bytes}"
+        from ..server.app import limits_env
+
+        os.environ["LABELBLOCKS_SERVE_LIMITS"] = limits_env(limits)
         uvicorn.run("labelblocks.server.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                     log_level="info")
         return

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
+from ..media import MAX_IMAGE_PIXELS
 from ..uploads import INFER, UPLOAD_CATEGORIES, Outcome, items_from_info_file, items_from_paths, upload
 from ._util import AppContext, parse_key_values, pass_app, print_json, progress
 
@@ -25,10 +26,13 @@ from ._util import AppContext, parse_key_values, pass_app, print_json, progress
 @click.option("--info-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The protocol's info.labels: files (relative to it) with labels, metadata and boxes.")
 @click.option("--disallow-duplicates", is_flag=True, help="Skip files whose content is already in the project.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_IMAGE_PIXELS, show_default=True,
+              help="Refuse images larger than this many pixels (width x height).")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-file results as JSON.")
 @pass_app
 def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, label: str | None, no_label: bool,
-               metadata: tuple[str, ...], info_file: Path | None, disallow_duplicates: bool, as_json: bool) -> None:
+               metadata: tuple[str, ...], info_file: Path | None, disallow_duplicates: bool, max_pixels: int,
+               as_json: bool) -> None:
     """Upload images (PNG, JPEG, ...) and audio (WAV, FLAC, OGG) from files and folders.
 
     Folders are walked. Labels come from --label, else from the file name's leading
@@ -56,7 +60,8 @@ def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, l
         sources.append(items_from_paths(paths, category or "training", lab, md))
     items = list(itertools.chain.from_iterable(sources))
     with progress(len(items), "Uploading", enabled=not as_json) as bar:
-        report = upload(store, items, disallow_duplicates=disallow_duplicates, on_progress=lambda o: bar(1))
+        report = upload(store, items, disallow_duplicates=disallow_duplicates, on_progress=lambda o: bar(1),
+                        max_pixels=max_pixels)
     if as_json:
         print_json(report.to_json())
     else:

@@ -7,6 +7,8 @@ below it imports it.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -27,5 +29,10 @@ def create_app(project_dir: Path | str, store: Store | None = None, limits: Limi
 
 def app_from_env() -> FastAPI:
     """The app factory of `labelblocks serve --workers N` (each worker process calls it)."""
-    upload, file = (int(x) for x in os.environ["LABELBLOCKS_SERVE_LIMITS"].split(","))
-    return create_app(os.environ["LABELBLOCKS_SERVE_PROJECT"], limits=Limits(upload_bytes=upload, file_bytes=file))
+    limits = Limits(**json.loads(os.environ["LABELBLOCKS_SERVE_LIMITS"]))
+    return create_app(os.environ["LABELBLOCKS_SERVE_PROJECT"], limits=limits)
+
+
+def limits_env(limits: Limits) -> str:
+    """``limits`` as app_from_env reads them from LABELBLOCKS_SERVE_LIMITS."""
+    return json.dumps(dataclasses.asdict(limits))

@@ -111,6 +111,19 @@ class PreparedChanges:
     count: int  # changes prepared
 
 
+_IDS_AS_PARAMETERS = 500  # up to this many ids as bound parameters; more as one JSON list (json_each)
+
+
+def _id_in(column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
+    """``column IN ids``, for any number of ids (SQLite binds at most 32,766 parameters)."""
+    if not ids:
+        return false()
+    if len(ids) <= _IDS_AS_PARAMETERS:
+        return column.in_(ids)  # type: ignore[no-any-return]
+    each = func.json_each(json.dumps(list(ids))).table_valued("value")
+    return column.in_(select(each.c.value))  # type: ignore[no-any-return]
+
+
 class Store:
     """A project's samples. Open with :meth:`open`; use as a context manager or call close()."""
 
@@ -484,7 +497,7 @@ class Store:
         s = samples.c
         parts: list[ColumnElement[bool]] = []
         if f.ids is not None:
-            parts.append(s.id.in_(f.ids) if f.ids else false())
+            parts.append(_id_in(s.id, f.ids))
         if f.min_id is not None:
             parts.append(s.id >= f.min_id)
         if f.max_id is not None:
@@ -603,6 +616,17 @@ class Store:
             ):
                 md[sid][k] = v
         return [_row_to_sample(r, md[r.id]) for r in rows]
+
+    def orphan_blobs(self, min_age: float) -> list[tuple[Path, int]]:
+        """Files in the blob folder that no sample references, older than ``min_age`` seconds:
+        blobs left by a process killed between writing a blob and committing its sample, and
+        temporary files of interrupted writes. (path, size) each. Younger files are spared: an
+        upload in progress writes its blobs before it commits."""
+        with self._read() as conn:
+            used = {r[0] for r in conn.execute(select(samples.c.content_hash).distinct())}
+        cutoff = time.time() - min_age
+        return [(path, st.st_size) for h, path, st in self.blobs.files()
+                if h not in used and st.st_mtime <= cutoff]
 
     def existing_hashes(self, hashes: Iterable[str]) -> set[str]:
         out: set[str] = set()

@@ -1,11 +1,21 @@
-"""Content-addressed blob files beside the database: ``blobs/ab/abcdef...``."""
+"""Content-addressed blob files beside the database: ``blobs/ab/abcdef...``.
+
+Durability: a blob is written to a temporary name and renamed; :meth:`BlobStore.sync` makes
+the written blobs and their folder entries durable, and is called before the database row
+that references them commits (a crash never leaves a row pointing at a blob that is lost).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
 import os
 import re
+import sys
 import threading
+from collections.abc import Iterable, Iterator
+from functools import cache
 from pathlib import Path
 
 from ..errors import InvalidInput
@@ -39,6 +49,8 @@ class BlobStore:
         """Write ``data`` under its hash atomically (temporary file + rename); idempotent."""
         dest = self.path(content_hash)
         if dest.exists():
+            # a fresh time: `labelblocks gc` spares young blobs, and this one is about to be used
+            os.utime(dest)
             return dest
         sub = content_hash[:2]
         if sub not in self._dirs:
@@ -56,8 +68,64 @@ class BlobStore:
             raise
         return dest
 
+    def files(self) -> Iterator[tuple[str | None, Path, os.stat_result]]:
+        """Every file in the blob folder: (its hash, or None for a leftover temporary file of
+        an interrupted write), its path and its stat."""
+        if not self.root.is_dir():
+            return
+        for shard in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(shard.path):
+                if entry.is_file(follow_symlinks=False):
+                    name = entry.name
+                    yield (name if _HASH.match(name) else None), Path(entry.path), entry.stat(follow_symlinks=False)
+
     def read(self, content_hash: str) -> bytes:
         return self.path(content_hash).read_bytes()
 
     def remove(self, content_hash: str) -> None:
         self.path(content_hash).unlink(missing_ok=True)
+
+    def sync(self, content_hashes: Iterable[str]) -> None:
+        """Make the blobs ``content_hashes`` and their folder entries durable. On Linux one
+        ``syncfs`` of the blob folder's file system (one journal commit for a whole batch);
+        elsewhere an fsync of each file and of each folder holding one."""
+        hashes = list(content_hashes)
+        if not hashes:
+            return
+        syncfs = _syncfs()
+        if syncfs is not None:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+        for h in hashes:
+            _fsync(self.path(h), os.O_RDONLY)
+        for folder in {self.path(h).parent for h in hashes}:
+            _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@cache
+def _syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """libc's syncfs(2) (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]

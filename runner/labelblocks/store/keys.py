@@ -22,6 +22,7 @@ from .schema import api_keys
 
 KEY_PREFIX = "ei_"
 _SHOWN = 10  # characters of a key kept to tell keys apart
+LAST_USED_EVERY = 60.0  # seconds: a key's last use is recorded at most this often
 
 
 def new_key() -> str:
@@ -88,3 +89,14 @@ def verify_key(store: Store, key: str | None) -> ApiKey | None:
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, h):
         return None
     return ApiKey(row.id, row.name, row.prefix, row.created_at, row.revoked_at, row.last_used_at)
+
+
+def touch_key(store: Store, key_id: int, now: float) -> bool:
+    """Record that key ``key_id`` was used at ``now``, unless a use within LAST_USED_EVERY
+    seconds is recorded already (several server processes write it once). True if written."""
+    stale = now - LAST_USED_EVERY
+    with store.transaction() as conn:
+        done = conn.execute(update(api_keys).where(api_keys.c.id == key_id)
+                            .where((api_keys.c.last_used_at.is_(None)) | (api_keys.c.last_used_at <= stale))
+                            .values(last_used_at=now))
+    return bool(done.rowcount)
