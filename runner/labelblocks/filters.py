@@ -15,14 +15,13 @@ CLI shorthand: ``--where K=V`` (repeatable; several values of one key mean any o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from .errors import InvalidInput
-from .model import CATEGORIES
+from .model import CATEGORIES, parse_json
 
 
 class MetadataCondition(BaseModel):
@@ -65,10 +64,7 @@ class SampleFilter(BaseModel):
 def parse_metadata_json(data: Any) -> tuple[list[MetadataCondition], bool, Literal["and", "or"]]:
     """Parse the protocol's JSON filter list (a list, or a JSON string of one)."""
     if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except json.JSONDecodeError as e:
-            raise InvalidInput(f"metadata filter: expected a JSON list, got invalid JSON ({e.msg})") from None
+        data = parse_json(data, "metadata filter: expected a JSON list, got")
     if not isinstance(data, list):
         raise InvalidInput(f"metadata filter: expected a JSON list, got {type(data).__name__}")
     conds: list[MetadataCondition] = []

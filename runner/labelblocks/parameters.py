@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InvalidInput
-from .model import format_validation_error
+from .model import format_validation_error, parse_json
 
 ParamType = Literal["string", "int", "float", "select", "boolean", "flag", "secret", "bucket", "dataset", "project"]
 PARAM_TYPES: tuple[str, ...] = ParamType.__args__  # type: ignore[attr-defined]
@@ -115,11 +115,10 @@ class ParametersFile(BaseModel):
 
 def _read_json(path: Path, label: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except OSError as e:
         raise InvalidInput(f"cannot read {label}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise InvalidInput(f"{label} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    return parse_json(raw, label)
 
 
 def load_parameters(source: str | Path | Mapping[str, Any], what: str | None = None) -> ParametersFile:

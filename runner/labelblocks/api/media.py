@@ -6,6 +6,7 @@ so one request holds a few megabytes whatever the length of the recording.
 
 from __future__ import annotations
 
+import json
 import struct
 import urllib.parse
 from collections.abc import Iterator
@@ -96,8 +97,8 @@ def audio_values_json(path: Path, n: int) -> Iterator[bytes]:
     sep = b""
     for block in _blocks(path, 0, n, mono=True):
         values: list[float] = block.tolist()  # type: ignore[attr-defined]
-        if values:
-            yield sep + b"[" + "],[".join(map(repr, values)).encode() + b"]"
+        if values:  # json.dumps writes "[a, b]" (C speed): the protocol's form is "[[a],[b]]"
+            yield sep + b"[" + json.dumps(values)[1:-1].replace(", ", "],[").encode() + b"]"
             sep = b","
     yield b"]"
 

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import InvalidInput
 from ..filters import SampleFilter, parse_metadata_json
-from ..model import CATEGORIES, Sample, SampleChange, parse_boxes, parse_change, parse_structured_labels
+from ..model import CATEGORIES, Sample, SampleChange, parse_boxes, parse_change, parse_json, parse_structured_labels
 from ..store.jobs import overlay
 from .media import audio_values_json, stored_audio_header
 from .proposals import overlay_step, stage
@@ -183,9 +183,9 @@ def _list_filter(category: str, labels: str | None, search: str | None, include_
         f.categories = [category]
     if labels:
         try:
-            lab = json.loads(labels)
-        except json.JSONDecodeError:
-            raise ApiError(400, f"labels: expected a JSON list of strings, got {labels!r}") from None
+            lab = parse_json(labels, "labels: expected a JSON list of strings, got")
+        except InvalidInput as e:
+            raise ApiError(400, str(e)) from None
         if not isinstance(lab, list) or not all(isinstance(x, str) for x in lab):
             raise ApiError(400, f"labels: expected a JSON list of strings, got {labels!r}")
         f.labels = lab

@@ -47,8 +47,9 @@ class Limits:
     files: int = 10_000  # files in one ingestion request
     page: int = 10_000  # samples in one list page
     # audio values in one sample answer (the protocol's limitPayloadValues is capped at it, and
-    # is it when not given): 1,000,000 values are 21 s at 48 kHz, about 20 MB of JSON
-    payload_values: int = 1_000_000
+    # is it when not given): 100,000 values are 2 s at 48 kHz, about 2.5 MB of JSON; the whole
+    # recording is /wav's answer (binary, streamed)
+    payload_values: int = 100_000
     max_pixels: int = MAX_IMAGE_PIXELS  # the largest uploaded image (width x height)
 
 

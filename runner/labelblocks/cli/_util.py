@@ -13,7 +13,7 @@ import click
 
 from ..errors import InvalidInput
 from ..filters import SampleFilter, check_categories, from_shorthand, parse_metadata_json
-from ..model import check_text
+from ..model import check_text, parse_json
 from ..project import find_project, open_store
 from ..store import Store
 
@@ -230,7 +230,4 @@ def load_json_arg(text: str, what: str) -> Any:
             raw = text
     except OSError as e:
         raise InvalidInput(f"{what}: cannot read {text[1:]}: {e.strerror or e}") from None
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise InvalidInput(f"{what}: expected JSON, got invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    return parse_json(raw, f"{what}: expected JSON, got")
