@@ -64,7 +64,7 @@ class SampleFilter(BaseModel):
 def parse_metadata_json(data: Any) -> tuple[list[MetadataCondition], bool, Literal["and", "or"]]:
     """Parse the protocol's JSON filter list (a list, or a JSON string of one)."""
     if isinstance(data, str):
-        data = parse_json(data, "metadata filter: expected a JSON list, got")
+        data = parse_json(data, "metadata filter", "a JSON list")
     if not isinstance(data, list):
         raise InvalidInput(f"metadata filter: expected a JSON list, got {type(data).__name__}")
     conds: list[MetadataCondition] = []

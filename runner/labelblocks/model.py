@@ -40,12 +40,15 @@ def check_text(value: str, what: str) -> str:
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def parse_json(text: str | bytes, what: str) -> Any:
+def parse_json(text: str | bytes, what: str, expected: str | None = None) -> Any:
     """JSON ``text`` parsed, or InvalidInput saying why not: invalid JSON or UTF-8, nesting
-    deeper than Python can parse (a hostile ``[[[[...``), text with a lone surrogate."""
+    deeper than Python can parse (a hostile ``[[[[...``), text with a lone surrogate. ``what``
+    names the input in messages; ``expected`` says what it should have been."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
+        if expected:
+            raise InvalidInput(f"{what}: expected {expected}, got invalid JSON ({e})") from None
         raise InvalidInput(f"{what}: not valid JSON ({e})") from None
     except UnicodeDecodeError as e:
         raise InvalidInput(f"{what}: not UTF-8 ({e.reason} at byte {e.start})") from None

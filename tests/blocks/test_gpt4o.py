@@ -282,3 +282,50 @@ def test_owlvit_then_gpt4o_relabel_in_one_action(dataset: Cli, tmp_path: Path) -
         boxes = [b for s in cli.json("samples", "list") for b in s["boundingBoxes"]]
         assert boxes and {b["label"] for b in boxes} == {"car"}
         assert all(b["width"] >= b["height"] for b in boxes)  # tall crops were removed
+
+
+def test_cache_holds_no_secret_and_is_keyed_by_endpoint(dataset: Cli, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that echoes the Authorization header puts nothing of the key in the answer cache
+    (or anywhere); an answer of one server is never the answer of another."""
+    import base64
+    import socket
+    import urllib.parse
+
+    cli = dataset
+    echo = json.dumps({"label": "car", "reason": f"you sent Authorization: Bearer {KEY}"})
+    with Emulator(fault=lambda n, req: Fault(content=echo)) as emu:
+        cli("actions", "create", "ask", "--step", "gpt4o-image-label", "-p", "concurrency=4", "-p", "timeout=2",
+            "-p", "max-retries=0")
+        monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
+        preview = cli.json("actions", "preview", "ask", "--limit", "4")
+        assert preview["failed"] == 0 and emu.ok == 4
+    cache = next(cli.project.rglob("gpt4o-answers.sqlite"))
+    stored = b"".join(p.read_bytes() for p in cache.parent.glob("gpt4o-answers.sqlite*"))
+    for form in (KEY, base64.b64encode(KEY.encode()).decode(), urllib.parse.quote(KEY), KEY[5:20]):
+        assert form.encode() not in stored
+    assert b"you sent Authorization: Bearer ***" in stored  # what the block used, redacted
+    assert KEY not in everything_printed(cli, cli.project)
+    # the same action against a server that is down: nothing comes from the first server's answers
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    monkeypatch.setenv("OPENAI_BASE_URL", dead)
+    out = json.loads(cli("actions", "run", "ask", "--json", expect=None).stdout)
+    assert out["applied"] == 0 and out["failed"] == 12
+    assert all(s.get("label") is None for s in cli.json("samples", "list"))
+
+
+def test_identical_requests_in_flight_are_sent_once(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    img = shade(tmp_path / "same" / "a.png", 200)
+    for i in range(8):
+        (tmp_path / "same" / f"copy{i}.png").write_bytes(img.read_bytes())
+    cli("upload", str(tmp_path / "same"), "--no-label")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with Emulator(latency=0.5) as emu:
+        cli("actions", "create", "ask", "--step", "gpt4o-image-label", "-p", f"base-url={emu.base_url}",
+            "-p", "concurrency=8")
+        out = cli.json("actions", "run", "ask")
+        assert out["applied"] == 9 and out["failed"] == 0
+        assert emu.ok == 1  # nine identical images, one paid request
+    assert {s.get("label") for s in cli.json("samples", "list")} == {"car"}

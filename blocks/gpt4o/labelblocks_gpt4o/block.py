@@ -86,6 +86,11 @@ def user_message(prompt: str, image_url: str, detail: str) -> list[dict[str, Any
                                          {"type": "image_url", "image_url": {"url": image_url, "detail": detail}}]}]
 
 
+def base_url(args: Mapping[str, Any]) -> str:
+    """The endpoint a run asks: the base-url parameter, else OPENAI_BASE_URL, else OpenAI's."""
+    return str(args.get("base-url") or "") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+
+
 class Gpt4oBlock(Block):
     """What the three blocks share: the client, concurrency, the cache, usage, estimates."""
 
@@ -113,7 +118,7 @@ class Gpt4oBlock(Block):
         if not key:
             raise MissingSecret("no OpenAI key: run `labelblocks secrets set OPENAI_API_KEY` or set the environment "
                                 "variable OPENAI_API_KEY")
-        base = str(args.get("base-url") or "") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        base = base_url(args)
         self.concurrency = max(1, int(args.get("concurrency") or 1))
         self.detail = str(args.get("image-quality") or "auto")
         cache = ResponseCache(context.cache_dir / "gpt4o-answers.sqlite") if context.cache_dir else None
@@ -134,7 +139,9 @@ class Gpt4oBlock(Block):
                 self.client.cache.close()
 
     def cache_key(self, args: Mapping[str, Any]) -> str:
-        return f"gpt4o-1:{args.get('model')}"
+        # results are reusable only from the same endpoint (a preview against one server is no
+        # answer of another)
+        return f"gpt4o-2:{args.get('model')}:{base_url(args)}"
 
     # -- what each block does --------------------------------------------------------------------
 

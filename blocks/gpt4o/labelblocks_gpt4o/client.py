@@ -3,7 +3,10 @@ Retry-After and the rate-limit reset headers, timeouts, a strict JSON answer sch
 JSON-mode fallback, tolerant answer parsing, and a response cache in the project.
 
 The API key is sent only in the Authorization header; it never appears in an error message,
-a log line or the cache (whose keys are hashes of the request body, which holds no key).
+a log line or the cache. The cache's key is a hash of everything that determines an answer:
+the endpoint, the key's identity (a hash of it) and the request body; it stores only the answer
+text the blocks read, with any secret in it redacted. Identical requests in flight at the same
+time are sent once (the others wait for its answer).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import requests
+
+from labelblocks.secrets import redact
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
@@ -64,11 +70,14 @@ class ResponseCache:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists()
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL, "
                          "created REAL NOT NULL)")
+        if fresh:
+            path.chmod(0o600)  # answers are the project's data: readable by its owner only
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -147,6 +156,10 @@ class ChatClient:
                  max_retries: int = 5, concurrency: int = 4, cache: ResponseCache | None = None,
                  sleep: Callable[[float], None] = time.sleep, seed: int | None = None) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
+        # who is asking, for the cache key: a hash of the key, never the key
+        self.key_identity = hashlib.sha256(b"labelblocks gpt4o api key\0" + api_key.encode()).hexdigest()[:32]
+        self._in_flight: dict[str, Future[str]] = {}
+        self._in_flight_lock = threading.Lock()
         self.model = model
         self.timeout = timeout
         self.max_retries = max_retries
@@ -165,22 +178,42 @@ class ChatClient:
         self.session.close()
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._key, "[secret]") if self._key else text
+        return redact(text, [self._key]) if self._key else text
 
     def ask_json(self, messages: list[dict[str, Any]], schema_name: str, schema: dict[str, Any],
                  max_tokens: int = 300) -> tuple[dict[str, Any], str, bool]:
         """(parsed answer, raw answer text, whether it came from the cache)."""
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
-        key = hashlib.sha256(json.dumps({"body": body, "schema": schema}, sort_keys=True).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps({"url": self.url, "key": self.key_identity, "body": body, "schema": schema},
+                                        sort_keys=True).encode()).hexdigest()
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
                 self.usage.add(cache_hits=1)
                 return parse_answer(hit["content"]), hit["content"], True
-        content = self._complete(body, schema_name, schema)
-        parsed = parse_answer(content)  # raises UnreadableAnswer; nothing is cached then
-        if self.cache is not None:
-            self.cache.put(key, {"content": content})
+        with self._in_flight_lock:
+            pending = self._in_flight.get(key)
+            if pending is None:
+                mine: Future[str] = Future()
+                self._in_flight[key] = mine
+        if pending is not None:  # the same request is on its way: its answer is this one's
+            content = pending.result()
+            self.usage.add(cache_hits=1)
+            return parse_answer(content), content, True
+        try:
+            # an answer that echoes the key (a misbehaving server or proxy) is stored, parsed and
+            # used without it
+            content = self._redact(self._complete(body, schema_name, schema))
+            parsed = parse_answer(content)  # raises UnreadableAnswer; nothing is cached then
+            if self.cache is not None:
+                self.cache.put(key, {"content": content})
+            mine.set_result(content)
+        except BaseException as e:
+            mine.set_exception(e)
+            raise
+        finally:
+            with self._in_flight_lock:
+                del self._in_flight[key]
         return parsed, content, False
 
     def _complete(self, body: dict[str, Any], schema_name: str, schema: dict[str, Any]) -> str:

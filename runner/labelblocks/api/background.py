@@ -11,6 +11,7 @@ from types import TracebackType
 from fastapi import FastAPI
 
 from ..errors import LabelblocksError
+from .http import http_protocol
 from .state import ServerState
 
 
@@ -26,7 +27,7 @@ class LoopbackServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", port))
         self.port = int(self._sock.getsockname()[1])
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off", http=http_protocol())
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="labelblocks-api", daemon=True)

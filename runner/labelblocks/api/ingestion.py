@@ -73,7 +73,7 @@ async def ingest_request(state: ServerState, category: str, request: Request) ->
     metadata: dict[str, str] = {}
     if (raw_md := header(request, "x-metadata")) is not None:
         try:
-            md = parse_json(raw_md, "x-metadata")
+            md = parse_json(raw_md, "x-metadata", "a JSON object of strings")
         except InvalidInput as e:
             raise ApiError(400, str(e)) from None
         if not isinstance(md, dict) or not all(isinstance(k, str) and k and isinstance(v, str) for k, v in md.items()):

@@ -183,7 +183,7 @@ def _list_filter(category: str, labels: str | None, search: str | None, include_
         f.categories = [category]
     if labels:
         try:
-            lab = parse_json(labels, "labels: expected a JSON list of strings, got")
+            lab = parse_json(labels, "labels", "a JSON list of strings")
         except InvalidInput as e:
             raise ApiError(400, str(e)) from None
         if not isinstance(lab, list) or not all(isinstance(x, str) for x in lab):

@@ -178,7 +178,7 @@ ProjectId = Annotated[int, Depends(checked_project)]
 async def json_body(request: Request) -> dict[str, Any]:
     """The request's JSON object body (400 for anything else)."""
     try:
-        data = parse_json(await request.body() or b"{}", "expected a JSON body")
+        data = parse_json(await request.body() or b"{}", "request body", "a JSON body")
     except InvalidInput as e:
         raise ApiError(400, str(e)) from None
     if not isinstance(data, dict):

@@ -230,4 +230,4 @@ def load_json_arg(text: str, what: str) -> Any:
             raw = text
     except OSError as e:
         raise InvalidInput(f"{what}: cannot read {text[1:]}: {e.strerror or e}") from None
-    return parse_json(raw, f"{what}: expected JSON, got")
+    return parse_json(raw, what, "JSON")

@@ -57,7 +57,10 @@ def serve_cmd(app: AppContext, host: str, port: int, max_upload_mb: int, max_fil
         from ..server.app import limits_env
 
         os.environ["LABELBLOCKS_SERVE_LIMITS"] = limits_env(limits)
+        from ..api.http import http_protocol
+
         uvicorn.run("labelblocks.server.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    http=http_protocol(),
                     log_level="info")
         return
     from ..server import serve

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api import PROJECT_ID, JobScope, Limits, LoopbackServer, ServerState
+from ..api.http import http_protocol
 from ..store import Store
 from .app import create_app
 
@@ -27,4 +28,5 @@ def serve(project_dir: Path, host: str, port: int, limits: Limits | None = None,
     import uvicorn
 
     app = create_app(project_dir, limits=limits)
-    uvicorn.run(app, host=host, port=port, log_level=uvicorn_options.pop("log_level", "info"), **uvicorn_options)
+    uvicorn.run(app, host=host, port=port, log_level=uvicorn_options.pop("log_level", "info"), http=http_protocol(),
+                **uvicorn_options)
