@@ -560,7 +560,7 @@ def test_example_dataset_chain_dedup_then_relabel(cli: Cli, tmp_path: Path) -> N
     repo = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, str(repo / "examples" / "make_dataset.py"), str(tmp_path / "ex")], check=True,
                    capture_output=True)
-    cli("upload", "--info-file", str(tmp_path / "ex" / "info.labels"))
+    cli("upload", "--info-file", str(tmp_path / "ex" / "images" / "info.labels"))
     cli("actions", "create", "clean", "--step", "near-duplicates", "-p", "disable-duplicates=true",
         "--step", "relabel", "-p", "mapping=square -> box\ncircle -> ring", "-p", "min-box-area=1",
         "--set-metadata", "ai-labeled=true")

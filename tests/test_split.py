@@ -312,7 +312,7 @@ def test_near_duplicate_groups_as_keep_together_key(cli: Cli, tmp_path: Path) ->
     repo = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, str(repo / "examples" / "make_dataset.py"), str(tmp_path / "ex")], check=True,
                    capture_output=True)
-    cli("upload", "--info-file", str(tmp_path / "ex" / "info.labels"))
+    cli("upload", "--info-file", str(tmp_path / "ex" / "images" / "info.labels"))
     cli("actions", "create", "dedup", "--step", "near-duplicates")
     cli("actions", "run", "dedup")
     out = cli.json("split", "--keep-together", "duplicate_group", "--train", "0.5", "--validation", "0.25",

@@ -141,6 +141,14 @@ class Block:
         return list(cls.spec().info.operates_on)
 
     @classmethod
+    def media_kinds(cls) -> frozenset[str]:
+        """The kinds of sample the block labels ("image", "audio"), from its ``operatesOn``:
+        ``images_*`` are images, ``audio`` is audio; none given, or ``other``, means both."""
+        ops = cls.operates_on()
+        kinds = {"image" for o in ops if o.startswith("images")} | {"audio" for o in ops if o == "audio"}
+        return frozenset(("image", "audio") if not ops or "other" in ops or not kinds else kinds)
+
+    @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> None:
         """Check resolved arguments beyond their types (a prompt's grammar, a range); raise
         ValueError with a message naming the parameter. Runs when an action is saved."""

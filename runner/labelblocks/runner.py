@@ -64,12 +64,14 @@ class JobSummary:
     computed: int = 0
     cached: int = 0
     resumed: bool = False
+    skipped: int = 0  # samples no step operates on (audio in an action of image blocks), left as they are
+    notes: list[str] = field(default_factory=list)  # what a step left out, in words
     usage: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"jobId": self.job_id, "kind": self.kind, "status": self.status, "samples": self.total,
-                "applied": self.applied, "failed": self.failed, "computed": self.computed, "cached": self.cached,
-                "resumed": self.resumed, "usage": self.usage}
+                "applied": self.applied, "failed": self.failed, "skipped": self.skipped, "computed": self.computed,
+                "cached": self.cached, "resumed": self.resumed, "notes": self.notes, "usage": self.usage}
 
 
 def _sha(obj: Any) -> str:
@@ -248,6 +250,7 @@ class Runner:
         state = job_store.job_state(self.store, job_id)
         summary = JobSummary(job_id, kind, "running", len(state.ids), failed=len(state.failed))
         all_secrets = [v for p in plans for v in p.secrets.values()]
+        self._skip_unhandled(job_id, plans, state.pending())
         try:
             whole_set = False
             for plan in plans:
@@ -270,6 +273,7 @@ class Runner:
             raise self._failed(job_id, action, kind, e, all_secrets) from e
         counts = job_store.job_state(self.store, job_id).counts()
         summary.failed = counts.get("failed", 0)
+        summary.skipped = counts.get("skipped", 0)
         summary.applied = counts.get("applied", 0) if kind == "run" else 0
         summary.status = "completed"
         job_store.set_job_status(self.store, job_id, "completed")
@@ -286,6 +290,32 @@ class Runner:
         again = f"`labelblocks actions run {action.name}` resumes it; " if kind == "run" else ""
         return JobFailed(f"job {job_id} failed: {error} ({again}see `labelblocks jobs show {job_id}`)")
 
+    def _skip_unhandled(self, job_id: int, plans: Sequence[StepPlan], pending: list[int]) -> None:
+        """Samples no step operates on (audio, when every step labels images) are skipped:
+        left as they are, neither applied nor failed."""
+        handled = frozenset().union(*(p.block.cls.media_kinds() for p in plans))
+        if handled >= {"image", "audio"} or not pending:
+            return
+        audio = self.store.audio_ids(pending)
+        kind = "audio" if "audio" not in handled else "image"
+        names = ", ".join(p.block.name for p in plans)
+        left = [sid for sid in pending if (sid in audio) == (kind == "audio")]
+        why = f"no step operates on {kind} samples ({names}: {', '.join(sorted(handled))} only)"
+        job_store.skip_samples(self.store, job_id, dict.fromkeys(left, why))
+
+    def _handled(self, plan: StepPlan, todo: list[int], summary: JobSummary) -> list[int]:
+        """The samples of ``todo`` the step's block operates on; the others pass it unchanged."""
+        kinds = plan.block.cls.media_kinds()
+        if kinds >= {"image", "audio"}:
+            return todo
+        audio = self.store.audio_ids(todo)
+        keep = [sid for sid in todo if ("audio" if sid in audio else "image") in kinds]
+        if len(keep) < len(todo):
+            other = "audio" if "audio" not in kinds else "image"
+            summary.notes.append(f"step {plan.index} ({plan.block.name}) passed over {len(todo) - len(keep)} "
+                                 f"{other} samples: it operates on {', '.join(sorted(kinds))} only")
+        return keep
+
     def _todo(self, job_id: int, step: int) -> list[int]:
         """Pending samples of the job without a proposal for ``step``."""
         done = job_store.proposed_ids(self.store, job_id, step)
@@ -294,7 +324,7 @@ class Runner:
 
     def _run_step(self, job_id: int, plan: StepPlan, kind: str, use_cache: bool, max_failures: int | None,
                   summary: JobSummary, on_progress: ProgressFn | None, all_secrets: list[str]) -> None:
-        todo = self._todo(job_id, plan.index)
+        todo = self._handled(plan, self._todo(job_id, plan.index), summary)
         if not todo:
             return
         phase, total, done = f"step {plan.index}/{plan.block.name}", len(todo), 0

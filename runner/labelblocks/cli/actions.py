@@ -248,6 +248,7 @@ def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_
     else:
         click.echo(f"Preview job {summary.job_id}: {summary.total} samples, {summary.failed} failed, "
                    f"{summary.cached} step results reused from cache.")
+        _print_skips(summary)
         print_preview(app.store, summary.job_id)
         click.echo(f"Apply with `labelblocks proposals apply {summary.job_id}`.")
     if summary.failed:
@@ -297,10 +298,19 @@ def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | 
         resumed = " (resumed)" if summary.resumed else ""
         click.echo(f"Job {summary.job_id}{resumed}: applied {summary.applied} of {summary.total} samples, "
                    f"{summary.failed} failed, {summary.cached} step results reused.")
+        _print_skips(summary)
         if summary.failed:
             click.echo(f"See the failures with `labelblocks jobs show {summary.job_id}`.", err=True)
     if summary.failed:
         sys.exit(1)
+
+
+def _print_skips(summary: Any) -> None:
+    if summary.skipped:
+        click.echo(f"Skipped {summary.skipped} sample{'s' if summary.skipped != 1 else ''} that no step operates on "
+                   "(left as they are).")
+    for note in summary.notes:
+        click.echo(f"  {note}")
 
 
 def register(group: click.Group) -> None:

@@ -442,6 +442,12 @@ class Store:
             conn.exec_driver_sql("INSERT INTO sample_metadata (sample_id, key, value) "
                                  "SELECT value->>0, value->>1, value->>2 FROM json_each(?)", (prepared.metadata_rows,))
 
+    def audio_ids(self, ids: Sequence[int]) -> set[int]:
+        """The audio samples among ``ids`` (the others are images)."""
+        with self._read() as conn:
+            return {r[0] for r in conn.execute(select(samples.c.id).where(_id_in(samples.c.id, ids))
+                                               .where(samples.c.frequency.is_not(None)))}
+
     def revisions(self, ids: Sequence[int], conn: Connection | None = None) -> dict[int, float]:
         """{id: updated_at} of the samples that exist among ``ids``. Every write to a sample
         changes its updated_at, so (id, updated_at) names one state of a sample."""

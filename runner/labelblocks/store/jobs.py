@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -166,14 +166,16 @@ class JobState:
     applied: set[int]
     failed: set[int]
     discarded: set[int]
+    skipped: set[int] = field(default_factory=set)  # no step of the job operates on them (audio for image blocks)
 
     def pending(self) -> list[int]:
-        done = self.applied | self.failed | self.discarded
+        done = self.applied | self.failed | self.discarded | self.skipped
         return [i for i in self.ids if i not in done] if done else list(self.ids)
 
     def counts(self) -> dict[str, int]:
-        c = {"pending": len(self.ids) - len(self.applied) - len(self.failed) - len(self.discarded),
-             "applied": len(self.applied), "failed": len(self.failed), "discarded": len(self.discarded)}
+        c = {"pending": len(self.ids) - len(self.applied) - len(self.failed) - len(self.discarded) - len(self.skipped),
+             "applied": len(self.applied), "failed": len(self.failed), "discarded": len(self.discarded),
+             "skipped": len(self.skipped)}
         return {k: v for k, v in c.items() if v}
 
 
@@ -183,12 +185,20 @@ def job_state(store: Store, job_id: int) -> JobState:
         applied: set[int] = set()
         for (blob,) in conn.execute(select(job_applied.c.sample_ids).where(job_applied.c.job_id == job_id)):
             applied.update(unpack_ids(blob))
-        failed: set[int] = set()
-        discarded: set[int] = set()
+        by_status: dict[str, set[int]] = {"failed": set(), "discarded": set(), "skipped": set()}
         for sid, status in conn.execute(select(job_samples.c.sample_id, job_samples.c.status)
                                         .where(job_samples.c.job_id == job_id)):
-            (failed if status == "failed" else discarded).add(sid)
-    return JobState(unpack_ids(packed), applied, failed, discarded)
+            by_status.get(status, by_status["discarded"]).add(sid)
+    return JobState(unpack_ids(packed), applied, by_status["failed"], by_status["discarded"], by_status["skipped"])
+
+
+def skip_samples(store: Store, job_id: int, reasons: Mapping[int, str]) -> None:
+    """Mark samples of the job that no step operates on as skipped, with why: neither applied
+    nor failed, and left as they are."""
+    if reasons:
+        with store.transaction() as conn:
+            conn.execute(insert(job_samples), [{"job_id": job_id, "sample_id": sid, "status": "skipped", "error": why}
+                                               for sid, why in reasons.items()])
 
 
 def job_errors(store: Store, job_id: int) -> dict[int, tuple[int, str]]:

@@ -106,7 +106,7 @@ job_samples = Table(
     metadata,
     Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
     Column("sample_id", Integer, primary_key=True),
-    # only samples that left "pending": failed | discarded (applied ones are in job_applied)
+    # only samples that left "pending": failed | discarded | skipped (applied ones are in job_applied)
     Column("status", String, nullable=False),
     Column("failed_step", Integer, nullable=True),
     Column("error", Text, nullable=True),
