@@ -65,12 +65,14 @@ class JobSummary:
     cached: int = 0
     resumed: bool = False
     skipped: int = 0  # samples no step operates on (audio in an action of image blocks), left as they are
+    unchanged: int = 0  # samples this action already applied to and nothing changed since: passed over
     notes: list[str] = field(default_factory=list)  # what a step left out, in words
     usage: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"jobId": self.job_id, "kind": self.kind, "status": self.status, "samples": self.total,
-                "applied": self.applied, "failed": self.failed, "skipped": self.skipped, "computed": self.computed,
+                "applied": self.applied, "failed": self.failed, "skipped": self.skipped, "unchanged": self.unchanged,
+                "computed": self.computed,
                 "cached": self.cached, "resumed": self.resumed, "notes": self.notes, "usage": self.usage}
 
 
@@ -222,20 +224,31 @@ class Runner:
                              max_failures, on_progress)
 
     def run(self, action: Action, use_cache: bool = True, max_failures: int | None = None,
-            on_progress: ProgressFn | None = None, resume: bool = True) -> JobSummary:
+            on_progress: ProgressFn | None = None, resume: bool = True, all_samples: bool = False) -> JobSummary:
+        """Label the action's samples and apply. A sample this action (the same steps and
+        parameters) already applied to, unchanged since, is passed over (running an action
+        twice changes nothing the second time) unless ``all_samples``."""
         plans = self.plan(action)
         job_id = self._unfinished_run(action, plans) if resume else None
         resumed = job_id is not None
+        unchanged: set[int] = set()
         if job_id is None:
             selected = self.select(action)
             if not selected:
                 raise InvalidInput(f"action {action.name} selects no samples: nothing to run")
+            if not all_samples:
+                defined = _sha(self._definition(action, plans))
+                unchanged = job_store.unchanged_since_applied(self.store, action.name, defined, selected)
+                selected = [sid for sid in selected if sid not in unchanged]
+                if not selected:
+                    return JobSummary(0, "run", "up-to-date", 0, unchanged=len(unchanged))
             job_id = self._create_job(action, plans, "run", selected)
         else:
             job_store.set_job_status(self.store, job_id, "running")
         summary = self._execute(job_id, action, plans, "run", use_cache and action.cache_unchanged_steps,
                                 max_failures, on_progress)
         summary.resumed = resumed
+        summary.unchanged = len(unchanged)
         return summary
 
     def apply(self, job_id: int, ids: Sequence[int] | None = None, set_metadata: Sequence[Any] = (),

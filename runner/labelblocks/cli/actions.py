@@ -260,16 +260,20 @@ def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_
 @click.option("--no-cache", is_flag=True, help="Recompute even samples previewed with the same steps.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=None, help="Stop after more failures than this.")
 @click.option("--restart", is_flag=True, help="Start a new job instead of resuming an unfinished one.")
+@click.option("--all", "all_samples", is_flag=True,
+              help="Also run samples this action already labeled and that have not changed since.")
 @click.option("--estimate", is_flag=True, help="Print the expected requests and tokens of paid blocks; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job summary as JSON.")
 @pass_app
 def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | None, restart: bool,
-                estimate: bool, as_json: bool) -> None:
+                all_samples: bool, estimate: bool, as_json: bool) -> None:
     """Label every selected sample: run all steps, then apply each sample's result atomically.
 
     An interrupted run (Ctrl-C, a crash, a kill) resumes when run again: finished samples are
     not recomputed. Samples previewed with the same blocks and parameters reuse the preview.
-    Exit status 1 when any sample failed.
+    Samples this action already labeled, unchanged since, are passed over (so running it again
+    after adding data labels only the new samples); --all runs them too. Exit status 1 when any
+    sample failed.
 
     \b
     Example:
@@ -285,7 +289,7 @@ def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | 
     progress = Progress(not as_json)
     try:
         summary = runner.run(action, use_cache=not no_cache, max_failures=max_failures, on_progress=progress,
-                             resume=not restart)
+                             resume=not restart, all_samples=all_samples)
     except KeyboardInterrupt:
         progress.close()
         click.echo("\nInterrupted: run the same command again to resume.", err=True)
@@ -294,6 +298,9 @@ def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | 
         progress.close()
     if as_json:
         print_json(summary.to_json())
+    elif summary.status == "up-to-date":
+        click.echo(f"Nothing to do: action {name} already labeled all {summary.unchanged} of its samples and none "
+                   "changed since (`--all` runs them again).")
     else:
         resumed = " (resumed)" if summary.resumed else ""
         click.echo(f"Job {summary.job_id}{resumed}: applied {summary.applied} of {summary.total} samples, "
@@ -306,6 +313,9 @@ def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | 
 
 
 def _print_skips(summary: Any) -> None:
+    if getattr(summary, "unchanged", 0):
+        click.echo(f"Passed over {summary.unchanged} sample{'s' if summary.unchanged != 1 else ''} this action already "
+                   "labeled, unchanged since (`--all` runs them again).")
     if summary.skipped:
         click.echo(f"Skipped {summary.skipped} sample{'s' if summary.skipped != 1 else ''} that no step operates on "
                    "(left as they are).")

@@ -405,9 +405,29 @@ def apply_chunk(store: Store, job_id: int, chunk: list[int], writes: list[tuple[
             chunk = [sid for sid in chunk if sid in keep]
             prepared = store.prepare_changes([it for it in writes if it[0] in keep], conn)
         store.write_changes(conn, prepared)
-        if chunk:
-            conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk)))
+        if chunk:  # after the writes, in their transaction: every sample written has updated_at <= it
+            conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk), applied_at=time.time()))
     return len(chunk)
+
+
+def unchanged_since_applied(store: Store, action: str, definition_hash: str, ids: Sequence[int]) -> set[int]:
+    """The samples among ``ids`` that a run of ``action`` with this definition applied, and
+    that nothing has written since: running the same action on them again changes nothing."""
+    applied_at: dict[int, float] = {}
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(job_applied.c.sample_ids, job_applied.c.applied_at)
+            .join(jobs, jobs.c.id == job_applied.c.job_id)
+            .where(and_(jobs.c.action == action, jobs.c.kind == "run", jobs.c.definition_hash == definition_hash,
+                        job_applied.c.applied_at.is_not(None))))
+        for packed, at in rows:
+            for sid in unpack_ids(packed):
+                if at > applied_at.get(sid, 0.0):
+                    applied_at[sid] = at
+    if not applied_at:
+        return set()
+    revisions = store.revisions([sid for sid in ids if sid in applied_at])
+    return {sid for sid, rev in revisions.items() if rev <= applied_at[sid]}
 
 
 def job_sample_ids(store: Store, job_id: int) -> list[int]:

@@ -120,6 +120,9 @@ job_applied = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
     Column("sample_ids", LargeBinary, nullable=False),
+    # when the chunk's transaction wrote (v7): a sample not written since (updated_at <= it) is
+    # as the job left it, and a later run of the same action passes it over
+    Column("applied_at", Float, nullable=True),
     Index("ix_job_applied_job", "job_id"),
 )
 
@@ -272,6 +275,14 @@ def _v6(conn: Connection) -> None:
     conn.exec_driver_sql("DROP TABLE proposals_v5")
 
 
+def _v7(conn: Connection) -> None:
+    """job_applied records when each chunk was applied (a project made at v4 or later by this
+    version has the column already)."""
+    columns = {r[1] for r in conn.exec_driver_sql("PRAGMA table_info(job_applied)")}
+    if "applied_at" not in columns:
+        conn.exec_driver_sql("ALTER TABLE job_applied ADD COLUMN applied_at REAL")
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, _v1),
     (2, _v2),
@@ -279,6 +290,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (4, _v4),
     (5, _v5),
     (6, _v6),
+    (7, _v7),
 ]
 
 

@@ -1,0 +1,116 @@
+"""What a newcomer hits first (issue: a newcomer's first hour), through the real CLI: the demo,
+mixed projects, runs that change nothing the second time, output that is never silently cut,
+uploads that do not duplicate, clear messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import Cli, make_audio, make_image
+
+
+def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "labelblocks", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+# --- item 1: the demo ------------------------------------------------------------------------------
+
+
+def test_demo_runs_the_main_job_offline(tmp_path: Path) -> None:
+    r = run("demo", cwd=tmp_path, env={"HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for step in ("1. Created a project", "2. Uploaded 30 samples", "3. Created the action `clean`", "4. Previewed",
+                 "5. Applied the proposals of job 1 to 30 samples"):
+        assert step in out
+    assert "label: square -> box" in out and "disabled" in out and "OWL-ViT is not added" in out
+    assert "passed over 6 audio samples" in out
+    project = tmp_path / "labelblocks-demo"
+    listed = json.loads(run("samples", "list", "--include-disabled", "--json", cwd=project).stdout)
+    assert len(listed) == 30 and sum(s["isDisabled"] for s in listed) == 12
+    assert {s["label"] for s in listed} == {"box", "ring", "tone", "noise"}
+    assert all(s["metadata"]["ai-labeled"] == "true" for s in listed)
+    # again in the same folder: the earlier demo is replaced, not added to
+    again = run("demo", "--json", cwd=tmp_path, env={"HF_HUB_CACHE": str(tmp_path / "empty-cache")})
+    assert again.returncode == 0 and json.loads(again.stdout)["applied"] == 30
+    assert len(json.loads(run("samples", "list", "--json", "--include-disabled", cwd=project).stdout)) == 30
+    # a folder that is not a demo is never touched
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.txt").write_text("keep me")
+    refused = run("demo", str(other), cwd=tmp_path)
+    assert refused.returncode == 1 and "not empty" in refused.stderr and (other / "thesis.txt").exists()
+
+
+def test_demo_adds_owlvit_when_its_weights_are_cached(tmp_path: Path) -> None:
+    from tests.blocks.tiny_models import make_owl
+    from tests.test_readme import hub_cache
+
+    hub_cache(tmp_path / "hub", "google/owlvit-base-patch32", make_owl)
+    r = run("demo", "--json", str(tmp_path / "d"), env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["owlvit"] == "google/owlvit-base-patch32" and out["steps"][-1] == "owlvit" and out["failed"] == 0
+
+
+# --- item 5: mixed projects -------------------------------------------------------------------------
+
+
+def test_image_blocks_pass_over_audio_samples(cli: Cli, tmp_path: Path) -> None:
+    for i in range(3):
+        make_image(tmp_path / "m" / f"cat.{i}.png", seed=i)
+    make_audio(tmp_path / "m" / "dog.wav", seconds=0.3, rate=8000)
+    cli("upload", str(tmp_path / "m"))
+    cli("actions", "create", "dedup", "--step", "near-duplicates", "--set-metadata", "seen=yes")
+    out = cli("actions", "run", "dedup").stdout
+    assert "failed" in out and "0 failed" in out and "Skipped 1 sample that no step operates on" in out
+    assert "cannot identify image" not in out
+    summary = cli.json("actions", "run", "dedup", "--restart")
+    assert summary["failed"] == 0 and summary["skipped"] == 1 and summary["applied"] == 3
+    audio = cli.json("samples", "show", "4")
+    assert "seen" not in audio["metadata"] and "duplicate_group" not in audio["metadata"]
+    job = cli.json("jobs", "show", str(summary["jobId"]))
+    assert job["counts"] == {"applied": 3, "skipped": 1}
+    # a chain with a step for both kinds: the audio sample passes step 1 and reaches step 2
+    cli("actions", "create", "both", "--step", "near-duplicates", "--step", "relabel", "-p", "mapping=dog -> barking")
+    both = cli.json("actions", "run", "both")
+    assert both["failed"] == 0 and both["skipped"] == 0 and any("passed over 1 audio" in n for n in both["notes"])
+    assert cli.json("samples", "show", "4")["label"] == "barking"
+
+
+
+# --- item 4: running an action twice changes nothing the second time -----------------------------
+
+
+def test_running_an_action_again_labels_only_new_or_changed_samples(cli: Cli, tmp_path: Path) -> None:
+    for i in range(3):
+        make_image(tmp_path / "a" / f"cat.{i}.png", seed=i)
+    cli("upload", str(tmp_path / "a"))
+    cli("actions", "create", "boxes", "--step", "fake-boxer", "--step", "fake-renamer", "--set-metadata", "ai=yes")
+    first = cli.json("actions", "run", "boxes")
+    assert first["applied"] == 3 and first["unchanged"] == 0
+    boxes = {s["id"]: len(s["boundingBoxes"]) for s in cli.json("samples", "list")}
+    assert boxes == {1: 1, 2: 1, 3: 1}
+    # new images, and one earlier image edited by hand
+    for i in range(3, 5):
+        make_image(tmp_path / "b" / f"cat.{i}.png", seed=i)
+    cli("upload", str(tmp_path / "b"))
+    cli("metadata", "set", "--ids", "2", "site=Nice")
+    second = cli.json("actions", "run", "boxes")
+    assert second["unchanged"] == 2 and second["samples"] == 3 and second["applied"] == 3
+    boxes = {s["id"]: len(s["boundingBoxes"]) for s in cli.json("samples", "list")}
+    assert boxes == {1: 1, 2: 2, 3: 1, 4: 1, 5: 1}  # only the edited sample got a second box
+    out = cli("actions", "run", "boxes").stdout
+    assert "Nothing to do" in out and "all 5 of its samples" in out and "--all" in out
+    assert {s["id"]: len(s["boundingBoxes"]) for s in cli.json("samples", "list")} == boxes
+    forced = cli.json("actions", "run", "boxes", "--all")
+    assert forced["applied"] == 5 and forced["unchanged"] == 0
+    assert all(len(s["boundingBoxes"]) == boxes[s["id"]] + 1 for s in cli.json("samples", "list"))
+    # another action (or the same name with other parameters) is not "already applied"
+    cli("actions", "create", "boxes2", "--step", "fake-boxer", "-p", "label=other")
+    assert cli.json("actions", "run", "boxes2")["applied"] == 5
