@@ -31,6 +31,11 @@ class BlockError(LabelblocksError):
     """A block failed on a sample or could not be set up."""
 
 
+class StopJob(BlockError):
+    """A failure no other sample can get past (a provider refusing the API key): raised from a
+    block, it stops the job at once (resumable once fixed) instead of failing every sample."""
+
+
 class PluginError(LabelblocksError):
     pass
 

@@ -329,3 +329,20 @@ def test_identical_requests_in_flight_are_sent_once(cli: Cli, tmp_path: Path, mo
         assert out["applied"] == 9 and out["failed"] == 0
         assert emu.ok == 1  # nine identical images, one paid request
     assert {s.get("label") for s in cli.json("samples", "list")} == {"car"}
+
+
+def test_a_refused_key_stops_the_job_at_once(dataset: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = dataset
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-key-that-must-not-leak")
+    with Emulator(latency=0.05) as emu:
+        create_label_action(cli, emu)
+        r = cli("actions", "run", "ask", expect=1)
+        assert "API key was refused" in r.output and "secrets set OPENAI_API_KEY" in r.output
+        assert "proposals apply" not in r.output and "sk-wrong-key" not in r.output
+        assert emu.calls <= 4  # the requests already in flight at most: nothing was sent after the refusal
+        [job] = cli.json("jobs", "list")
+        assert job["status"] == "failed"
+        # fixed key: the same command resumes the job and finishes it
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        out = cli.json("actions", "run", "ask")
+        assert out["resumed"] and out["applied"] == 12 and out["failed"] == 0

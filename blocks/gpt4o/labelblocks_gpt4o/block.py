@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from labelblocks.blocks import Block, BlockContext, CostEstimate, SampleFailure, SampleInput, merged_metadata
-from labelblocks.errors import MissingSecret
+from labelblocks.errors import MissingSecret, StopJob
 from labelblocks.model import BoundingBox, Sample, SampleChange
 
-from .client import DEFAULT_BASE_URL, ApiError, ChatClient, ResponseCache, UnreadableAnswer
+from .client import DEFAULT_BASE_URL, ApiError, AuthError, ChatClient, ResponseCache, UnreadableAnswer
 
 HERE = Path(__file__).parent
 LABEL_SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}, "reason": {"type": "string"}},
@@ -159,6 +159,9 @@ class Gpt4oBlock(Block):
             parsed, raw, _cached = self.client.ask_json(req.messages, req.schema_name, req.schema)
         except UnreadableAnswer as e:
             return SampleFailure(f"could not read the model's answer ({e}); raw answer: {e.raw[:1000]!r}")
+        except AuthError as e:  # every other request would be refused too: stop the job now
+            raise StopJob(f"{e}; the job stopped at the first refusal: fix the key, then run the action again "
+                          "to resume") from None
         except ApiError as e:
             return SampleFailure(str(e))
         missing = [k for k in req.schema["required"] if k not in parsed]

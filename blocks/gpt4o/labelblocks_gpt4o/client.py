@@ -38,6 +38,10 @@ class ApiError(Exception):
     """A request that failed for good (after retries, or a 4xx that retrying cannot fix)."""
 
 
+class AuthError(ApiError):
+    """The server refused the API key (401 / 403): no other request can succeed."""
+
+
 class UnreadableAnswer(Exception):
     """The model answered, but not with the JSON asked for."""
 
@@ -169,6 +173,7 @@ class ChatClient:
         self._sleep = sleep
         self._rng = random.Random(seed)
         self._json_mode_only = False  # set when the server refuses json_schema response formats
+        self._refused: AuthError | None = None  # once the key is refused, nothing more is sent
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max(1, concurrency))
         self.session.mount("http://", adapter)
@@ -221,6 +226,8 @@ class ChatClient:
         body = {**body, "response_format": {"type": "json_object"} if self._json_mode_only else strict}
         attempt = 0
         while True:
+            if self._refused is not None:
+                raise self._refused
             response: requests.Response | None = None
             try:
                 response = self.session.post(self.url, json=body, timeout=self.timeout,
@@ -246,8 +253,9 @@ class ChatClient:
                     body = {**body, "response_format": {"type": "json_object"}}
                     continue
                 if response.status_code in (401, 403):
-                    raise ApiError(f"HTTP {response.status_code} from {self.url}: the API key was refused "
-                                   f"(set it with `labelblocks secrets set OPENAI_API_KEY`): {text}")
+                    self._refused = AuthError(f"HTTP {response.status_code} from {self.url}: the API key was refused "
+                                              f"(set it with `labelblocks secrets set OPENAI_API_KEY`): {text}")
+                    raise self._refused
                 if response.status_code not in RETRY_STATUSES:
                     raise ApiError(f"HTTP {response.status_code} from {self.url}: {text}")
                 problem = f"HTTP {response.status_code}: {text[:200]}"

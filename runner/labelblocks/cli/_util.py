@@ -66,6 +66,13 @@ class AppContext:
 pass_app = click.make_pass_decorator(AppContext)
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line of a table: newlines, tabs and other control characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 

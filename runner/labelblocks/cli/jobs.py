@@ -53,7 +53,11 @@ def jobs_list(app: AppContext, as_json: bool) -> None:
     if not data:
         click.echo("No jobs yet.")
     for j in data:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(j["counts"].items()))
+        stopped = j["status"] in ("failed", "interrupted")
+        counts = ", ".join(f"{n} {'not reached' if s == 'pending' and stopped else s}"
+                           for s, n in sorted(j["counts"].items()))
+        if stopped and j["kind"] == "run":
+            counts += f" (`labelblocks actions run {j['action']}` resumes it)"
         click.echo(f"{j['id']:>5}  {j['kind']:<8} {j['status']:<12} {j['action']:<20} {counts}")
 
 

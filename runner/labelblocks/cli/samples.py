@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
 
+from ..errors import UsageError
 from ..model import Sample, parse_boxes, parse_structured_labels
-from ._util import AppContext, build_filter, filter_options, load_json_arg, parse_ids, pass_app, print_json
+from ._util import (
+    AppContext,
+    build_filter,
+    filter_options,
+    load_json_arg,
+    one_line,
+    parse_ids,
+    pass_app,
+    print_json,
+)
 
 
 @click.group("samples")
@@ -16,49 +27,87 @@ def samples_group() -> None:
 
 
 def _summary_line(s: Sample) -> str:
-    what = s.label or "-"
+    what = one_line(s.label or "-")
     if s.bounding_boxes:
         what += f" [{len(s.bounding_boxes)} box{'es' if len(s.bounding_boxes) != 1 else ''}]"
     if s.structured_labels:
         what += f" [{len(s.structured_labels)} ranges]"
-    md = " ".join(f"{k}={v}" for k, v in s.metadata.items())
+    md = " ".join(f"{one_line(k)}={one_line(v)}" for k, v in s.metadata.items())
     flag = " (disabled)" if s.is_disabled else ""
-    return f"{s.id:>7}  {s.category:<10} {s.filename:<32} {what:<24} {md}{flag}"
+    return f"{s.id:>7}  {s.category:<10} {one_line(s.filename):<32} {what:<24} {md}{flag}"
+
+
+_PAGE = 1000  # samples read at a time when every match is printed
 
 
 @samples_group.command("list")
 @filter_options(include_disabled_default=False)
-@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="At most this many samples.")
+@click.option("--limit", type=int, default=None,
+              help="At most this many samples (default: 50 in the table, every match with --json or --nl).")
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many samples first.")
-@click.option("--json", "as_json", is_flag=True, help="Print samples as a JSON list.")
+@click.option("--json", "as_json", is_flag=True, help="Print samples as a JSON list (every match unless --limit).")
+@click.option("--nl", "as_lines", is_flag=True, help="Print samples as JSON Lines, one per line, as they are read.")
 @click.option("--count", "count_only", is_flag=True, help="Print only how many samples match.")
 @pass_app
-def list_cmd(app: AppContext, limit: int, offset: int, as_json: bool, count_only: bool, **kw: Any) -> None:
+def list_cmd(app: AppContext, limit: int | None, offset: int, as_json: bool, as_lines: bool, count_only: bool,
+             **kw: Any) -> None:
     """List samples matching the filters, by id.
+
+    The table shows the first 50 (and says how many match); --json and --nl print every match
+    unless --limit is given.
 
     \b
     Examples:
       labelblocks samples list --where site=Paris --where site=Lyon --missing reviewed
       labelblocks samples list --filter-json '[{"key":"device","op":"neq","values":["cam2"]}]' --json
+      labelblocks samples list --nl | jq -r .filename
       labelblocks samples list --where site=Paris --count
     """
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit: expected 1 or more, got {limit} (leave it out for every match)")
+    if as_json and as_lines:
+        raise UsageError("--json and --nl cannot be used together")
     f = build_filter(kw)
     if count_only:
         n = app.store.count(f)
         print_json({"count": n}) if as_json else click.echo(n)
         return
-    rows = app.store.list_samples(f, limit=limit, offset=offset)
-    if as_json:
-        print_json([s.to_json() for s in rows])
+    if as_json or as_lines:
+        _stream(app, f, limit, offset, as_lines)
         return
+    limit = limit or 50
+    rows = app.store.list_samples(f, limit=limit, offset=offset)
     if not rows:
-        click.echo("No samples match.")
+        total = app.store.count(f)
+        click.echo("No samples match." if not total else f"No samples from offset {offset}: {total} match.")
         return
     click.echo(f"{'id':>7}  {'category':<10} {'filename':<32} {'label':<24} metadata")
     for s in rows:
         click.echo(_summary_line(s))
     if len(rows) == limit:
-        click.echo(f"(first {limit} from offset {offset}; use --offset {offset + limit} for more)", err=True)
+        total = app.store.count(f)
+        if total > offset + limit:
+            click.echo(f"(samples {offset + 1} to {offset + limit} of {total}: --offset {offset + limit} for the next "
+                       f"ones, --limit N for more at once, --json or --nl for all)", err=True)
+
+
+def _stream(app: AppContext, f: Any, limit: int | None, offset: int, as_lines: bool) -> None:
+    """Every match (or ``limit``) as a JSON list or JSON Lines, read a page at a time."""
+    first, left = True, limit
+    if not as_lines:
+        click.echo("[", nl=False)
+    while left is None or left > 0:
+        page = app.store.list_samples(f, limit=min(_PAGE, left) if left is not None else _PAGE, offset=offset)
+        if not page:
+            break
+        for s in page:
+            text = json.dumps(s.to_json(), ensure_ascii=False, default=str)
+            click.echo(text if as_lines else ("\n  " if first else ",\n  ") + text, nl=as_lines)
+            first = False
+        offset += len(page)
+        left = None if left is None else left - len(page)
+    if not as_lines:
+        click.echo("\n]" if not first else "]")
 
 
 @samples_group.command("show")

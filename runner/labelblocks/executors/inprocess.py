@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..blocks import Block, BlockContext, SampleFailure, SampleInput
-from ..errors import BlockError, LabelblocksError, NotFound
+from ..errors import BlockError, LabelblocksError, NotFound, StopJob
 from ..model import Sample, SampleChange, parse_change
 from ..store import Store
 from ..store.jobs import overlay
@@ -136,6 +136,8 @@ def label_batch(block: Block, inputs: Sequence[SampleInput], args: Mapping[str, 
         if len(out) != len(inputs):
             raise BlockError(f"block returned {len(out)} results for {len(inputs)} samples")
         return out if set(map(type, out)) <= {SampleChange} else [_checked(o) for o in out]  # type: ignore[return-value]
+    except StopJob:
+        raise
     except Exception as batch_error:
         if len(inputs) == 1:
             return [SampleFailure(_describe(batch_error))]
