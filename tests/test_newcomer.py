@@ -114,3 +114,65 @@ def test_running_an_action_again_labels_only_new_or_changed_samples(cli: Cli, tm
     # another action (or the same name with other parameters) is not "already applied"
     cli("actions", "create", "boxes2", "--step", "fake-boxer", "-p", "label=other")
     assert cli.json("actions", "run", "boxes2")["applied"] == 5
+
+
+# --- items 7 and 10: never silent -----------------------------------------------------------------
+
+
+def test_listings_are_complete_or_say_how_to_see_the_rest(cli: Cli, tmp_path: Path) -> None:
+    from labelblocks.project import open_store
+    from labelblocks.store import NewSample
+
+    with open_store(cli.project) as store:  # 60 samples sharing one blob: fast to make
+        img = make_image(tmp_path / "one.png")
+        import hashlib
+
+        h = hashlib.sha256(img.read_bytes()).hexdigest()
+        store.blobs.put(h, img.read_bytes())
+        store.add_samples([NewSample(filename=f"s{i}.png", category="training", content_hash=h, media_type="image/png",
+                                     ext=".png", width=64, height=48, metadata={"note": "two\nlines"} if i == 0 else {})
+                           for i in range(60)])
+    assert len(cli.json("samples", "list")) == 60
+    lines = cli("samples", "list", "--nl").stdout.splitlines()
+    assert len(lines) == 60 and all(json.loads(line)["filename"].startswith("s") for line in lines)
+    assert len(cli.json("samples", "list", "--limit", "7", "--offset", "55")) == 5
+    table = cli("samples", "list")
+    assert len(table.stdout.splitlines()) == 51  # the header and 50 rows
+    assert "samples 1 to 50 of 60" in table.stderr and "--offset 50" in table.stderr and "--json" in table.stderr
+    assert "note=two\\nlines" in table.stdout
+    r = cli("samples", "list", "--limit", "0", expect=2)
+    assert "expected 1 or more" in r.output
+    assert "No samples from offset 100: 60 match." in cli("samples", "list", "--offset", "100").stdout
+
+
+def test_messages_say_what_is_wrong(cli: Cli, tmp_path: Path) -> None:
+    make_image(tmp_path / "x" / "cat.0.png")
+    cli("upload", str(tmp_path / "x"))
+    r = cli("metadata", "set", "--ids", "1", "site", expect=2)
+    assert "expected KEY=VALUE, got 'site': the '=' is missing" in r.output
+    r = cli("metadata", "set", "1", "reviewed", expect=1)
+    assert "the '=' is missing" in r.output
+    # a block that saved actions use is removed only with --force, which names them
+    cli("blocks", "add", str(Path(__file__).resolve().parent.parent / "examples" / "blocks" / "box-label"),
+        "--name", "box-label", "--command", "python3 main.py")
+    cli("actions", "create", "uses-it", "--step", "box-label")
+    r = cli("blocks", "remove", "box-label", expect=1)
+    assert "used by the action uses-it" in r.output and "--force" in r.output
+    assert "box-label" in cli("blocks", "list").stdout
+    cli("blocks", "remove", "box-label", "--force")
+    assert "box-label" not in cli("blocks", "list").stdout
+
+
+def test_each_steps_provenance_is_kept(cli: Cli, tmp_path: Path) -> None:
+    from tests.blocks.tiny_models import make_owl
+
+    model = make_owl(tmp_path / "owl")
+    for i in range(2):
+        make_image(tmp_path / "x" / f"cat.{i}.png", size=(96, 96), seed=i)
+    cli("upload", str(tmp_path / "x"))
+    cli("actions", "create", "two", "--step", "owlvit", "-p", "prompt=a cat (cat, 0.0)", "-p", f"model={model}",
+        "--step", "owlvit", "-p", "prompt=a dog (dog, 0.0)", "-p", f"model={model}")
+    cli("actions", "run", "two")
+    md = cli.json("samples", "show", "1")["metadata"]
+    assert md["prompt"] == "a cat (cat, 0.0) | a dog (dog, 0.0)"  # the first step's is not overwritten
+    assert md["labeled_by"] == str(model)  # the same model: once

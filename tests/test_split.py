@@ -171,7 +171,7 @@ def test_split_check_finds_a_leak(cli: Cli, project: Path) -> None:
         video = store.get_sample(moved).metadata["video_file"]
         store.set_categories({moved: "testing"})
     r = cli("split", "check", "--keep-together", "video_file", expect=1)
-    assert f"video_file={video}: " in r.stderr and "test 1" in r.stderr
+    assert f"video_file={video}: " in r.stdout and "test 1" in r.stdout
     assert cli.json("split", "check", "--keep-together", "video_file", expect=1)["leaks"][0]["counts"]["testing"] == 1
     assert cli("samples", "list", "--category", "validation").exit_code == 0
 

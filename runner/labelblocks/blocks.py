@@ -181,6 +181,23 @@ class Block:
         """Called once after the run."""
 
 
+PROVENANCE_SEP = " | "
+
+
+def with_provenance(sample: Sample, **values: str) -> dict[str, str]:
+    """The sample's metadata with provenance ``values`` (``labeled_by``, ``prompt``) added: a
+    value an earlier step (or run) wrote under the same key is kept and the new one appended
+    after PROVENANCE_SEP, once, so every step's provenance stays."""
+    md = dict(sample.metadata)
+    for key, value in values.items():
+        old = md.get(key)
+        if not old:
+            md[key] = value
+        elif value not in old.split(PROVENANCE_SEP):
+            md[key] = old + PROVENANCE_SEP + value
+    return md
+
+
 def merged_metadata(sample: Sample, **values: str) -> dict[str, str]:
     """The sample's metadata with ``values`` set: metadata in a change replaces the whole
     dictionary, so blocks that add keys start from this."""

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from labelblocks.accel import ModelBlock
-from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, merged_metadata
+from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, with_provenance
 from labelblocks.errors import BlockError
 from labelblocks.model import Sample, SampleChange, StructuredLabel
 
@@ -397,5 +397,5 @@ class AudioSet(ModelBlock):
         context.count("windows", len(spans))
         return SampleChange(
             structured_labels=merge_adjacent(labels) if self.merge else labels,
-            metadata=merged_metadata(sample, labeled_by=self.model_id, audioset_labels=self.labels_text),
+            metadata=with_provenance(sample, labeled_by=self.model_id, audioset_labels=self.labels_text),
         )

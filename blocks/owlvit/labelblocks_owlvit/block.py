@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from labelblocks.accel import ModelBlock
-from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, merged_metadata
+from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, with_provenance
 from labelblocks.errors import BlockError
 from labelblocks.model import BoundingBox, SampleChange
 
@@ -364,6 +364,6 @@ class OwlVit(ModelBlock):
                 context.count("images")
                 results.append(SampleChange(
                     bounding_boxes=kept_boxes(s.bounding_boxes, self.delete_mode, self.labels) + found,
-                    metadata=merged_metadata(s, labeled_by=self.model_id, prompt=prompt),
+                    metadata=with_provenance(s, labeled_by=self.model_id, prompt=prompt),
                 ))
         return results

@@ -131,7 +131,7 @@ def parse_key_values(items: tuple[str, ...] | list[str], what: str) -> dict[str,
     out: dict[str, str] = {}
     for text in items:
         if "=" not in text:
-            raise InvalidInput(f"{what}: expected KEY=VALUE, got {text!r}")
+            raise InvalidInput(f"{what}: expected KEY=VALUE, got {text!r}: the '=' is missing")
         k, v = text.split("=", 1)
         if not k.strip():
             raise InvalidInput(f"{what}: expected KEY=VALUE with a non-empty key, got {text!r}")

@@ -143,16 +143,23 @@ def blocks_add(app: AppContext, path: Path | None, command: str | None, image: s
 
 @blocks_group.command("remove")
 @click.argument("name")
+@click.option("--force", is_flag=True, help="Remove it even though saved actions use it (they stop working).")
 @pass_app
-def blocks_remove(app: AppContext, name: str) -> None:
-    """Unregister an external block (installed plugins are removed with pip).
+def blocks_remove(app: AppContext, name: str, force: bool) -> None:
+    """Unregister an external block (installed plugins are removed with pip). A block that
+    saved actions use is removed only with --force.
 
     \b
     Example:
       labelblocks blocks remove my-block
     """
+    from ..actions import list_actions
     from ..external_blocks import remove_block
 
+    users = [a.name for a in list_actions(app.store) if any(s.block == name for s in a.steps)]
+    if users and not force:
+        raise InvalidInput(f"block {name} is used by the action{'s' if len(users) != 1 else ''} {', '.join(users)}: "
+                         "delete or change them first, or remove it anyway with --force")
     remove_block(app.store, name)
     click.echo(f"Removed block {name}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
@@ -50,6 +51,8 @@ def set_cmd(app: AppContext, args: tuple[str, ...], ids: str | None, as_json: bo
     """
     args_l = list(args)
     if args_l and "=" not in args_l[0]:
+        if not re.fullmatch(r"[0-9][0-9,\- ]*", args_l[0]):
+            raise UsageError(f"metadata set: expected KEY=VALUE, got {args_l[0]!r}: the '=' is missing")
         if ids is not None:
             raise UsageError("give the sample as ID or --ids, not both")
         ids = args_l.pop(0)

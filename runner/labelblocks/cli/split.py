@@ -115,11 +115,11 @@ def _print_leaks(leaks: list[dict[str, Any]], keep: list[str]) -> None:
     if not leaks:
         click.echo(f"Leakage check ({', '.join(keep)}): no group is in more than one split.")
         return
-    click.echo(f"Leakage check ({', '.join(keep)}): {len(leaks)} groups are in more than one split:", err=True)
+    click.echo(f"Leakage check ({', '.join(keep)}): {len(leaks)} groups are in more than one split:")
     for lk in leaks[:50]:
-        click.echo(f"  {lk['group']}: " + ", ".join(f"{NAMES[c]} {n}" for c, n in lk["counts"].items()), err=True)
+        click.echo(f"  {lk['group']}: " + ", ".join(f"{NAMES[c]} {n}" for c, n in lk["counts"].items()))
     if len(leaks) > 50:
-        click.echo(f"  ... and {len(leaks) - 50} more (--json lists them all)", err=True)
+        click.echo(f"  ... and {len(leaks) - 50} more (--json lists them all)")
 
 
 @split_group.command("check")
