@@ -176,3 +176,18 @@ def test_each_steps_provenance_is_kept(cli: Cli, tmp_path: Path) -> None:
     md = cli.json("samples", "show", "1")["metadata"]
     assert md["prompt"] == "a cat (cat, 0.0) | a dog (dog, 0.0)"  # the first step's is not overwritten
     assert md["labeled_by"] == str(model)  # the same model: once
+
+
+# --- item 11: multiline parameters in the protocol's encoding --------------------------------------
+
+
+def test_multiline_parameters_take_the_protocols_encoding(cli: Cli, tmp_path: Path) -> None:
+    for name in ("square.0.png", "circle.0.png"):
+        make_image(tmp_path / "x" / name)
+    cli("upload", str(tmp_path / "x"))
+    # a backslash and n (what a protocol block's parameters.json or argv holds) is a newline
+    cli("actions", "create", "rename", "--step", "relabel", "-p", r"mapping=square -> box\ncircle -> ring")
+    preview = cli.json("actions", "preview", "rename")
+    assert {p["proposedChanges"].get("label") for p in preview["proposals"]} == {"box", "ring"}
+    info = cli("blocks", "info", "relabel").stdout
+    assert "one item per line" in info and r"\\n" in info

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,8 @@ def _convert(item: ParameterItem, raw: Any) -> Any:
         except ValueError:
             raise InvalidInput(f"parameter {p!r}: expected a number, got {raw!r}") from None
     s = _show_value(raw)
+    if item.multiline and isinstance(raw, str):
+        s = decode_protocol_lines(s)
     if item.type == "select" and s not in item.valid_values():
         raise InvalidInput(f"parameter {p!r}: expected one of {', '.join(item.valid_values())}, got {s!r}")
     return s
@@ -263,6 +266,17 @@ def resolve(spec: ParametersFile, user: Mapping[str, Any], block: str = "block")
 
 
 # --- rendering to argv / environment -------------------------------------------------------
+
+
+_LINE_ESCAPES = re.compile(r"\\\\n|\\n")
+
+
+def decode_protocol_lines(s: str) -> str:
+    """A multiline value as the protocol's blocks decode one: the two characters ``\\n`` are a
+    newline, and ``\\\\n`` a literal backslash and n (real newlines stay as they are)."""
+    if "\\" not in s:
+        return s
+    return _LINE_ESCAPES.sub(lambda m: "\n" if m.group(0) == "\\n" else "\\n", s)
 
 
 def encode_multiline(s: str) -> str:

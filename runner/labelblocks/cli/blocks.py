@@ -105,6 +105,9 @@ def blocks_info(app: AppContext, name: str, as_json: bool) -> None:
             click.echo(f"      one of: {', '.join(p.valid_values())}")
         if p.help:
             click.echo(f"      {p.help}")
+        if p.multiline:
+            click.echo("      one item per line: -p $'" + p.param + "=first\\nsecond' in bash, or the protocol's "
+                       "encoding -p '" + p.param + "=first\\nsecond' (a literal backslash-n is \\\\n)")
     if spec.secret_names:
         click.echo("\nsecrets (environment or `labelblocks secrets set NAME`): " + ", ".join(spec.secret_names))
 
