@@ -191,3 +191,60 @@ def test_multiline_parameters_take_the_protocols_encoding(cli: Cli, tmp_path: Pa
     assert {p["proposedChanges"].get("label") for p in preview["proposals"]} == {"box", "ring"}
     info = cli("blocks", "info", "relabel").stdout
     assert "one item per line" in info and r"\\n" in info
+
+
+# --- item 9: uploads --------------------------------------------------------------------------------
+
+
+def test_repeating_an_upload_adds_nothing_and_walks_say_what_they_skip(cli: Cli, tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    for i in range(3):
+        make_image(data / f"cat.{i}.png", seed=i)
+    info = data / "info.labels"
+    entries = [{"path": f"cat.{i}.png", "label": {"type": "label", "label": "cat"}} for i in range(3)]
+    info.write_text(json.dumps({"version": 1, "files": [*entries, {"path": "missing.png"}]}))
+    first = cli.json("upload", "--info-file", str(info), expect=1)
+    assert (first["added"], first["rejected"]) == (3, 1)
+    info.write_text(json.dumps({"version": 1, "files": entries}))  # the bad entry fixed: upload again, twice
+    for _ in range(2):
+        again = cli.json("upload", "--info-file", str(info))
+        assert (again["added"], again["duplicates"]) == (0, 3)
+    assert "skipped 3 duplicates" in cli("upload", "--info-file", str(info)).stdout
+    assert len(cli.json("samples", "list")) == 3
+    # a symbolic link to a folder inside a walked folder is reported, not silently passed over
+    (tmp_path / "elsewhere").mkdir()
+    make_image(tmp_path / "elsewhere" / "dog.0.png", seed=7)
+    (data / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    out = cli.json("upload", str(data), expect=1)
+    linked = [f for f in out["files"] if f["path"].endswith("linked")]
+    assert linked and "symbolic link to a folder" in linked[0]["error"]
+
+
+def test_ctrl_c_during_an_upload_exits_130_and_leaves_no_stray_file(cli: Cli, tmp_path: Path) -> None:
+    import signal
+    import sqlite3
+    import time
+
+    for i in range(600):
+        make_image(tmp_path / "many" / f"x{i:04d}.png", size=(48, 48), seed=i)
+    proc = subprocess.Popen([sys.executable, "-m", "labelblocks", "--project", str(cli.project), "upload",
+                             str(tmp_path / "many")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = cli.project / ".labelblocks" / "project.db"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.02)
+        try:
+            if sqlite3.connect(db).execute("SELECT count(*) FROM samples").fetchone()[0] >= 1:
+                break
+        except sqlite3.OperationalError:
+            pass
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    n = sqlite3.connect(db).execute("SELECT count(*) FROM samples").fetchone()[0]
+    print(f"interrupted after {n} of 600 samples, exit {proc.returncode}")
+    if n < 600:  # interrupted before the end (else the upload won the race: nothing to check)
+        assert proc.returncode == 130 and "Interrupted" in err and "Traceback" not in err
+    stray = cli.json("gc", "--dry-run", "--min-age", "0")
+    assert stray["wouldRemove"] == 0, stray["files"][:5]
+    out = cli.json("upload", str(tmp_path / "many"))  # again: only what is missing
+    assert out["added"] == 600 - n and out["duplicates"] == n

@@ -74,8 +74,15 @@ def test_duplicates(cli: Cli, images, tmp_path: Path) -> None:
     make_image(tmp_path / "imgs2" / "z.png", seed=99)
     out = cli.json("upload", str(tmp_path / "imgs2"), "--disallow-duplicates")
     assert (out["added"], out["duplicates"]) == (1, 2)
-    # without the flag, the same content is a second sample sharing the blob
+    # without the flag, the same content under another name is a second sample sharing the blob
+    (tmp_path / "renamed.png").write_bytes(files[0].read_bytes())
+    out = cli.json("upload", str(tmp_path / "renamed.png"))
+    assert out["added"] == 1
+    # the same file again (content and name) is skipped and counted, unless --allow-duplicates
     out = cli.json("upload", str(files[0]))
+    assert (out["added"], out["duplicates"]) == (0, 1)
+    assert "already in the project" in out["files"][0]["error"]
+    out = cli.json("upload", str(files[0]), "--allow-duplicates")
     assert out["added"] == 1
 
 

@@ -260,6 +260,7 @@ def upload(
     store: Store,
     items: Iterable[UploadItem | Outcome],
     disallow_duplicates: bool = False,
+    skip_same_files: bool = False,
     batch_size: int = 500,
     on_progress: Callable[[Outcome], None] | None = None,
     workers: int | None = None,
@@ -270,6 +271,9 @@ def upload(
     Files are decoded, hashed and written as blobs by workers while this thread inserts
     finished samples in batches, one transaction per batch: a sample is whole or absent. On
     an interruption, the blobs of the uncommitted batch are removed again.
+
+    ``disallow_duplicates``: a file whose content is in the project already is skipped.
+    ``skip_same_files``: one whose content and file name are (an upload repeated) is skipped.
     """
     report = UploadReport()
     seen: set[str] = set()
@@ -283,6 +287,16 @@ def upload(
     def flush() -> None:
         if not pending:
             return
+        if skip_same_files and not disallow_duplicates:
+            there = store.existing_files({(n.content_hash, n.filename) for _, n in pending})
+            if there:
+                kept = []
+                for it, n in pending:
+                    if (n.content_hash, n.filename) in there:
+                        emit(Outcome(it.source, "duplicate", error="already in the project (the same content and name)"))
+                    else:
+                        kept.append((it, n))
+                pending[:] = kept
         if disallow_duplicates:
             existing = store.existing_hashes({n.content_hash for _, n in pending})
             keep = []
@@ -354,13 +368,23 @@ def _new_sample(item: UploadItem, p: _Prepared) -> NewSample:
 # --- collecting files ----------------------------------------------------------------------
 
 
-def walk_paths(paths: Iterable[Path]) -> Iterator[Path]:
+def walk_paths(paths: Iterable[Path], problems: list[Outcome] | None = None) -> Iterator[Path]:
     """Files named, and every file under folders named (sorted; hidden files and the
-    protocol's companion files skipped)."""
+    protocol's companion files skipped). A folder that cannot be read, and a symbolic link to
+    a folder (not followed: it could lead anywhere, or in a circle), are added to
+    ``problems``."""
+    def unreadable(e: OSError) -> None:
+        if problems is not None:
+            problems.append(Outcome(str(e.filename), "rejected", error=f"cannot read the folder: {e.strerror or e}"))
+
     for p in paths:
         if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for root, dirs, files in os.walk(p, onerror=unreadable):
+                for d in sorted(dirs):
+                    if not d.startswith(".") and (Path(root) / d).is_symlink() and problems is not None:
+                        problems.append(Outcome(str(Path(root) / d), "rejected", error=(
+                            "a symbolic link to a folder, not followed: upload its target to include it")))
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (Path(root) / d).is_symlink())
                 for f in sorted(files):
                     if f.startswith(".") or f in COMPANION_FILES:
                         continue
@@ -412,7 +436,10 @@ def items_from_paths(
 ) -> Iterator[UploadItem | Outcome]:
     """Upload items for files and folders, with companion label files applied."""
     companions: dict[Path, tuple[dict[str, Any], dict[str, Any]]] = {}
-    for f in walk_paths(paths):
+    walk_problems: list[Outcome] = []
+    for f in walk_paths(paths, walk_problems):
+        yield from walk_problems
+        walk_problems.clear()
         parent = f.parent
         if parent not in companions:
             boxes, structured, problems = read_companions(parent)
@@ -433,6 +460,7 @@ def items_from_paths(
             yield Outcome(str(f), "rejected", error="no such file")
             continue
         yield item
+    yield from walk_problems
 
 
 def items_from_info_file(

@@ -26,13 +26,16 @@ from ._util import AppContext, parse_key_values, pass_app, print_json, progress
 @click.option("--info-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The protocol's info.labels: files (relative to it) with labels, metadata and boxes.")
 @click.option("--disallow-duplicates", is_flag=True, help="Skip files whose content is already in the project.")
+@click.option("--allow-duplicates", is_flag=True,
+              help="Add a file even when one of the same content and name is in the project already "
+                   "(by default it is skipped, so that repeating an upload adds nothing).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_IMAGE_PIXELS, show_default=True,
               help="Refuse images larger than this many pixels (width x height).")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-file results as JSON.")
 @pass_app
 def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, label: str | None, no_label: bool,
-               metadata: tuple[str, ...], info_file: Path | None, disallow_duplicates: bool, max_pixels: int,
-               as_json: bool) -> None:
+               metadata: tuple[str, ...], info_file: Path | None, disallow_duplicates: bool, allow_duplicates: bool,
+               max_pixels: int, as_json: bool) -> None:
     """Upload images (PNG, JPEG, ...) and audio (WAV, FLAC, OGG) from files and folders.
 
     Folders are walked. Labels come from --label, else from the file name's leading
@@ -59,9 +62,16 @@ def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, l
     if paths:
         sources.append(items_from_paths(paths, category or "training", lab, md))
     items = list(itertools.chain.from_iterable(sources))
-    with progress(len(items), "Uploading", enabled=not as_json) as bar:
-        report = upload(store, items, disallow_duplicates=disallow_duplicates, on_progress=lambda o: bar(1),
-                        max_pixels=max_pixels)
+    if allow_duplicates and disallow_duplicates:
+        raise UsageError("--allow-duplicates and --disallow-duplicates cannot be used together")
+    try:
+        with progress(len(items), "Uploading", enabled=not as_json) as bar:
+            report = upload(store, items, disallow_duplicates=disallow_duplicates, on_progress=lambda o: bar(1),
+                            max_pixels=max_pixels, skip_same_files=not allow_duplicates)
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted: the samples committed so far are in the project, the rest is not "
+                   "(uploading the same files again adds only the missing ones).", err=True)
+        sys.exit(130)
     if as_json:
         print_json(report.to_json())
     else:

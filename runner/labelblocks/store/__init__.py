@@ -634,6 +634,17 @@ class Store:
         return [(path, st.st_size) for h, path, st in self.blobs.files()
                 if h not in used and st.st_mtime <= cutoff]
 
+    def existing_files(self, files: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The (content hash, file name) pairs among ``files`` that a sample has already."""
+        wanted = set(files)
+        out: set[tuple[str, str]] = set()
+        with self._read() as conn:
+            for chunk in _chunks(sorted({h for h, _ in wanted}), 500):
+                rows = conn.execute(select(samples.c.content_hash, samples.c.filename)
+                                    .where(samples.c.content_hash.in_(chunk)))
+                out.update((h, n) for h, n in rows if (h, n) in wanted)
+        return out
+
     def existing_hashes(self, hashes: Iterable[str]) -> set[str]:
         out: set[str] = set()
         with self._read() as conn:
