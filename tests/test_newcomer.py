@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import Cli, make_audio, make_image
 
 
@@ -70,7 +72,7 @@ def test_image_blocks_pass_over_audio_samples(cli: Cli, tmp_path: Path) -> None:
     out = cli("actions", "run", "dedup").stdout
     assert "failed" in out and "0 failed" in out and "Skipped 1 sample that no step operates on" in out
     assert "cannot identify image" not in out
-    summary = cli.json("actions", "run", "dedup", "--restart")
+    summary = cli.json("actions", "run", "dedup", "--all")
     assert summary["failed"] == 0 and summary["skipped"] == 1 and summary["applied"] == 3
     audio = cli.json("samples", "show", "4")
     assert "seen" not in audio["metadata"] and "duplicate_group" not in audio["metadata"]
@@ -248,3 +250,23 @@ def test_ctrl_c_during_an_upload_exits_130_and_leaves_no_stray_file(cli: Cli, tm
     assert stray["wouldRemove"] == 0, stray["files"][:5]
     out = cli.json("upload", str(tmp_path / "many"))  # again: only what is missing
     assert out["added"] == 600 - n and out["duplicates"] == n
+
+
+# --- item 3: a missing model offline fails fast ------------------------------------------------------
+
+
+@pytest.mark.parametrize("offline", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
+                         ids=["HF_HUB_OFFLINE", "hub unreachable"])
+def test_a_missing_model_offline_fails_within_seconds(cli: Cli, tmp_path: Path, offline: dict[str, str]) -> None:
+    import time
+
+    make_image(tmp_path / "x" / "cat.0.png")
+    cli("upload", str(tmp_path / "x"))
+    cli("actions", "create", "boxes", "--step", "owlvit", "-p", "prompt=a cat")
+    t = time.monotonic()
+    r = run("--project", str(cli.project), "actions", "preview", "boxes",
+            env={"HF_HUB_CACHE": str(tmp_path / "empty-cache"), **offline})
+    took = time.monotonic() - t
+    assert r.returncode == 1 and "'google/owlvit-base-patch32' was not found" in r.stderr
+    assert "-p model=/path/to/model" in r.stderr and "Traceback" not in r.stderr
+    assert took < 5, f"took {took:.1f} s"

@@ -103,16 +103,65 @@ def load_pretrained(load: Callable[..., T], model: str, what: str = "model") -> 
             raise BlockError(f"cannot load {what} from the folder {model}: {_first_line(e)}") from None
         reason = e
     if not huggingface_hub.constants.HF_HUB_OFFLINE:
-        try:
-            return load(model)
-        except (OSError, ValueError) as e:
-            reason = e
-    raise BlockError(
+        unreachable = hub_unreachable(huggingface_hub.constants.ENDPOINT, model)
+        if unreachable:
+            reason = OSError(f"the Hugging Face hub ({huggingface_hub.constants.ENDPOINT}) cannot be reached: "
+                             f"{unreachable}")
+        else:
+            try:
+                return load(model)
+            except (OSError, ValueError) as e:
+                reason = e
+    raise _not_found(model, what, _first_line(reason))
+
+
+def _not_found(model: str, what: str, reason: str) -> BlockError:
+    return BlockError(
         f"{what} {model!r} was not found: it is neither a local folder nor in the Hugging Face cache, "
         f"and it could not be downloaded. Download it where there is network "
         f"(`hf download {model}`, then copy ~/.cache/huggingface, or set HF_HOME) or pass a local "
-        f"folder with the model's files (-p {what}=/path/to/model). ({_first_line(reason)})"
-    ) from None
+        f"folder with the model's files (-p {what}=/path/to/model). ({reason})")
+
+
+def require_model(model: str, what: str = "model") -> None:
+    """Fail at once, before a block imports its (heavy) model libraries, when ``model`` is
+    neither a local folder nor in the Hugging Face cache and cannot be downloaded: offline
+    (``HF_HUB_OFFLINE``), or the hub not answering within HUB_PROBE_SECONDS."""
+    local = Path(model).expanduser()
+    if local.exists():
+        return
+    if not _HUB_ID.fullmatch(model):
+        raise BlockError(f"{what} {model!r}: no such folder (pass a folder with the model's files, "
+                         f"or a Hugging Face id such as namespace/name)")
+    import huggingface_hub
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(model, "config.json"), str):
+        return
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise _not_found(model, what, "offline: HF_HUB_OFFLINE is set")
+    unreachable = hub_unreachable(huggingface_hub.constants.ENDPOINT, model)
+    if unreachable:
+        raise _not_found(model, what, f"the Hugging Face hub ({huggingface_hub.constants.ENDPOINT}) cannot be "
+                                      f"reached: {unreachable}")
+
+
+HUB_PROBE_SECONDS = 3.0
+
+
+def hub_unreachable(endpoint: str, model: str, timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """Why ``model`` cannot be downloaded from the hub at ``endpoint`` (no answer within
+    ``timeout`` seconds, or an answer that it is not there), or None when it can be tried.
+    Asked once before a download: offline, the hub client's own retries with backoff take
+    minutes before they give up."""
+    import requests
+
+    try:
+        r = requests.head(f"{endpoint.rstrip('/')}/api/models/{model}", timeout=timeout, allow_redirects=True)
+    except requests.RequestException as e:
+        return f"{type(e).__name__} within {timeout:g} s"
+    if r.status_code < 400 or r.status_code in (401, 403):  # there (a gated model needs HF_TOKEN: tried)
+        return None
+    return f"it answered HTTP {r.status_code} for {model}"
 
 
 def _first_line(e: BaseException) -> str:

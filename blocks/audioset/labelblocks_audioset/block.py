@@ -229,11 +229,12 @@ class AudioSet(ModelBlock):
         super().check_args(args)
 
     def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
-        from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
-
-        from labelblocks.accel import load_pretrained
+        from labelblocks.accel import load_pretrained, require_model
 
         self.model_id = str(args.get("model") or DEFAULT_MODEL)
+        require_model(self.model_id)  # before the heavy imports
+        from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
         self.win_ms = float(args.get("win-size-ms") or 2000)
         self.stride_ms = float(args.get("win-stride-ms") or 2000)
         self.min_conf = float(args.get("min-confidence", 0.2))

@@ -250,10 +250,11 @@ class OwlVit(ModelBlock):
         super().check_args(args)
 
     def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
+        from labelblocks.accel import load_pretrained, require_model
+
+        require_model(str(args.get("model") or "google/owlvit-base-patch32"))  # before the heavy imports
         import torch
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
-
-        from labelblocks.accel import load_pretrained
 
         self.queries = parse_prompt(str(args.get("prompt") or ""))
         self.labels = {q.label for q in self.queries}
