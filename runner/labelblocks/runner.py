@@ -178,15 +178,30 @@ class Runner:
         sample_ids = self.select(action, ids=ids, limit=limit)
         out: list[dict[str, Any]] = []
         samples = None
+        chain: list[Any] = []
+        revisions: dict[int, float] | None = None
         for i, (step, res) in enumerate(zip(action.steps, resolved, strict=True), 1):
-            cls = self.registry.get(step.block).cls
+            reg = self.registry.get(step.block)
+            cls = reg.cls
+            chain.append([reg.name, reg.version, res.for_record(), cls().cache_key(res.values)])
             item: dict[str, Any] = {"step": i, "block": step.block, "samples": len(sample_ids)}
+            if i > 1:
+                # later steps read what earlier ones propose (boxes to check, labels to map): their
+                # count is an estimate on the samples as stored
+                item["dependsOnEarlierSteps"] = True
             if not cls.can_estimate:
                 item["estimate"] = None
             else:
                 if samples is None:
                     samples = self.store.get_samples(sample_ids)
-                item.update(cls.estimate(samples, res.values).to_json())
+                todo = samples
+                if action.cache_unchanged_steps and i == 1 and not cls.needs_all_samples:
+                    # results an earlier preview or run computed for these very samples are reused
+                    revisions = revisions if revisions is not None else self.store.revisions(sample_ids)
+                    hits = job_store.cached_results(self.store, _sha(chain)[:32], revisions)
+                    item["reused"] = len(hits)
+                    todo = [s for s in samples if s.id not in hits]
+                item.update(cls.estimate(todo, res.values).to_json())
             out.append(item)
         return out
 

@@ -346,3 +346,21 @@ def test_a_refused_key_stops_the_job_at_once(dataset: Cli, monkeypatch: pytest.M
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
         out = cli.json("actions", "run", "ask")
         assert out["resumed"] and out["applied"] == 12 and out["failed"] == 0
+
+
+def test_estimate_counts_reused_results_and_says_what_depends_on_earlier_steps(dataset: Cli) -> None:
+    cli = dataset
+    with Emulator() as emu:
+        create_label_action(cli, emu)
+        cli.json("actions", "preview", "ask", "--limit", "4")
+        [step] = cli.json("actions", "run", "ask", "--estimate")["steps"]
+        assert step["reused"] == 4 and step["requests"] == 8 and emu.ok == 4
+        text = cli("actions", "run", "ask", "--estimate").stdout
+        assert "8 requests" in text and "4 samples' results reused" in text
+        cli("actions", "create", "chain", "--step", "relabel", "-p", "mapping=car -> vehicle",
+            "--step", "gpt4o-bbox-relabel", "-p", f"base-url={emu.base_url}", "-p", "which-labels=vehicle",
+            "-p", "prompt=Is this a car or a truck?")
+        steps = cli.json("actions", "run", "chain", "--estimate")["steps"]
+        assert steps[1].get("dependsOnEarlierSteps") is True and "dependsOnEarlierSteps" not in steps[0]
+        assert "depends on their results" in cli("actions", "run", "chain", "--estimate").stdout
+        assert emu.ok == 4  # estimates send nothing

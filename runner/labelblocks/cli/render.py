@@ -97,6 +97,11 @@ def print_estimate(steps: list[dict[str, Any]], as_json: bool) -> None:
         if st.get("estimate", True) is None:
             click.echo(head + "no paid requests")
         else:
+            reused = f" ({st['reused']} samples' results reused from an earlier preview or run: not sent)" \
+                if st.get("reused") else ""
             click.echo(head + f"{st['requests']} requests, about {st['promptTokens']} prompt tokens and "
-                              f"{st['completionTokens']} completion tokens")
+                              f"{st['completionTokens']} completion tokens{reused}")
+            if st.get("dependsOnEarlierSteps"):
+                click.echo("    (counted on the samples as stored: this step reads what the earlier steps propose, "
+                           "so the real count depends on their results)")
     click.echo("Nothing was sent. Answers already in the project's cache will not be paid again.")
