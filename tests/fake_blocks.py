@@ -7,6 +7,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from labelblocks.blocks import Block, BlockContext, SampleFailure, SampleInput, merged_metadata
@@ -134,7 +135,38 @@ class FakeConstant(Block):
         return [SampleChange(label=args["label"]) for _ in batch]
 
 
-BLOCKS = [FakeLabeler, FakeBoxer, FakeRenamer, FakeFail, FakeLeaky, FakeConstant]
+class FakeMeddler(Block):
+    """Labels each sample ``meddled``, and meanwhile, as another process would, changes the
+    samples of its batch in the database (metadata ``touched``) for its first ``rounds`` calls
+    (counted in the file ``counter``): what it proposes is stale by the time the run applies."""
+
+    name = "fake-meddler"
+    parameters = _spec("Fake meddler", [
+        {"name": "Database", "type": "string", "param": "db", "value": ""},
+        {"name": "Counter", "type": "string", "param": "counter", "value": ""},
+        {"name": "Rounds", "type": "int", "param": "rounds", "value": 1},
+    ])
+
+    def label(self, batch, args, context):
+        import sqlite3
+
+        _record(self.name, batch, args, context)
+        counter = args["counter"]
+        done = int(Path(counter).read_text()) if os.path.exists(counter) else 0
+        if done < int(args["rounds"]):
+            with open(counter, "w") as f:
+                f.write(str(done + 1))
+            db = sqlite3.connect(args["db"], timeout=30)
+            with db:
+                for s in batch:
+                    db.execute("INSERT OR REPLACE INTO sample_metadata (sample_id, key, value) VALUES (?, 'touched', ?)",
+                               (s.sample.id, str(done + 1)))
+                    db.execute("UPDATE samples SET updated_at = updated_at + 1 WHERE id = ?", (s.sample.id,))
+            db.close()
+        return [SampleChange(label="meddled") for s in batch]
+
+
+BLOCKS = [FakeLabeler, FakeBoxer, FakeRenamer, FakeFail, FakeLeaky, FakeConstant, FakeMeddler]
 
 
 @hookimpl

@@ -270,3 +270,27 @@ def test_a_missing_model_offline_fails_within_seconds(cli: Cli, tmp_path: Path, 
     assert r.returncode == 1 and "'google/owlvit-base-patch32' was not found" in r.stderr
     assert "-p model=/path/to/model" in r.stderr and "Traceback" not in r.stderr
     assert took < 5, f"took {took:.1f} s"
+
+
+# --- item 8: samples that change while a run labels them -----------------------------------------
+
+
+def test_a_run_labels_again_what_changed_meanwhile_and_names_what_it_leaves_out(cli: Cli, tmp_path: Path) -> None:
+    for i in range(4):
+        make_image(tmp_path / "x" / f"cat.{i}.png", seed=i)
+    cli("upload", str(tmp_path / "x"))
+    db = str(cli.project / ".labelblocks" / "project.db")
+    # another writer changes every sample once, while the run computes them
+    cli("actions", "create", "once", "--step", "fake-meddler", "-p", f"db={db}", "-p",
+        f"counter={tmp_path / 'once'}", "-p", "rounds=1")
+    out = cli.json("actions", "run", "once")
+    assert out["applied"] == 4 and out["rounds"] == 1 and out["leftOut"] == [] and out["failed"] == 0
+    samples = cli.json("samples", "list")
+    assert all(s["label"] == "meddled" and s["metadata"]["touched"] == "1" for s in samples)  # nothing overwritten
+    # a writer that never stops: bounded rounds, then the samples are named and the exit code says so
+    cli("actions", "create", "always", "--step", "fake-meddler", "-p", f"db={db}", "-p",
+        f"counter={tmp_path / 'always'}", "-p", "rounds=99")
+    r = cli("actions", "run", "always", expect=1)
+    assert "Left out 4 samples that kept changing" in r.stderr and "1, 2, 3, 4" in r.stderr
+    out = json.loads(cli("actions", "run", "always", "--json", expect=1).stdout)
+    assert out["leftOut"] == [1, 2, 3, 4] and out["rounds"] == 3 and out["applied"] == 0

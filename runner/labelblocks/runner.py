@@ -43,6 +43,7 @@ __all__ = ["JobFailed", "JobSummary", "ProgressFn", "Runner", "StepPlan", "TooMa
 WRITE_ROWS = 10_000  # a step's results are committed at least every this many samples
 WRITE_SECONDS = 1.0  # ... or this often, whichever comes first (a kill loses about this much work, plus the write in flight)
 REVISIONS_AHEAD = 20_000  # sample revisions (for cache keys) are read this many at a time
+RERUN_ROUNDS = 3  # a run labels again, at most this many times, the samples that changed while it ran
 
 
 class TooManyFailures(LabelblocksError):
@@ -66,13 +67,15 @@ class JobSummary:
     resumed: bool = False
     skipped: int = 0  # samples no step operates on (audio in an action of image blocks), left as they are
     unchanged: int = 0  # samples this action already applied to and nothing changed since: passed over
+    rounds: int = 0  # extra rounds a run made for samples that changed while it ran
+    left_out: list[int] = field(default_factory=list)  # samples a run could not apply (changed each time, or deleted)
     notes: list[str] = field(default_factory=list)  # what a step left out, in words
     usage: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"jobId": self.job_id, "kind": self.kind, "status": self.status, "samples": self.total,
                 "applied": self.applied, "failed": self.failed, "skipped": self.skipped, "unchanged": self.unchanged,
-                "computed": self.computed,
+                "rounds": self.rounds, "leftOut": self.left_out, "computed": self.computed,
                 "cached": self.cached, "resumed": self.resumed, "notes": self.notes, "usage": self.usage}
 
 
@@ -260,10 +263,23 @@ class Runner:
             job_id = self._create_job(action, plans, "run", selected)
         else:
             job_store.set_job_status(self.store, job_id, "running")
-        summary = self._execute(job_id, action, plans, "run", use_cache and action.cache_unchanged_steps,
-                                max_failures, on_progress)
+        use = use_cache and action.cache_unchanged_steps
+        summary = self._execute(job_id, action, plans, "run", use, max_failures, on_progress)
         summary.resumed = resumed
         summary.unchanged = len(unchanged)
+        # samples that changed while the run computed them were left out (nothing is overwritten):
+        # label them again as they are now, a bounded number of times
+        changed, deleted = job_store.left_out(self.store, summary.job_id)
+        while changed and summary.rounds < RERUN_ROUNDS:
+            summary.rounds += 1
+            again = self._execute(self._create_job(action, plans, "run", changed), action, plans, "run", use,
+                                  max_failures, on_progress)
+            summary.applied += again.applied
+            summary.failed += again.failed
+            summary.computed += again.computed
+            summary.cached += again.cached
+            changed, _ = job_store.left_out(self.store, again.job_id)
+        summary.left_out = sorted(changed + deleted)
         return summary
 
     def apply(self, job_id: int, ids: Sequence[int] | None = None, set_metadata: Sequence[Any] = (),

@@ -306,9 +306,17 @@ def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | 
         click.echo(f"Job {summary.job_id}{resumed}: applied {summary.applied} of {summary.total} samples, "
                    f"{summary.failed} failed, {summary.cached} step results reused.")
         _print_skips(summary)
+        if summary.rounds:
+            click.echo(f"Samples changed while the run labeled them: labeled again as they are now "
+                       f"({summary.rounds} more round{'s' if summary.rounds != 1 else ''}).")
+        if summary.left_out:
+            shown = ", ".join(map(str, summary.left_out[:20])) + (" ..." if len(summary.left_out) > 20 else "")
+            click.echo(f"Left out {len(summary.left_out)} sample{'s' if len(summary.left_out) != 1 else ''} that kept "
+                       f"changing while the run labeled them (or were deleted), so as not to overwrite those "
+                       f"changes: {shown}. Run the action again to label them.", err=True)
         if summary.failed:
             click.echo(f"See the failures with `labelblocks jobs show {summary.job_id}`.", err=True)
-    if summary.failed:
+    if summary.failed or summary.left_out:
         sys.exit(1)
 
 

@@ -209,6 +209,20 @@ def job_errors(store: Store, job_id: int) -> dict[int, tuple[int, str]]:
             .where(and_(job_samples.c.job_id == job_id, job_samples.c.status == "failed")))}
 
 
+def left_out(store: Store, job_id: int) -> tuple[list[int], list[int]]:
+    """The job's samples its apply left out: (changed since the job computed them and still
+    there, deleted since), each in id order."""
+    changed: list[int] = []
+    deleted: list[int] = []
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT j.sample_id, s.id IS NOT NULL FROM job_samples j "
+                                    "LEFT JOIN samples s ON s.id = j.sample_id "
+                                    "WHERE j.job_id = ? AND j.status = 'discarded' ORDER BY j.sample_id", (job_id,))
+        for sid, alive in rows:
+            (changed if alive else deleted).append(int(sid))
+    return changed, deleted
+
+
 def discarded_count(store: Store, job_id: int) -> int:
     """How many of the job's samples were left out (discarded, or deleted or changed before apply)."""
     with store.engine.connect() as conn:
