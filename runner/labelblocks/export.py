@@ -11,13 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .constants import EXPORT_FORMATS
 from .errors import InvalidInput
 from .filters import SampleFilter
 from .model import Sample
 from .store import Store
 from .uploads import INFO_FILE
 
-FORMATS = ("info",)
+FORMATS = EXPORT_FORMATS
 _PAGE = 1000
 
 

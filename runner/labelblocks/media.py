@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .constants import MAX_IMAGE_PIXELS
 from .errors import InvalidInput
 from .model import MediaFields
 
@@ -25,9 +26,6 @@ IMAGE_EXTS = {
 AUDIO_EXTS = {".wav", ".flac", ".ogg", ".oga"}
 SUPPORTED = IMAGE_EXTS | AUDIO_EXTS
 
-# the largest image accepted, in pixels (width x height); `upload --max-pixels` and
-# `serve --max-pixels` change it. Checked from the header, before anything is decoded.
-MAX_IMAGE_PIXELS = 178_956_970
 
 _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}

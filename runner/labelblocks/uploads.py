@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .constants import UPLOAD_CATEGORIES
 from .errors import InvalidInput
 from .media import MAX_IMAGE_PIXELS, MediaInfo, probe
 from .model import BoundingBox, StructuredLabel, parse_boxes, parse_json, parse_structured_labels
@@ -31,7 +32,6 @@ INFO_FILE = "info.labels"
 BOXES_FILE = "bounding_boxes.labels"
 STRUCTURED_FILE = "structured_labels.labels"
 COMPANION_FILES = {INFO_FILE, BOXES_FILE, STRUCTURED_FILE}
-UPLOAD_CATEGORIES = ("training", "validation", "testing", "split")
 
 _LABEL_FROM_NAME = re.compile(r"^[A-Za-z0-9 _-]+")
 

@@ -12,13 +12,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..errors import InvalidInput
-from ..filters import SampleFilter, check_categories, from_shorthand, parse_metadata_json
-from ..model import check_text, parse_json
-from ..project import find_project, open_store
-from ..store import Store
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: `labelblocks --help` loads neither SQLAlchemy nor pydantic
+    from ..filters import SampleFilter
     from ..plugins import BlockRegistry
+    from ..store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,12 +32,16 @@ class AppContext:
     @property
     def project_dir(self) -> Path:
         if self._project_dir is None:
+            from ..project import find_project
+
             self._project_dir = find_project(self._project_opt)
         return self._project_dir
 
     @property
     def store(self) -> Store:
         if self._store is None:
+            from ..project import open_store
+
             self._store = open_store(self.project_dir)
         return self._store
 
@@ -128,6 +130,8 @@ def progress(total: int, label: str, enabled: bool = True) -> Iterator[Callable[
 
 
 def parse_key_values(items: tuple[str, ...] | list[str], what: str) -> dict[str, str]:
+    from ..model import check_text
+
     out: dict[str, str] = {}
     for text in items:
         if "=" not in text:
@@ -197,6 +201,8 @@ FILTER_KEYS = ("where", "where_not", "has", "missing", "no_metadata", "any_", "f
 
 def build_filter(kw: dict[str, Any], ids: list[int] | None = None) -> SampleFilter:
     """Pop the filter options from a command's keyword arguments and build the filter."""
+    from ..filters import SampleFilter, check_categories, from_shorthand, parse_metadata_json
+
     vals = {k: kw.pop(k) for k in FILTER_KEYS if k in kw}
     conds, no_md, comb = from_shorthand(
         vals.get("where", ()), vals.get("where_not", ()), vals.get("has", ()), vals.get("missing", ()),
@@ -228,6 +234,8 @@ def filter_given(kw: dict[str, Any]) -> bool:
 
 def load_json_arg(text: str, what: str) -> Any:
     """JSON from an argument: inline JSON, ``@file``, or ``-`` for stdin."""
+    from ..model import parse_json
+
     try:
         if text == "-":
             raw = sys.stdin.read()

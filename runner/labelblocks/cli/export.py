@@ -7,13 +7,13 @@ from typing import Any
 
 import click
 
-from ..export import FORMATS, export_info
+from ..constants import EXPORT_FORMATS
 from ._util import AppContext, build_filter, filter_options, pass_app, print_json, progress
 
 
 @click.command("export")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="info", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="info", show_default=True,
               help="info: the files plus the protocol's info.labels.")
 @filter_options(include_disabled_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -27,6 +27,8 @@ def export_cmd(app: AppContext, directory: Path, fmt: str, as_json: bool, **kw: 
     Example:
       labelblocks export ../paris-export --where site=Paris
     """
+    from ..export import export_info
+
     f = build_filter(kw)
     store = app.store
     with progress(store.count(f), "Exporting", enabled=not as_json) as bar:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import NotFound
-from ..store import Store
-from ..store import jobs as job_store
-from ..store.jobs import JobRecord
 from ._util import AppContext, pass_app, print_json
 from .render import errors_json
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from ..store.jobs import JobRecord
 
 
 @click.group("jobs")
@@ -22,6 +23,8 @@ def jobs_group() -> None:
 
 def get_job(store: Store, job_id: int) -> JobRecord:
     """The job, or NotFound with where to look."""
+    from ..store import jobs as job_store
+
     job = job_store.get_job(store, job_id)
     if job is None:
         raise NotFound(f"no job {job_id}: see `labelblocks jobs list`")
@@ -29,6 +32,8 @@ def get_job(store: Store, job_id: int) -> JobRecord:
 
 
 def _job_json(store: Store, job: JobRecord) -> dict[str, Any]:
+    from ..store import jobs as job_store
+
     state = job_store.job_state(store, job.id)
     return {"id": job.id, "action": job.action, "kind": job.kind, "status": job.status,
             "samples": len(state.ids), "counts": state.counts(), "usage": job.usage,
@@ -46,6 +51,8 @@ def jobs_list(app: AppContext, as_json: bool) -> None:
     Example:
       labelblocks jobs list
     """
+    from ..store import jobs as job_store
+
     data = [_job_json(app.store, j) for j in job_store.list_jobs(app.store)]
     if as_json:
         print_json(data)
@@ -72,6 +79,8 @@ def jobs_show(app: AppContext, job_id: int, as_json: bool) -> None:
     Example:
       labelblocks jobs show 3
     """
+    from ..store import jobs as job_store
+
     j = _job_json(app.store, get_job(app.store, job_id))
     errors = job_store.job_errors(app.store, job_id)
     if as_json:
@@ -103,6 +112,8 @@ def jobs_log(app: AppContext, job_id: int, tail: int | None) -> None:
     Example:
       labelblocks jobs log 3 --tail 50
     """
+    from ..store import jobs as job_store
+
     get_job(app.store, job_id)
     path = job_store.job_log_path(app.store, job_id)
     if not path.exists():

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from ..project import DATA_DIR, init_project
 from ._util import AppContext, pass_app, print_json
 
 
@@ -22,6 +21,8 @@ def init(directory: Path, as_json: bool) -> None:
     Example:
       labelblocks init my-dataset
     """
+    from ..project import DATA_DIR, init_project
+
     d = init_project(directory)
     if as_json:
         print_json({"project": str(d), "data": str(d / DATA_DIR)})

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ..errors import InvalidInput, NotFound
-from ..store import jobs as job_store
-from ..store.jobs import JobRecord
 from ._util import AppContext, parse_ids, pass_app, print_json
 from .jobs import get_job
 from .render import print_preview
+
+if TYPE_CHECKING:
+    from ..store.jobs import JobRecord
 
 
 @click.group("proposals")
@@ -28,6 +31,8 @@ def proposals_show(app: AppContext, job_id: int, as_json: bool) -> None:
     Example:
       labelblocks proposals show 3
     """
+    from ..store import jobs as job_store
+
     row = get_job(app.store, job_id)
     if as_json:
         print_json({"proposedChanges": job_store.job_proposals(app.store, job_id)})
@@ -61,6 +66,7 @@ def proposals_apply(app: AppContext, job_id: int, ids: str | None) -> None:
     """
     from ..actions import get_action
     from ..apply import apply_job
+    from ..store import jobs as job_store
 
     row = get_job(app.store, job_id)
     if row.status == "discarded":
@@ -87,6 +93,8 @@ def proposals_discard(app: AppContext, job_id: int) -> None:
     Example:
       labelblocks proposals discard 3
     """
+    from ..store import jobs as job_store
+
     get_job(app.store, job_id)
     n = job_store.discard_job(app.store, job_id)
     click.echo(f"Discarded {n} proposal{'s' if n != 1 else ''} of job {job_id}.")

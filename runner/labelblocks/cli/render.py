@@ -4,14 +4,15 @@ failures, and cost estimates."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..model import Sample, SampleChange, compose
-from ..store import Store
-from ..store import jobs as job_store
 from ._util import print_json
+
+if TYPE_CHECKING:
+    from ..model import Sample, SampleChange
+    from ..store import Store
 
 
 def describe_change(before: Sample, change: SampleChange) -> list[str]:
@@ -58,6 +59,9 @@ def _counts(labels: Sequence[str]) -> list[str]:
 
 def print_preview(store: Store, job_id: int, limit: int = 50) -> int:
     """Prints up to ``limit`` samples' proposals and failures; returns how many samples have either."""
+    from ..model import compose
+    from ..store import jobs as job_store
+
     changes = job_store.read_proposals(store, job_id)
     errors = job_store.job_errors(store, job_id)
     ids = sorted(set(changes) | set(errors))

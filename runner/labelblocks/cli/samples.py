@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import UsageError
-from ..model import Sample, parse_boxes, parse_structured_labels
 from ._util import (
     AppContext,
     build_filter,
@@ -19,6 +18,9 @@ from ._util import (
     pass_app,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from ..model import Sample
 
 
 @click.group("samples")
@@ -190,6 +192,8 @@ def label_cmd(app: AppContext, sample_id: int, label: str | None, clear: bool, b
     if label is not None and clear:
         raise click.UsageError("--label and --clear cannot be used together")
     # validate everything before writing anything
+    from ..model import parse_boxes, parse_structured_labels
+
     parsed_boxes = parse_boxes(load_json_arg(boxes, "--boxes"), "--boxes") if boxes is not None else None
     parsed_sl = (parse_structured_labels(load_json_arg(structured_labels, "--structured-labels"), "--structured-labels")
                  if structured_labels is not None else None)

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import click
 
-from ..media import MAX_IMAGE_PIXELS
+from ..constants import MAX_IMAGE_PIXELS
 from ._util import AppContext, pass_app, print_json
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import itertools
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..constants import MAX_IMAGE_PIXELS, UPLOAD_CATEGORIES
 from ..errors import UsageError
-from ..media import MAX_IMAGE_PIXELS
-from ..uploads import INFER, UPLOAD_CATEGORIES, Outcome, items_from_info_file, items_from_paths, upload
 from ._util import AppContext, parse_key_values, pass_app, print_json, progress
+
+if TYPE_CHECKING:
+    from ..uploads import Outcome
 
 
 @click.command("upload")
@@ -49,6 +51,8 @@ def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, l
       labelblocks upload --info-file dataset/info.labels
       labelblocks upload clips/*.wav --label noise --json
     """
+    from ..uploads import INFER, items_from_info_file, items_from_paths, upload
+
     if not paths and info_file is None:
         raise UsageError("nothing to upload: give files or folders, or --info-file FILE")
     if label is not None and no_label:
