@@ -294,3 +294,34 @@ def test_a_run_labels_again_what_changed_meanwhile_and_names_what_it_leaves_out(
     assert "Left out 4 samples that kept changing" in r.stderr and "1, 2, 3, 4" in r.stderr
     out = json.loads(cli("actions", "run", "always", "--json", expect=1).stdout)
     assert out["leftOut"] == [1, 2, 3, 4] and out["rounds"] == 3 and out["applied"] == 0
+
+
+# --- item 6: reuse keyed by what a block reads --------------------------------------------------------
+
+
+def test_results_are_reused_by_what_the_block_reads(cli: Cli, tmp_path: Path) -> None:
+    from tests.blocks.tiny_models import make_owl
+
+    model = make_owl(tmp_path / "owl")
+    for i in range(6):
+        make_image(tmp_path / "x" / f"cat.{i}.png", size=(96, 96), seed=i)
+    cli("upload", str(tmp_path / "x"))
+    # step 1 sees the whole selection (its results are never reused), yet the later steps are
+    cli("actions", "create", "chain", "--step", "near-duplicates", "--step", "owlvit", "-p", "prompt=a cat (cat, 0.0)",
+        "-p", f"model={model}", "--step", "relabel", "-p", "mapping=cat -> kitty")
+    preview = cli.json("actions", "preview", "chain", "--limit", "4")
+    assert preview["cached"] == 0 and preview["failed"] == 0
+    run = cli.json("actions", "run", "chain")
+    # near-duplicates ran again on all 6; owlvit and relabel were reused for the 4 previewed images
+    assert run["applied"] == 6 and run["cached"] == 8 and run["computed"] == 6 + 2 + 2
+    # a change the block does not read (a metadata key for relabel, which reads labels and boxes) keeps
+    # relabel's results; owlvit reads metadata, so it runs again
+    cli("actions", "create", "rename", "--step", "relabel", "-p", "mapping=kitty -> cat")
+    cli.json("actions", "preview", "rename", "--limit", "6")
+    cli("metadata", "set", "--ids", "1-6", "reviewed=yes")
+    again = cli.json("actions", "preview", "rename", "--limit", "6")
+    assert again["cached"] == 6 and again["computed"] == 0
+    # what it reads changed (a label): that sample is computed again, the others reused
+    cli("samples", "label", "1", "--label", "kitty-2")
+    third = cli.json("actions", "preview", "rename", "--limit", "6")
+    assert third["cached"] == 5 and third["computed"] == 1

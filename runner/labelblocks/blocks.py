@@ -121,6 +121,12 @@ class Block:
     # reused for every revision of a sample; True: reused only while the sample is unchanged
     # (a block declared True that never looks at its inputs is still recognised at run time)
     reads_samples: ClassVar[bool] = True
+    # what of a sample the block's result depends on, and carries over into it (a change that
+    # holds the whole metadata read all of it): a set of READ_FIELDS. When declared, a result is
+    # reused for any sample whose read fields (as the step sees them, earlier steps' proposals
+    # applied) equal those it was computed from, whatever else changed and whatever earlier
+    # steps did; None: reused only for the same revision of the sample after the same steps
+    reads: ClassVar[frozenset[str] | None] = None
     # True: :meth:`estimate` tells the requests and tokens a run would cost (paid blocks)
     can_estimate: ClassVar[bool] = False
     # how a step of the block runs: "inprocess" (label() in this process) or "external" (a
@@ -179,6 +185,34 @@ class Block:
 
     def teardown(self) -> None:
         """Called once after the run."""
+
+
+# what a block may declare it reads (Block.reads): the media (its content hash), the image's
+# size, the label, bounding boxes, structured labels, all metadata, whether it is disabled
+READ_FIELDS = frozenset({"content", "dimensions", "label", "boxes", "structured_labels", "metadata", "disabled"})
+
+
+def input_key(sample: Sample, reads: frozenset[str]) -> str:
+    """A digest of what a block that reads ``reads`` sees of ``sample``."""
+    import hashlib
+    import json
+
+    parts: dict[str, Any] = {}
+    if "content" in reads:
+        parts["content"] = sample.content_hash
+    if "dimensions" in reads:
+        parts["dimensions"] = [sample.width, sample.height, sample.values_count]
+    if "label" in reads:
+        parts["label"] = sample.label
+    if "boxes" in reads:
+        parts["boxes"] = [b.to_json() for b in sample.bounding_boxes]
+    if "structured_labels" in reads:
+        parts["structured_labels"] = [x.to_json() for x in sample.structured_labels]
+    if "metadata" in reads:
+        parts["metadata"] = sample.metadata
+    if "disabled" in reads:
+        parts["disabled"] = sample.is_disabled
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
 PROVENANCE_SEP = " | "

@@ -169,6 +169,8 @@ class Relabel(Block):
         if not 0 <= min_area <= 100:
             raise ValueError(f"min-box-area: expected 0 to 100 (% of the image), got {min_area}")
 
+    reads = frozenset({"label", "structured_labels", "boxes", "dimensions"})
+
     def label(
         self, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext
     ) -> Sequence[SampleChange | SampleFailure]:

@@ -30,6 +30,7 @@ from typing import Any
 
 from .actions import Action, validate_steps
 from .apply import ProgressFn, apply_job
+from .blocks import input_key
 from .errors import InvalidInput, LabelblocksError
 from .executors import StepExecutor, StepPlan, StepResults, make_executor, pid_alive
 from .plugins import BlockRegistry
@@ -89,7 +90,7 @@ def write_results(store: Store, job_id: int, step: int, results: StepResults, se
     texts = [(sid, redact(change, secrets), record and redact(record, secrets), rev)
              for sid, change, record, rev in results.texts]
     failed = [(sid, redact(error, secrets)[:4000]) for sid, error in results.failed]
-    job_store.write_step_results(store, job_id, step, results.computed, texts, failed)
+    job_store.write_step_results(store, job_id, step, results.computed, texts, failed, results.inputs)
 
 
 class _StepWriter:
@@ -163,7 +164,7 @@ class Runner:
             reg = self.registry.get(step.block)
             secrets = resolve_secrets(reg.cls.spec().secret_names, step.block)
             chain.append([reg.name, reg.version, res.for_record(), reg.cls().cache_key(res.values)])
-            plans.append(StepPlan(i, reg, res, secrets, _sha(chain)))
+            plans.append(StepPlan(i, reg, res, secrets, _sha(chain), _sha(chain[-1])[:32]))
         return plans
 
     def select(self, action: Action, ids: Sequence[int] | None = None, limit: int | None = None) -> list[int]:
@@ -302,8 +303,11 @@ class Runner:
                 # on the selection, not only on the sample: neither it nor later steps are cached
                 whole_set = whole_set or plan.block.cls.needs_all_samples
                 with batch_tuning():
+                    # a block that declares what it reads is reused by what it reads, which holds
+                    # also after a whole-set step (its effect is in what the block reads)
+                    by_inputs = use_cache and plan.block.cls.reads is not None and not plan.block.cls.needs_all_samples
                     self._run_step(job_id, plan, kind, use_cache and not whole_set, max_failures, summary,
-                                   on_progress, all_secrets)
+                                   on_progress, all_secrets, by_inputs)
             if kind == "run":
                 summary.applied = self.apply(job_id, set_metadata=action.set_metadata, on_progress=on_progress)
         except KeyboardInterrupt:
@@ -367,7 +371,8 @@ class Runner:
         return [i for i in pending if i not in done] if done else pending
 
     def _run_step(self, job_id: int, plan: StepPlan, kind: str, use_cache: bool, max_failures: int | None,
-                  summary: JobSummary, on_progress: ProgressFn | None, all_secrets: list[str]) -> None:
+                  summary: JobSummary, on_progress: ProgressFn | None, all_secrets: list[str],
+                  by_inputs: bool = False) -> None:
         todo = self._handled(plan, self._todo(job_id, plan.index), summary)
         if not todo:
             return
@@ -387,7 +392,8 @@ class Runner:
                 batch_ids = todo[start : start + bs]
                 failed_before = len(out.results.failed)
                 self._run_batch(executor, cache_key, batch_ids, start, use_cache, revisions, out.results,
-                                summary, functools.partial(_offset, report, done))
+                                summary, functools.partial(_offset, report, done),
+                                (job_id, plan) if by_inputs else None)
                 summary.failed += len(out.results.failed) - failed_before
                 out.maybe_flush()
                 job_store.add_job_usage(self.store, job_id, executor.take_usage())
@@ -404,13 +410,26 @@ class Runner:
 
     def _run_batch(self, executor: StepExecutor, cache_key: str, batch_ids: list[int], start: int,
                    use_cache: bool, revisions: _RevisionsAhead, results: StepResults, summary: JobSummary,
-                   report: Callable[[int], None]) -> None:
+                   report: Callable[[int], None], by_inputs: tuple[int, StepPlan] | None = None) -> None:
         """One batch of a step: results reused from earlier jobs where allowed, the rest run."""
         need, revs = batch_ids, dict[int, float]()
-        if use_cache or executor.needs_revisions:
+        if use_cache or by_inputs or executor.needs_revisions:
             need, revs = revisions.read(start, batch_ids, results)
         if use_cache:
             hits = job_store.cached_results(self.store, cache_key, revs)
+            if hits:
+                results.texts += [(sid, *hits[sid], revs[sid]) for sid in need if sid in hits]
+                summary.cached += len(hits)
+                need = [sid for sid in need if sid not in hits]
+        keys: dict[int, str] = {}
+        if by_inputs and need:
+            # what the block would read of each sample, as this step sees it: a result computed
+            # from the same is reused (stored with the revision read now, which it is valid for)
+            job_id, plan = by_inputs
+            reads = plan.block.cls.reads or frozenset()
+            seen = job_store.overlay(self.store, job_id, self.store.get_samples(need, missing_ok=True), plan.index - 1)
+            keys = {s.id: input_key(s, reads) for s in seen}
+            hits = job_store.results_for_inputs(self.store, plan.step_key, keys)
             if hits:
                 results.texts += [(sid, *hits[sid], revs[sid]) for sid in need if sid in hits]
                 summary.cached += len(hits)
@@ -419,6 +438,9 @@ class Runner:
             cached_n = len(batch_ids) - len(need)
             executor.run(need, revs, results, functools.partial(_offset, report, cached_n))
             summary.computed += len(need)
+            if keys:
+                plan_key = by_inputs[1].step_key if by_inputs else ""
+                results.inputs += [(plan_key, sid, keys[sid]) for sid in need if sid in keys]
 
 
 def _offset(report: Callable[[int], None], base: int, n: int) -> None:

@@ -225,6 +225,8 @@ class Preprocessor:
 
 class OwlVit(ModelBlock):
     name = "owlvit"
+    # its change carries the boxes it keeps and the metadata with its provenance: it reads them
+    reads = frozenset({"content", "boxes", "metadata"})
     parameters = Path(__file__).with_name("parameters.json")
     version = "1"
     default_batch_size = 4

@@ -28,7 +28,8 @@ class StepPlan:
     block: RegisteredBlock
     resolved: ResolvedParameters
     secrets: dict[str, str]
-    key: str  # identifies block, version and parameters
+    key: str  # identifies the chain of steps up to this one: blocks, versions and parameters
+    step_key: str = ""  # identifies this step alone: block, version and parameters
 
     def describe(self) -> dict[str, Any]:
         return {"step": self.index, "block": self.block.name, "version": self.block.version,
@@ -49,6 +50,7 @@ class StepResults:
     n_computed: int = 0
     texts: list[TextRow] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)
+    inputs: list[tuple[str, int, str]] = field(default_factory=list)  # (step key, sample id, input key)
 
     def add_computed(self, rows: list[ComputedRow], secrets: list[str]) -> None:
         if not rows:

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, and_, delete, insert, select, update
 
 from ..model import Sample, SampleChange, compose
 from . import PreparedChanges, Store
-from .schema import job_applied, job_samples, job_steps, jobs, pack_ids, proposals, unpack_ids
+from .schema import job_applied, job_samples, job_steps, jobs, pack_ids, proposals, step_inputs, unpack_ids
 
 # (sample id, change, record JSON, revision) rows, serialised in one call for SQLite's json_each
 # (a float goes through JSON exactly: tests/test_runner.py checks the round trip)
@@ -283,12 +283,41 @@ def cached_results(store: Store, key: str, revs: Mapping[int, float]) -> dict[in
     return out
 
 
+def results_for_inputs(store: Store, step_key: str, keys: Mapping[int, str]) -> dict[int, tuple[str, str | None]]:
+    """Changes that earlier jobs' steps of ``step_key`` (a block, version and parameters)
+    computed from the same read fields (``keys``: sample id -> input key): {sample id:
+    (change, record)}. A block's result depends on what it reads, not on which sample it was."""
+    out: dict[int, tuple[str, str | None]] = {}
+    if not keys:
+        return out
+    wanted: dict[str, list[int]] = {}
+    for sid, key in keys.items():
+        wanted.setdefault(key, []).append(sid)
+    i, p = step_inputs.c, proposals.c
+    with store.engine.connect() as conn:
+        found: dict[str, tuple[str, str | None]] = {}
+        for chunk in [sorted(wanted)[n : n + 500] for n in range(0, len(wanted), 500)]:
+            rows = conn.execute(select(i.input_key, p.change, p.record).select_from(
+                step_inputs.join(proposals, and_(p.job_id == i.job_id, p.step == i.step, p.sample_id == i.sample_id)))
+                .where(and_(i.step_key == step_key, i.input_key.in_(chunk))).order_by(i.job_id))
+            for key, change, record in rows:
+                found[key] = (change, record)  # the newest job's, last
+    for key, (change, record) in found.items():
+        for sid in wanted[key]:
+            out[sid] = (change, record)
+    return out
+
+
 def write_step_results(store: Store, job_id: int, step: int, computed: Sequence[str], texts: Sequence[TextRow],
-                       failed: Sequence[tuple[int, str]]) -> None:
+                       failed: Sequence[tuple[int, str]], inputs: Sequence[tuple[str, int, str]] = ()) -> None:
     """Write a step's results in one transaction: ``computed``, JSON arrays of :data:`ROWS`
     without their brackets (written by one statement over their JSON), change ``texts``,
-    and ``failed`` samples with their errors."""
+    ``failed`` samples with their errors, and ``inputs`` (step key, sample id, input key) of
+    the samples a block with declared reads computed."""
     with store.transaction() as conn:
+        if inputs:
+            conn.execute(insert(step_inputs), [{"step_key": k, "input_key": ik, "job_id": job_id, "step": step,
+                                                "sample_id": sid} for k, sid, ik in inputs])
         if computed:
             conn.exec_driver_sql(_INSERT_ROWS, (job_id, step, ANY_REVISION, "[" + ",".join(computed) + "]"))
         if texts:  # one statement too: no row-by-row round trips through the GIL

@@ -275,6 +275,26 @@ def _v6(conn: Connection) -> None:
     conn.exec_driver_sql("DROP TABLE proposals_v5")
 
 
+# What each step's block read of each sample (v8), for blocks that declare it (Block.reads):
+# a result is reused for a sample whose read fields digest (input_key) matches, under the same
+# block, version and parameters (step_key), whatever else of the sample changed.
+step_inputs = Table(
+    "step_inputs",
+    metadata,
+    Column("step_key", String(32), nullable=False),
+    Column("input_key", String(32), nullable=False),
+    Column("job_id", Integer, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("sample_id", Integer, nullable=False),
+    Index("ix_step_inputs_key", "step_key", "input_key"),
+    Index("ix_step_inputs_job", "job_id"),
+)
+
+
+def _v8(conn: Connection) -> None:
+    step_inputs.create(conn, checkfirst=True)
+
+
 def _v7(conn: Connection) -> None:
     """job_applied records when each chunk was applied (a project made at v4 or later by this
     version has the column already)."""
@@ -291,6 +311,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (5, _v5),
     (6, _v6),
     (7, _v7),
+    (8, _v8),
 ]
 
 
