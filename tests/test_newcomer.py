@@ -325,3 +325,17 @@ def test_results_are_reused_by_what_the_block_reads(cli: Cli, tmp_path: Path) ->
     cli("samples", "label", "1", "--label", "kitty-2")
     third = cli.json("actions", "preview", "rename", "--limit", "6")
     assert third["cached"] == 5 and third["computed"] == 1
+
+
+def test_time_left_comes_from_the_rate_once_items_finish() -> None:
+    """An upload whose workers take 1.5 s to start, then finish 1,000 files a second: the
+    time left is that of the remaining files at that rate, not 1.5 s per file."""
+    from labelblocks.cli._util import eta_seconds
+
+    total = 600
+    assert eta_seconds(None, 1.5, 0, total) is None  # nothing done yet: no rate, nothing shown
+    first = (1.5, 1)  # the first file finished after the start-up
+    assert eta_seconds(first, 1.5, 1, total) is None
+    left = eta_seconds(first, 1.6, 101, total)  # 100 more in 0.1 s
+    assert left is not None and abs(left - 0.499) < 0.01
+    assert eta_seconds(first, 2.1, 600, total) == 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,15 +84,27 @@ def is_interactive() -> bool:
     return sys.stderr.isatty()
 
 
+def eta_seconds(first: tuple[float, int] | None, now: float, done: int, total: int) -> float | None:
+    """Seconds left, at the rate since the first progress (``first``: its time and count), not
+    since the bar appeared: the start-up before the first item (worker processes, a model
+    load) says nothing of the rate. None until there is a rate."""
+    if first is None or done <= first[1] or now <= first[0]:
+        return None
+    rate = (done - first[1]) / (now - first[0])
+    return max(0.0, (total - done) / rate)
+
+
 class Progress:
     """Progress bars on stderr when it is a terminal, silent otherwise (and under --json): one
-    bar per phase, called as ``progress(phase, done, total)`` (the services' ProgressFn)."""
+    bar per phase, called as ``progress(phase, done, total)`` (the services' ProgressFn). The
+    time left is shown from the rate since the first item finished (:func:`eta_seconds`)."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled and is_interactive()
         self.phase: str | None = None
         self.bar: Any = None
         self.done = 0
+        self.first: tuple[float, int] | None = None
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if not self.enabled:
@@ -99,11 +112,22 @@ class Progress:
         if phase != self.phase:
             self.close()
             self.phase = phase
-            self.bar = click.progressbar(length=total, label=phase, file=sys.stderr, show_pos=True, show_eta=True)
+            self.bar = click.progressbar(length=total, label=phase, file=sys.stderr, show_pos=True, show_eta=False,
+                                         item_show_func=lambda _item: self._left(total))
             self.bar.__enter__()
             self.done = 0
+            self.first = None
+        if done > 0 and self.first is None:
+            self.first = (time.monotonic(), done)
         self.bar.update(done - self.done)
         self.done = done
+
+    def _left(self, total: int) -> str | None:
+        left = eta_seconds(self.first, time.monotonic(), self.done, total)
+        if left is None:
+            return None
+        m, s = divmod(int(left + 0.5), 60)
+        return f"{m}:{s:02d} left" if m < 60 else f"{m // 60}h{m % 60:02d}m left"
 
     def close(self) -> None:
         if self.bar is not None:
