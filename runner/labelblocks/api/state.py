@@ -210,6 +210,20 @@ class BodyTooLarge(Exception):
     """Raised while a request body is read, once it passes its limit (answered with 413)."""
 
 
+class _TrackedSend:
+    """An ASGI ``send`` that remembers whether the response has started: an error can be
+    answered only before."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, msg: Message) -> None:
+        if msg["type"] == "http.response.start":
+            self.started = True
+        await self.send(msg)
+
+
 class BodyLimit:
     """Refuses request bodies over the limit (413) before they are read whole: by
     Content-Length up front, and by counting what arrives when it is absent or wrong."""
@@ -236,7 +250,7 @@ class BodyLimit:
                 await error(400, "invalid Content-Length header")(scope, receive, send)
                 return
         seen = 0
-        started = False
+        tracked = _TrackedSend(send)
 
         async def counted() -> Message:
             nonlocal seen
@@ -247,16 +261,10 @@ class BodyLimit:
                     raise BodyTooLarge()
             return msg
 
-        async def tracked_send(msg: Message) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
         try:
-            await self.app(scope, counted, tracked_send)
+            await self.app(scope, counted, tracked)
         except BodyTooLarge:
-            if not started:
+            if not tracked.started:
                 await too_big(scope, receive, send)
 
 
@@ -277,18 +285,11 @@ class ErrorShape:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracked_send(msg: Message) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
+        tracked = _TrackedSend(send)
         try:
-            await self.app(scope, receive, tracked_send)
+            await self.app(scope, receive, tracked)
         except Exception as exc:
-            if started:
+            if tracked.started:
                 raise
             known = storage_error(exc)
             if known is not None:
