@@ -339,3 +339,37 @@ def test_time_left_comes_from_the_rate_once_items_finish() -> None:
     left = eta_seconds(first, 1.6, 101, total)  # 100 more in 0.1 s
     assert left is not None and abs(left - 0.499) < 0.01
     assert eta_seconds(first, 2.1, 600, total) == 0.0
+
+
+def _read_only_mount_works() -> bool:
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount --bind /tmp /tmp && mount -o remount,bind,ro /tmp"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _read_only_mount_works(), reason="needs unshare to mount a folder read-only")
+def test_a_read_only_project_reads_and_refuses_writes_in_one_line(cli: Cli, tmp_path: Path) -> None:
+    make_image(tmp_path / "x" / "cat.0.png")
+    cli("upload", str(tmp_path / "x"))
+    cli("actions", "create", "boxes", "--step", "fake-boxer")
+    project = cli.project
+    lb = f"{sys.executable} -m labelblocks --project {project}"
+    script = "\n".join([
+        f"mount --bind {project} {project} && mount -o remount,bind,ro {project}",  # a read-only mount, in here only
+        f"{lb} samples list --json; echo rc=$?",
+        f"{lb} metadata set --ids 1 a=b; echo rc=$?",
+        f"{lb} upload {tmp_path / 'x' / 'cat.0.png'} --allow-duplicates; echo rc=$?",
+        f"{lb} actions run boxes; echo rc=$?",
+        f"{lb} export {tmp_path / 'out'}; echo rc=$?",
+    ])
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    codes = [line for line in r.stdout.splitlines() if line.startswith("rc=")]
+    assert codes == ["rc=0", "rc=1", "rc=1", "rc=1", "rc=0"], r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert errors == ["Error: the project is read-only: this command writes to it; read-only commands still work"] * 3
+    assert json.loads(r.stdout.split("rc=0")[0])[0]["filename"] == "cat.0.png"
+    assert (tmp_path / "out" / "info.labels").exists()

@@ -111,6 +111,19 @@ class PreparedChanges:
     count: int  # changes prepared
 
 
+def _writable(root: Path, db: Path) -> bool:
+    """Whether this process can write the project's database and its folder (SQLite writes a
+    journal beside the file)."""
+    import os
+
+    try:
+        if os.statvfs(root).f_flag & os.ST_RDONLY:
+            return False
+    except (OSError, AttributeError):
+        pass
+    return os.access(db, os.W_OK) and os.access(root, os.W_OK)
+
+
 _IDS_AS_PARAMETERS = 500  # up to this many ids as bound parameters; more as one JSON list (json_each)
 
 
@@ -143,6 +156,8 @@ class Store:
         db = root / DB_NAME
         if not db.exists() and not create:
             raise NotFound(f"no labelblocks database at {db}")
+        if not create and not _writable(root, db):
+            return cls._open_read_only(root, db)
         root.mkdir(parents=True, exist_ok=True)
         if create:
             BlobStore(root / BLOB_DIR).create_shards()
@@ -153,6 +168,27 @@ class Store:
         event.listen(engine, "begin", _sqlite_begin)
         store = cls(root, engine)
         store.migrate()
+        return store
+
+    @classmethod
+    def _open_read_only(cls, root: Path, db: Path) -> Store:
+        """A project this process cannot write (a read-only mount, a shared folder): opened
+        read-only, so that reading commands work and writing ones fail with one clear line
+        (errors.storage_error). SQLite's WAL needs a writable folder even to read, so the file
+        is opened immutable: nothing may write it meanwhile, which a read-only folder ensures."""
+        from urllib.parse import quote
+
+        engine = create_engine(f"sqlite:///file:{quote(str(db))}?mode=ro&immutable=1&uri=true", future=True)
+        event.listen(engine, "connect", lambda c, r: setattr(c, "isolation_level", None))
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        store = cls(root, engine)
+        with engine.connect() as conn:
+            version = int(conn.exec_driver_sql("SELECT max(version) FROM schema_migrations").scalar() or 0)
+        if version < MIGRATIONS[-1][0]:
+            from ..errors import StorageError
+
+            raise StorageError(f"the project at {root.parent} is read-only and was made by an older labelblocks: "
+                               "open it once where it can be written, to upgrade it", 503)
         return store
 
     def close(self) -> None:
