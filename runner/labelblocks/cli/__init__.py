@@ -52,9 +52,10 @@ def main(ctx: click.Context, project: str | None) -> None:
     """labelblocks: label images and audio with AI blocks, review, then apply.
 
     \b
-    Example:
+    Examples:
+      labelblocks demo                                   # the whole loop on example data, offline
       labelblocks init my-dataset && cd my-dataset
-      labelblocks upload ~/photos --metadata site=Paris
+      labelblocks upload ../photos --metadata site=Paris
       labelblocks samples list --where site=Paris
     """
     app = AppContext(project)
