@@ -64,9 +64,24 @@ def main(ctx: click.Context, project: str | None) -> None:
 
 
 def _register() -> None:
-    from . import actions, blocks, demo, export, jobs, metadata, project, proposals, samples, server, split, upload
+    from . import (
+        actions,
+        blocks,
+        demo,
+        evaluate,
+        export,
+        jobs,
+        metadata,
+        project,
+        proposals,
+        samples,
+        server,
+        split,
+        upload,
+    )
 
-    for mod in (demo, project, upload, samples, metadata, split, export, blocks, actions, jobs, proposals, server):
+    for mod in (demo, project, upload, samples, metadata, split, export, blocks, actions, jobs, proposals, evaluate,
+                server):
         mod.register(main)
 
 

@@ -1,0 +1,98 @@
+"""`labelblocks evaluate`, through the real CLI: a job's proposed labels against the truth,
+checked against scikit-learn called here on the same pairs, grouped by metadata, in the
+protocol's block-metadata shape (its bindings read it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import edgeimpulse_api as ei
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+
+from .conftest import Cli, make_image
+
+
+@pytest.fixture
+def evaluated(cli: Cli, tmp_path: Path) -> tuple[Cli, int, list[tuple[str, str, str]]]:
+    """9 images (3 cat, 3 dog, 3 bird); a preview that proposes cat -> dog and bird -> cat; then
+    the truth of one dog becomes bird (no proposal for it: predicted as it is) and of one bird
+    dog (its proposal says cat). Returns the job and the (truth, prediction, site) per sample."""
+    for i, name in enumerate(["cat"] * 3 + ["dog"] * 3 + ["bird"] * 3):
+        make_image(tmp_path / "x" / f"{name}.{i}.png", seed=i)
+    cli("upload", str(tmp_path / "x"))
+    for sid in range(1, 10):
+        cli("metadata", "set", "--ids", str(sid), f"site={'B' if sid <= 3 else 'A'}", "reviewed=yes")
+    cli("actions", "create", "guess", "--step", "relabel", "-p", "mapping=cat -> dog\nbird -> cat")
+    job = cli.json("actions", "preview", "guess", "--limit", "9")["jobId"]
+    names = {s["id"]: s["filename"] for s in cli.json("samples", "list")}
+    dog, bird = (next(i for i, n in sorted(names.items()) if n.startswith(k)) for k in ("dog", "bird"))
+    cli("samples", "label", str(dog), "--label", "bird")
+    cli("samples", "label", str(bird), "--label", "dog")
+    expected = []
+    for s in cli.json("samples", "list"):
+        truth = s["label"]
+        stem = s["filename"].split(".")[0]
+        prediction = {"cat": "dog", "bird": "cat"}.get(stem, truth)
+        expected.append((truth, prediction, s["metadata"]["site"]))
+    return cli, job, expected
+
+
+def test_single_label_metrics_match_scikit_learn(evaluated: tuple[Cli, int, list[tuple[str, str, str]]]) -> None:
+    cli, job, expected = evaluated
+    doc = cli.json("evaluate", str(job))
+    truth, pred = [t for t, _, _ in expected], [p for _, p, _ in expected]
+    classes = sorted(set(truth) | set(pred))
+    item = doc["modelValidationMetrics"][0]
+    assert doc["classes"] == classes == ["bird", "cat", "dog"] and doc["samples"] == 9
+    assert item["accuracy"] == pytest.approx(accuracy_score(truth, pred)) == pytest.approx(3 / 9)
+    assert item["confusionMatrix"] == confusion_matrix(truth, pred, labels=classes).tolist()
+    assert item["confusionMatrix"] == [[1, 2, 0], [0, 0, 3], [0, 1, 2]]  # by hand: rows truth, columns prediction
+    assert item["report"] == classification_report(truth, pred, labels=classes, output_dict=True, zero_division=0)
+    ei.models.KerasModelMetadataMetrics.from_dict(item)  # the protocol's bindings read it
+    assert {(p["label"], p["prediction"]) for p in item["predictions"]} == {(t, p) for t, p, _ in expected}
+    text = cli("evaluate", str(job)).stdout
+    assert "accuracy 33.3%" in text and "rows: truth, columns: prediction" in text and "macro avg" in text
+
+
+def test_groups_worst_first_with_intervals(evaluated: tuple[Cli, int, list[tuple[str, str, str]]]) -> None:
+    cli, job, expected = evaluated
+    doc = cli.json("evaluate", str(job), "--group-by", "site", "--min-group", "5")
+    [g] = doc["groups"]
+    assert [v["value"] for v in g["values"]] == ["B", "A"]  # site B (the cats, all wrong) is worse
+    b, a = g["values"]
+    assert (b["samples"], b["accuracy"], b["tooSmall"]) == (3, 0.0, True)
+    a_pairs = [(t, p) for t, p, site in expected if site == "A"]
+    assert a["accuracy"] == pytest.approx(np.mean([t == p for t, p in a_pairs])) and not a["tooSmall"]
+    lo, hi = a["accuracyInterval"]
+    assert 0 <= lo <= a["accuracy"] <= hi <= 1
+    text = cli("evaluate", str(job), "--group-by", "site", "--min-group", "5").stdout
+    assert text.index("  B ") < text.index("  A ") and "too few samples to tell" in text
+    # filters pick the truth to compare with; samples without the key form their own group
+    cli("metadata", "unset", "--ids", "9", "site")
+    doc = cli.json("evaluate", str(job), "--where", "reviewed=yes", "--group-by", "site")
+    assert "(no value)" in [v["value"] for v in doc["groups"][0]["values"]]
+
+
+def test_against_another_job(evaluated: tuple[Cli, int, list[tuple[str, str, str]]]) -> None:
+    cli, job, _ = evaluated
+    cli("actions", "create", "same", "--step", "relabel", "-p", "mapping=cat -> dog\nbird -> cat")
+    other = cli.json("actions", "preview", "same", "--limit", "9")["jobId"]
+    doc = cli.json("evaluate", str(job), "--against-job", str(other))
+    # the same mapping, previewed after the two labels changed: those two samples differ (the
+    # dog now labeled bird is mapped to cat; the bird now labeled dog is left a dog)
+    assert doc["modelValidationMetrics"][0]["accuracy"] == pytest.approx(7 / 9)
+    assert doc["comparedWith"] == f"job {other}'s proposals"
+
+
+def test_bad_input_is_one_line(evaluated: tuple[Cli, int, list[tuple[str, str, str]]]) -> None:
+    cli, job, _ = evaluated
+    for args, message in ((["99"], "no job 99"), ([str(job), "--group-by", "nope"], "no evaluated sample has"),
+                          ([str(job), "--where", "site=Mars"], "none of job"),
+                          ([str(job), "--against-job", "42"], "no job 42")):
+        r = cli("evaluate", *args, expect=1)
+        assert message in r.output and r.output.count("\n") == 1, r.output
+    cli("actions", "create", "broken", "--step", "fake-fail", "-p", "fail-ids=1,2")  # every sample fails
+    empty = cli.json("actions", "preview", "broken", "--ids", "1,2", expect=1)["jobId"]
+    assert "has no proposals" in cli("evaluate", str(empty), expect=1).output
