@@ -16,9 +16,10 @@ from .conftest import Cli, make_image
 
 @pytest.fixture
 def evaluated(cli: Cli, tmp_path: Path) -> tuple[Cli, int, list[tuple[str, str, str]]]:
-    """9 images (3 cat, 3 dog, 3 bird); a preview that proposes cat -> dog and bird -> cat; then
-    the truth of one dog becomes bird (no proposal for it: predicted as it is) and of one bird
-    dog (its proposal says cat). Returns the job and the (truth, prediction, site) per sample."""
+    """9 images (3 cat, 3 dog, 3 bird; ids in file-name order: birds 1-3, cats 4-6, dogs 7-9;
+    site B for ids 1-3, A for the rest); a preview that proposes cat -> dog and bird -> cat;
+    then the truth of one dog becomes bird (no proposal for it: predicted as it is) and of one
+    bird dog (its proposal says cat). Returns the job and (truth, prediction, site) per sample."""
     for i, name in enumerate(["cat"] * 3 + ["dog"] * 3 + ["bird"] * 3):
         make_image(tmp_path / "x" / f"{name}.{i}.png", seed=i)
     cli("upload", str(tmp_path / "x"))
@@ -60,7 +61,7 @@ def test_groups_worst_first_with_intervals(evaluated: tuple[Cli, int, list[tuple
     cli, job, expected = evaluated
     doc = cli.json("evaluate", str(job), "--group-by", "site", "--min-group", "5")
     [g] = doc["groups"]
-    assert [v["value"] for v in g["values"]] == ["B", "A"]  # site B (the cats, all wrong) is worse
+    assert [v["value"] for v in g["values"]] == ["B", "A"]  # site B (the birds, all predicted wrong) is worse
     b, a = g["values"]
     assert (b["samples"], b["accuracy"], b["tooSmall"]) == (3, 0.0, True)
     a_pairs = [(t, p) for t, p, site in expected if site == "A"]
@@ -96,3 +97,23 @@ def test_bad_input_is_one_line(evaluated: tuple[Cli, int, list[tuple[str, str, s
     cli("actions", "create", "broken", "--step", "fake-fail", "-p", "fail-ids=1,2")  # every sample fails
     empty = cli.json("actions", "preview", "broken", "--ids", "1,2", expect=1)["jobId"]
     assert "has no proposals" in cli("evaluate", str(empty), expect=1).output
+
+
+def test_actions_evaluate_previews_labeled_samples_and_evaluates(
+        evaluated: tuple[Cli, int, list[tuple[str, str, str]]], tmp_path: Path) -> None:
+    cli, _, _ = evaluated
+    make_image(tmp_path / "y" / "unlabeled.png", seed=50)
+    cli("upload", str(tmp_path / "y"), "--no-label")  # not labeled: nothing to compare it with
+    doc = cli.json("actions", "evaluate", "guess", "--group-by", "site")
+    # previewed now, on the current labels: 2 dogs and the bird relabeled dog are right
+    assert doc["samples"] == 9 and doc["modelValidationMetrics"][0]["accuracy"] == pytest.approx(3 / 9)
+    values = doc["groups"][0]["values"]
+    assert [(v["accuracy"], v["value"]) for v in values] == sorted((v["accuracy"], v["value"]) for v in values)
+    assert sum(v["samples"] for v in values) == 9
+    assert cli.json("actions", "evaluate", "guess", "--limit", "4")["samples"] == 4
+    site_b = [s for s in cli.json("samples", "list") if s["metadata"].get("site") == "B"]
+    right = sum({"cat": "dog", "bird": "cat"}.get(s["label"], s["label"]) == s["label"] for s in site_b)
+    out = cli("actions", "evaluate", "guess", "--where", "site=B").stdout
+    assert f"{len(site_b)} labeled samples" in out and f"accuracy {right / len(site_b):.1%}" in out
+    r = cli("actions", "evaluate", "guess", "--where", "site=Mars", expect=2)
+    assert "no labeled samples matching the filters" in r.output

@@ -320,6 +320,47 @@ def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | 
         sys.exit(1)
 
 
+@actions_group.command("evaluate")
+@click.argument("name")
+@filter_options(include_disabled_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Preview at most this many labeled samples.")
+@click.option("--group-by", "group_by", multiple=True, metavar="KEY", help="Metrics per value of this metadata key.")
+@click.option("--min-group", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Groups with fewer samples are shown, marked as too small to tell.")
+@click.option("--json", "as_json", is_flag=True, help="Print the evaluation document as JSON.")
+@pass_app
+@click.pass_context
+def actions_evaluate(ctx: click.Context, app: AppContext, name: str, limit: int | None, group_by: tuple[str, ...],
+                     min_group: int, as_json: bool, **kw: Any) -> None:
+    """Preview an action on labeled samples and evaluate its proposals against their labels,
+    in one command (`actions preview` then `evaluate`).
+
+    \b
+    Example:
+      labelblocks actions evaluate guess --where reviewed=yes --group-by site
+    """
+    from ..actions import get_action
+    from .evaluate import evaluate_cmd
+
+    action = get_action(app.store, name)
+    runner = _runner(app)
+    wanted = set(app.store.select_ids(build_filter(kw))) if filter_given(kw) else None
+    labeled = [s.id for s in app.store.get_samples(runner.select(action)) if s.label
+               and (wanted is None or s.id in wanted)]
+    if not labeled:
+        raise UsageError(f"action {name} selects no labeled samples{' matching the filters' if wanted is not None else ''}: "
+                         "there is nothing to evaluate against")
+    progress = Progress(not as_json)
+    try:
+        summary = runner.preview(action, ids=labeled[:limit] if limit else labeled, limit=None, on_progress=progress)
+    finally:
+        progress.close()
+    if not as_json:
+        click.echo(f"Preview job {summary.job_id}: {summary.total} labeled samples, {summary.failed} failed.")
+    ctx.invoke(evaluate_cmd, job_id=summary.job_id, against="labels", against_job=None, group_by=group_by,
+               min_group=min_group, as_json=as_json)
+
+
 def _print_skips(summary: Any) -> None:
     if getattr(summary, "unchanged", 0):
         click.echo(f"Passed over {summary.unchanged} sample{'s' if summary.unchanged != 1 else ''} this action already "
