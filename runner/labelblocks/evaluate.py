@@ -58,11 +58,6 @@ def pairs(store: Store, job_id: int, against_job: int | None = None, f: SampleFi
     if not job_store.read_proposals(store, job_id):
         raise InvalidInput(f"job {job_id} has no proposals: there is nothing to evaluate")
     samples = _job_samples(store, job_id, f)
-    if any(s.bounding_boxes for s in samples) or any(s.structured_labels for s in samples):
-        predicted_any = _predicted(store, job_id, samples).values()
-        if any(p.bounding_boxes or p.structured_labels for p in predicted_any):
-            raise InvalidInput("this job proposes bounding boxes or audio segments: only single labels can be "
-                               "evaluated so far")
     predicted = _predicted(store, job_id, samples)
     truths = {s.id: s.label for s in samples}
     if against_job is not None:
@@ -72,7 +67,19 @@ def pairs(store: Store, job_id: int, against_job: int | None = None, f: SampleFi
     out = [Pair(s, predicted[s.id].label or "", truths[s.id] or "") for s in samples if truths.get(s.id)]
     if not out:
         raise InvalidInput(f"none of job {job_id}'s selected samples has a label to compare with: label some "
-                           "(e.g. after review) or compare with another job (--against-job)")
+                           "(e.g. after review) or compare with another job (--against-job); boxes and audio "
+                           "segments are not evaluated yet")
+    return out
+
+
+def unevaluated(store: Store, job_id: int, ps: Sequence[Pair]) -> list[str]:
+    """What the job changes that this evaluation does not cover (boxes, audio segments)."""
+    predicted = _predicted(store, job_id, [p.sample for p in ps])
+    out = []
+    if any(predicted[p.sample.id].bounding_boxes != p.sample.bounding_boxes for p in ps):
+        out.append("boundingBoxes")
+    if any(predicted[p.sample.id].structured_labels != p.sample.structured_labels for p in ps):
+        out.append("structuredLabels")
     return out
 
 
@@ -137,4 +144,5 @@ def evaluate(store: Store, job_id: int, against_job: int | None = None, group_by
         groups.append({"key": key, "values": values})
     compared = f"job {against_job}'s proposals" if against_job is not None else "the samples' labels"
     return {"success": True, "jobId": job_id, "task": "single-label", "comparedWith": compared,
-            "samples": len(ps), "classes": classes, "modelValidationMetrics": [item], "groups": groups}
+            "samples": len(ps), "classes": classes, "notEvaluated": unevaluated(store, job_id, ps),
+            "modelValidationMetrics": [item], "groups": groups}

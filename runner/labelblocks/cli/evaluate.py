@@ -43,6 +43,8 @@ def evaluate_cmd(app: AppContext, job_id: int, against: str, against_job: int | 
     classes = doc["classes"]
     click.echo(f"Job {job_id}: {doc['samples']} samples compared with {doc['comparedWith']}; "
                f"accuracy {item['accuracy']:.1%}")
+    if doc["notEvaluated"]:
+        click.echo(f"(the job also changes {' and '.join(doc['notEvaluated'])}: not evaluated yet, labels only)")
     width = max(8, *(len(c) for c in classes)) + 2
     click.echo("\nconfusion matrix (rows: truth, columns: prediction)")
     click.echo(" " * width + "".join(f"{c[:width - 1]:>{width}}" for c in classes))
