@@ -117,3 +117,28 @@ def test_actions_evaluate_previews_labeled_samples_and_evaluates(
     assert f"{len(site_b)} labeled samples" in out and f"accuracy {right / len(site_b):.1%}" in out
     r = cli("actions", "evaluate", "guess", "--where", "site=Mars", expect=2)
     assert "no labeled samples matching the filters" in r.output
+
+
+def test_the_evaluation_is_stored_and_served(evaluated: tuple[Cli, int, list[tuple[str, str, str]]],
+                                             project: Path) -> None:
+    import requests
+
+    from labelblocks.server import BackgroundServer, JobScope
+
+    cli, job, _ = evaluated
+    key = cli.json("keys", "create")["key"]
+    printed = cli.json("evaluate", str(job), "--group-by", "site")
+    cli("evaluate", str(job), "--group-by", "nope", expect=1)  # refused: the stored one stays
+    with BackgroundServer(project) as srv:
+        r = requests.get(f"{srv.url}/api/1/jobs/{job}/evaluation", headers={"x-api-key": key}, timeout=30)
+        assert r.status_code == 200
+        doc = r.json()
+        assert doc["success"] is True and doc["created"] and doc["thresholds"] == []
+        assert doc["modelValidationMetrics"] == printed["modelValidationMetrics"] and doc["groups"] == printed["groups"]
+        for item in doc["modelValidationMetrics"]:
+            ei.models.KerasModelMetadataMetrics.from_dict(item)
+        missing = requests.get(f"{srv.url}/api/1/jobs/{job + 100}/evaluation", headers={"x-api-key": key}, timeout=30)
+        assert missing.status_code == 404 and "labelblocks evaluate" in missing.json()["error"]
+        other = srv.state.add_job_key(JobScope(job_id=job + 1, step=1, sample_ids=frozenset({1})))
+        denied = requests.get(f"{srv.url}/api/1/jobs/{job}/evaluation", headers={"x-api-key": other}, timeout=30)
+        assert denied.status_code == 403

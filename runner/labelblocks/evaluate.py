@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import InvalidInput, NotFound
@@ -19,6 +20,7 @@ from .filters import SampleFilter
 from .model import Sample, compose
 from .store import Store
 from .store import jobs as job_store
+from .store.evaluations import save_evaluation
 
 NO_VALUE = "(no value)"  # the group of the samples without a --group-by key
 BOOTSTRAP = 1000  # resamples for a group's confidence interval
@@ -112,10 +114,10 @@ def bootstrap_interval(correct: Sequence[bool], seed: int = 0) -> tuple[float, f
 
 
 def evaluate(store: Store, job_id: int, against_job: int | None = None, group_by: Sequence[str] = (),
-             f: SampleFilter | None = None, min_group: int = MIN_GROUP) -> dict[str, Any]:
+             f: SampleFilter | None = None, min_group: int = MIN_GROUP, save: bool = True) -> dict[str, Any]:
     """The job's evaluation document: ``modelValidationMetrics`` (one item, the protocol's
     shape, with per-sample ``predictions``) and, per ``group_by`` key, every value's metrics,
-    the worst accuracy first."""
+    the worst accuracy first. Stored as the job's evaluation unless ``save`` is False."""
     ps = pairs(store, job_id, against_job, f)
     classes = sorted({p.truth for p in ps} | {p.prediction for p in ps})
     overall = metrics(ps, classes)
@@ -143,6 +145,9 @@ def evaluate(store: Store, job_id: int, against_job: int | None = None, group_by
         values.sort(key=lambda v: (v["accuracy"], v["value"]))
         groups.append({"key": key, "values": values})
     compared = f"job {against_job}'s proposals" if against_job is not None else "the samples' labels"
-    return {"success": True, "jobId": job_id, "task": "single-label", "comparedWith": compared,
-            "samples": len(ps), "classes": classes, "notEvaluated": unevaluated(store, job_id, ps),
-            "modelValidationMetrics": [item], "groups": groups}
+    doc: dict[str, Any] = {"success": True, "jobId": job_id, "task": "single-label", "comparedWith": compared,
+                           "samples": len(ps), "classes": classes, "notEvaluated": unevaluated(store, job_id, ps),
+                           "thresholds": [], "modelValidationMetrics": [item], "groups": groups}
+    if save:
+        doc["created"] = datetime.fromtimestamp(save_evaluation(store, job_id, doc), tz=UTC).isoformat()
+    return doc

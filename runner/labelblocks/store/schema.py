@@ -291,8 +291,23 @@ step_inputs = Table(
 )
 
 
+# A job's latest evaluation (v9): the document `labelblocks evaluate` printed, served by the
+# server at /v1/api/{project}/jobs/{job}/evaluation.
+evaluations = Table(
+    "evaluations",
+    metadata,
+    Column("job_id", Integer, primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("document", Text, nullable=False),
+)
+
+
 def _v8(conn: Connection) -> None:
     step_inputs.create(conn, checkfirst=True)
+
+
+def _v9(conn: Connection) -> None:
+    evaluations.create(conn, checkfirst=True)
 
 
 def _v7(conn: Connection) -> None:
@@ -312,6 +327,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (6, _v6),
     (7, _v7),
     (8, _v8),
+    (9, _v9),
 ]
 
 

@@ -1,0 +1,30 @@
+"""Evaluations: every statement on the evaluations table (a job's latest evaluation document,
+as :mod:`labelblocks.evaluate` makes it)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+
+from . import Store
+from .schema import evaluations
+
+
+def save_evaluation(store: Store, job_id: int, document: dict[str, Any]) -> float:
+    """Store ``document`` as the job's evaluation, replacing an earlier one; returns its time."""
+    now = time.time()
+    with store.transaction() as conn:
+        conn.execute(delete(evaluations).where(evaluations.c.job_id == job_id))
+        conn.execute(insert(evaluations).values(job_id=job_id, created_at=now, document=json.dumps(document)))
+    return now
+
+
+def get_evaluation(store: Store, job_id: int) -> tuple[float, dict[str, Any]] | None:
+    """(when, document) of the job's evaluation, or None when it has none."""
+    with store.engine.connect() as conn:
+        row = conn.execute(select(evaluations.c.created_at, evaluations.c.document)
+                           .where(evaluations.c.job_id == job_id)).first()
+    return None if row is None else (float(row[0]), json.loads(row[1]))
