@@ -142,3 +142,17 @@ def test_the_evaluation_is_stored_and_served(evaluated: tuple[Cli, int, list[tup
         other = srv.state.add_job_key(JobScope(job_id=job + 1, step=1, sample_ids=frozenset({1})))
         denied = requests.get(f"{srv.url}/api/1/jobs/{job}/evaluation", headers={"x-api-key": other}, timeout=30)
         assert denied.status_code == 403
+
+
+def test_actions_set_changes_one_steps_parameters(cli: Cli) -> None:
+    cli("actions", "create", "two", "--step", "relabel", "-p", "mapping=a -> b", "--step", "relabel")
+    out = cli("actions", "set", "two", "--step", "2", "-p", "mapping=b -> c", "-p", "min-box-area=2").stdout
+    assert "step 2 (relabel)" in out
+    steps = cli.json("actions", "show", "two")["steps"]
+    assert steps[0]["parameters"] == {"mapping": "a -> b"}
+    assert steps[1]["parameters"] == {"mapping": "b -> c", "min-box-area": "2"}
+    cli("actions", "set", "two", "--step", "2", "--unset", "min-box-area")
+    assert cli.json("actions", "show", "two")["steps"][1]["parameters"] == {"mapping": "b -> c"}
+    assert "unknown parameter 'nope'" in cli("actions", "set", "two", "--step", "1", "-p", "nope=1", expect=1).output
+    assert "has 2 steps, not 3" in cli("actions", "set", "two", "--step", "3", "-p", "mapping=x", expect=2).output
+    assert cli.json("actions", "show", "two")["steps"][0]["parameters"] == {"mapping": "a -> b"}  # unchanged

@@ -188,6 +188,41 @@ def actions_show(app: AppContext, name: str, as_json: bool) -> None:
         click.echo("  after a run, sets: " + ", ".join(f"{m.key}={m.value}" for m in a.set_metadata))
 
 
+@actions_group.command("set")
+@click.argument("name")
+@click.option("--step", "step_no", type=click.IntRange(min=1), required=True, help="The step to change (1 is the first).")
+@click.option("-p", "--param", "params", multiple=True, metavar="PARAM=VALUE", help="A parameter to set (repeatable).")
+@click.option("--unset", multiple=True, metavar="PARAM", help="Go back to the block's default for this parameter.")
+@pass_app
+def actions_set(app: AppContext, name: str, step_no: int, params: tuple[str, ...], unset: tuple[str, ...]) -> None:
+    """Change parameters of one step of a saved action (checked against the block, as when
+    it was created): to apply a threshold an evaluation suggested, say.
+
+    \b
+    Example:
+      labelblocks actions set boxes --step 1 -p prompt="a person (person, 0.27)"
+    """
+    from ..actions import get_action, save_action, validate_steps
+
+    if not params and not unset:
+        raise UsageError("nothing to change: give -p PARAM=VALUE or --unset PARAM")
+    action = get_action(app.store, name)
+    if step_no > len(action.steps):
+        raise UsageError(f"action {name} has {len(action.steps)} step{'s' if len(action.steps) != 1 else ''}, "
+                         f"not {step_no}")
+    step = action.steps[step_no - 1]
+    values = {**step.parameters, **parse_key_values(params, "-p")}
+    for p in unset:
+        values.pop(p, None)
+    steps = [s.model_copy(update={"parameters": values}) if i == step_no - 1 else s
+             for i, s in enumerate(action.steps)]
+    changed = action.model_copy(update={"steps": steps})
+    validate_steps(changed, app.registry())
+    save_action(app.store, changed, replace=True)
+    shown = " ".join(f"{k}={v!r}" for k, v in values.items())
+    click.echo(f"Action {name}, step {step_no} ({step.block}): {shown or 'the defaults'}")
+
+
 @actions_group.command("delete")
 @click.argument("name")
 @pass_app
