@@ -156,3 +156,58 @@ def test_actions_set_changes_one_steps_parameters(cli: Cli) -> None:
     assert "unknown parameter 'nope'" in cli("actions", "set", "two", "--step", "1", "-p", "nope=1", expect=1).output
     assert "has 2 steps, not 3" in cli("actions", "set", "two", "--step", "3", "-p", "mapping=x", expect=2).output
     assert cli.json("actions", "show", "two")["steps"][0]["parameters"] == {"mapping": "a -> b"}  # unchanged
+
+
+def _coco_reference(truth: dict[int, list[dict]], predicted: dict[int, list[dict]], size: tuple[int, int],
+                    classes: list[str]) -> list[float]:
+    """faster-coco-eval called directly on the same boxes: the reference for the figures."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    cat = {c: i + 1 for i, c in enumerate(classes)}
+    gt = COCO()
+    anns = [{"id": n + 1, "image_id": img, "category_id": cat[b["label"]], "iscrowd": 0,
+             "bbox": [b["x"], b["y"], b["width"], b["height"]], "area": b["width"] * b["height"]}
+            for n, (img, b) in enumerate((i, b) for i, bs in truth.items() for b in bs)]
+    gt.dataset = {"images": [{"id": i, "width": size[0], "height": size[1]} for i in truth], "annotations": anns,
+                  "categories": [{"id": v, "name": k} for k, v in cat.items()]}
+    gt.createIndex()
+    dets = [{"image_id": i, "category_id": cat[b["label"]], "bbox": [b["x"], b["y"], b["width"], b["height"]],
+             "score": b["score"]} for i, bs in predicted.items() for b in bs]
+    e = COCOeval_faster(gt, gt.loadRes(dets), "bbox", print_function=lambda *a, **k: None)
+    e.evaluate()
+    e.accumulate()
+    e.summarize()
+    return [max(0.0, float(v)) for v in e.stats[:12]]
+
+
+def test_boxes_known_matches_at_two_iou_thresholds(cli: Cli, tmp_path: Path) -> None:
+    import json
+
+    for i in range(4):
+        make_image(tmp_path / "b" / f"img.{i}.png", seed=i)  # 64 x 48
+    cli("upload", str(tmp_path / "b"), "--no-label")
+    truth = {1: [{"label": "cat", "x": 2, "y": 2, "width": 30, "height": 22}],   # IoU 0.86 with the prediction
+             2: [{"label": "cat", "x": 30, "y": 20, "width": 30, "height": 25}],  # far: a miss and a false box
+             3: [],                                                               # nothing: a false box
+             4: [{"label": "dog", "x": 1, "y": 1, "width": 31, "height": 23}]}    # IoU 0.93, the wrong class
+    for sid, boxes in truth.items():
+        if boxes:
+            cli("samples", "label", str(sid), "--boxes", json.dumps(boxes))
+    cli("actions", "create", "detect", "--step", "fake-boxer", "-p", "label=cat")  # adds (0, 0, 32, 24), score 0.75
+    job = cli.json("actions", "preview", "detect", "--limit", "4")["jobId"]
+    at50 = cli.json("evaluate", str(job), "--iou", "0.5")
+    item = at50["modelValidationMetrics"][0]
+    assert at50["task"] == "boxes" and at50["classes"] == ["cat", "dog", "background"]
+    assert item["confusionMatrix"] == [[1, 0, 1], [1, 0, 0], [2, 0, 0]]  # rows truth, columns prediction
+    assert item["report"]["cat"]["precision"] == pytest.approx(1 / 4) and item["report"]["cat"]["recall"] == 0.5
+    at90 = cli.json("evaluate", str(job), "--iou", "0.9")["modelValidationMetrics"][0]
+    assert at90["confusionMatrix"] == [[0, 0, 2], [1, 0, 0], [3, 0, 0]]
+    predicted = {sid: [{"label": "cat", "x": 0, "y": 0, "width": 32, "height": 24, "score": 0.75}] for sid in truth}
+    reference = _coco_reference(truth, predicted, (64, 48), ["cat", "dog"])
+    figures = [m["fullPrecisionValue"] for m in item["additionalMetrics"]]
+    assert figures == pytest.approx(reference) and item["accuracy"] == pytest.approx(reference[1])
+    ei.models.KerasModelMetadataMetrics.from_dict(item)
+    assert item["predictions"][0]["boundingBoxes"][0] == {"label": "cat", "x": 0.0, "y": 0.0, "width": 0.5,
+                                                          "height": 0.5, "score": 0.75}
+    assert "mAP@50" in cli("evaluate", str(job)).stdout
+    assert "--iou: expected a number in (0, 1]" in cli("evaluate", str(job), "--iou", "1.5", expect=1).output

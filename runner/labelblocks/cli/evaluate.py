@@ -18,14 +18,18 @@ from ._util import AppContext, build_filter, filter_given, filter_options, pass_
               "(repeatable); samples without it form their own group.")
 @click.option("--min-group", type=click.IntRange(min=1), default=10, show_default=True,
               help="Groups with fewer samples are shown, marked as too small to tell.")
+@click.option("--iou", type=float, default=0.5, show_default=True,
+              help="Boxes: the overlap (intersection over union, in (0, 1]) at which a box matches a true one.")
 @filter_options(include_disabled_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation document (the protocol's shape) as JSON.")
 @pass_app
 def evaluate_cmd(app: AppContext, job_id: int, against: str, against_job: int | None, group_by: tuple[str, ...],
-                 min_group: int, as_json: bool, **kw: Any) -> None:
-    """Evaluate a job's proposed labels against the truth: accuracy, the confusion matrix,
-    precision / recall / F1 per class, and the same per metadata group, worst first, with a
-    95% bootstrap interval. Single labels for now (boxes and audio segments: not yet).
+                 min_group: int, iou: float, as_json: bool, **kw: Any) -> None:
+    """Evaluate a job's proposals against the truth, and the same per metadata group, worst
+    first. Single labels: accuracy, the confusion matrix, precision / recall / F1 per class,
+    a 95% bootstrap interval per group. Boxes (a job that adds boxes): COCO mAP figures, and
+    precision / recall / F1 per class and a confusion matrix (with background) at --iou.
+    Audio segments: not yet.
 
     \b
     Examples:
@@ -35,14 +39,20 @@ def evaluate_cmd(app: AppContext, job_id: int, against: str, against_job: int | 
     from ..evaluate import evaluate
 
     f = build_filter(kw) if filter_given(kw) else None
-    doc = evaluate(app.store, job_id, against_job=against_job, group_by=group_by, f=f, min_group=min_group)
+    doc = evaluate(app.store, job_id, against_job=against_job, group_by=group_by, f=f, min_group=min_group, iou=iou)
     if as_json:
         print_json(doc)
         return
     item = doc["modelValidationMetrics"][0]
     classes = doc["classes"]
-    click.echo(f"Job {job_id}: {doc['samples']} samples compared with {doc['comparedWith']}; "
-               f"accuracy {item['accuracy']:.1%}")
+    boxes = doc["task"] == "boxes"
+    if boxes:
+        coco = {m["name"]: m["fullPrecisionValue"] for m in item["additionalMetrics"]}
+        click.echo(f"Job {job_id}: {doc['samples']} images, {doc['comparedWith']}; mAP {coco['mAP']:.3f}, "
+                   f"mAP@50 {coco['mAP@[IoU=50]']:.3f}, mAP@75 {coco['mAP@[IoU=75]']:.3f}; per class at IoU {iou}:")
+    else:
+        click.echo(f"Job {job_id}: {doc['samples']} samples compared with {doc['comparedWith']}; "
+                   f"accuracy {item['accuracy']:.1%}")
     if doc["notEvaluated"]:
         click.echo(f"(the job also changes {' and '.join(doc['notEvaluated'])}: not evaluated yet, labels only)")
     width = max(8, *(len(c) for c in classes)) + 2
@@ -59,8 +69,11 @@ def evaluate_cmd(app: AppContext, job_id: int, against: str, against_job: int | 
     for g in doc["groups"]:
         click.echo(f"\nby {g['key']} (worst first):")
         for v in g["values"]:
-            lo, hi = v["accuracyInterval"]
             small = "   (too few samples to tell)" if v["tooSmall"] else ""
+            if boxes:
+                click.echo(f"  {v['value']:<24} {v['samples']:>6} images    mAP@50 {v['mAP50']:.3f}{small}")
+                continue
+            lo, hi = v["accuracyInterval"]
             click.echo(f"  {v['value']:<24} {v['samples']:>6} samples   accuracy {v['accuracy']:6.1%} "
                        f"[{lo:.0%}, {hi:.0%}]   macro F1 {v['macroF1']:.2f}{small}")
 
