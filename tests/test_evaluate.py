@@ -211,3 +211,46 @@ def test_boxes_known_matches_at_two_iou_thresholds(cli: Cli, tmp_path: Path) -> 
                                                           "height": 0.5, "score": 0.75}
     assert "mAP@50" in cli("evaluate", str(job)).stdout
     assert "--iou: expected a number in (0, 1]" in cli("evaluate", str(job), "--iou", "1.5", expect=1).output
+
+
+def test_suggested_thresholds_equal_a_brute_force_search(cli: Cli, tmp_path: Path, project: Path) -> None:
+    import json
+
+    import requests
+
+    from labelblocks.server import BackgroundServer
+
+    for i in range(4):
+        make_image(tmp_path / "t" / f"img.{i}.png", seed=i)  # 64 x 48
+    cli("upload", str(tmp_path / "t"), "--no-label")
+    cat = {"label": "cat", "width": 20, "height": 20}
+    truth = {1: [{**cat, "x": 5, "y": 5}], 2: [{**cat, "x": 30, "y": 20}], 3: [], 4: [{**cat, "x": 40, "y": 25}]}
+    for sid, boxes in truth.items():
+        if boxes:
+            cli("samples", "label", str(sid), "--boxes", json.dumps(boxes))
+    # the detector's boxes, with scores: two right (0.9, 0.6), two wrong (0.7, 0.3), one cat missed
+    found = {1: [{**cat, "x": 6, "y": 5, "score": 0.9}], 2: [{**cat, "x": 30, "y": 21, "score": 0.6}],
+             3: [{**cat, "x": 0, "y": 0, "score": 0.7}], 4: [{**cat, "x": 0, "y": 0, "score": 0.3}]}
+    cli("actions", "create", "noop", "--step", "relabel", "-p", "mapping=zebra -> horse")
+    job = cli.json("actions", "preview", "noop", "--limit", "4")["jobId"]
+    key = cli.json("keys", "create")["key"]
+    with BackgroundServer(project) as srv:
+        for sid in truth:
+            r = requests.post(f"{srv.url}/api/1/raw-data/{sid}/propose-changes", headers={"x-api-key": key}, timeout=30,
+                              json={"jobId": job, "proposedChanges": {"boundingBoxes": truth[sid] + found[sid]}})
+            assert r.status_code == 200, r.text
+    doc = cli.json("evaluate", str(job), "--target-precision", "0.9")
+    [t] = doc["thresholds"]
+
+    def f1_at(threshold: float) -> float:  # brute force, by hand: a kept box is right when it is within 1 px
+        kept = [(sid, b) for sid, bs in found.items() for b in bs if b["score"] >= threshold]
+        tp = sum(1 for sid, b in kept if truth[sid] and abs(b["x"] - truth[sid][0]["x"]) <= 1)
+        p, r = tp / len(kept), tp / 3
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    scores = sorted(b["score"] for bs in found.values() for b in bs)
+    best = max(scores, key=lambda s: (f1_at(s), -s))
+    assert t["key"] == "cat" and t["suggestedValue"] == best == 0.6
+    assert "F1 0.67" in t["suggestedValueText"] and t["targetPrecisionValue"] == 0.9 and t["value"] == 0.3
+    text = cli("evaluate", str(job), "--target-precision", "0.9").stdout
+    assert "suggested score thresholds" in text and "precision 0.90 from 0.900" in text and "actions set" in text

@@ -117,7 +117,7 @@ def bootstrap_interval(correct: Sequence[bool], seed: int = 0) -> tuple[float, f
 
 def evaluate(store: Store, job_id: int, against_job: int | None = None, group_by: Sequence[str] = (),
              f: SampleFilter | None = None, min_group: int = MIN_GROUP, save: bool = True,
-             iou: float = 0.5) -> dict[str, Any]:
+             iou: float = 0.5, target_precision: float | None = None) -> dict[str, Any]:
     """The job's evaluation document: ``modelValidationMetrics`` (one item, the protocol's
     shape, with per-sample ``predictions``) and, per ``group_by`` key, every value's metrics,
     the worst first. A job that proposes boxes is evaluated on its boxes (COCO figures through
@@ -126,7 +126,7 @@ def evaluate(store: Store, job_id: int, against_job: int | None = None, group_by
     if job_store.get_job(store, job_id) is None:
         raise NotFound(f"no job {job_id}: see `labelblocks jobs list`")
     if job_store.read_proposals(store, job_id) and changes_boxes(store, job_id, f):
-        boxes = evaluate_boxes(store, job_id, against_job, group_by, f, min_group, iou)
+        boxes = evaluate_boxes(store, job_id, against_job, group_by, f, min_group, iou, target_precision)
         if save:
             boxes["created"] = datetime.fromtimestamp(save_evaluation(store, job_id, boxes), tz=UTC).isoformat()
         return boxes
@@ -298,8 +298,58 @@ def box_metrics(bps: Sequence[BoxPair], classes: Sequence[str], iou: float) -> d
                                   for n, v in zip(COCO_NAMES, stats, strict=True)]}
 
 
+def _class_counts(bps: Sequence[BoxPair], label: str, iou: float, min_score: float) -> tuple[int, int, int]:
+    """(true positives, predictions, true boxes) of one class, keeping its predictions scored
+    at least ``min_score``, matched at ``iou`` within the class."""
+    tp = n_pred = n_true = 0
+    for bp in bps:
+        truth = [b for b in bp.truth if b.label == label]
+        pred = [b for b in bp.predicted if b.label == label and _score(b) >= min_score]
+        matched, _, _ = match(truth, pred, iou)
+        tp += len(matched)
+        n_pred += len(pred)
+        n_true += len(truth)
+    return tp, n_pred, n_true
+
+
+def suggest_thresholds(bps: Sequence[BoxPair], classes: Sequence[str], iou: float,
+                       target_precision: float | None = None) -> list[dict[str, Any]]:
+    """Per class, the minimum score that maximises F1 against the truth, from the recorded
+    scores alone (each distinct score tried: the model is not run again); with
+    ``target_precision``, also the lowest one that reaches it. The protocol's ``thresholds``."""
+    out = []
+    for label in classes:
+        scores = sorted({_score(b) for bp in bps for b in bp.predicted if b.label == label})
+        if not scores:
+            continue
+        best: tuple[float, float, float, float] | None = None  # (f1, threshold, precision, recall)
+        reaching: float | None = None
+        for t in scores:
+            tp, n_pred, n_true = _class_counts(bps, label, iou, t)
+            precision = tp / n_pred if n_pred else 0.0
+            recall = tp / n_true if n_true else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            if best is None or f1 > best[0]:
+                best = (f1, t, precision, recall)
+            if target_precision is not None and reaching is None and n_pred and precision >= target_precision:
+                reaching = t
+        assert best is not None
+        f1, t, precision, recall = best
+        item: dict[str, Any] = {
+            "key": label, "description": f"minimum score of a {label} box",
+            "helpText": "the threshold that maximises F1 against the truth, from the job's recorded scores",
+            "value": scores[0], "suggestedValue": t,
+            "suggestedValueText": f"F1 {f1:.2f} (precision {precision:.2f}, recall {recall:.2f}) at {t:.3f}"}
+        if target_precision is not None:
+            item["targetPrecision"] = target_precision
+            item["targetPrecisionValue"] = reaching
+        out.append(item)
+    return out
+
+
 def evaluate_boxes(store: Store, job_id: int, against_job: int | None, group_by: Sequence[str],
-                   f: SampleFilter | None, min_group: int, iou: float) -> dict[str, Any]:
+                   f: SampleFilter | None, min_group: int, iou: float,
+                   target_precision: float | None = None) -> dict[str, Any]:
     """The box evaluation document (``accuracy`` is mAP@50, as the protocol reports it)."""
     if not 0 < iou <= 1:
         raise InvalidInput(f"--iou: expected a number in (0, 1], got {iou}")
@@ -336,5 +386,6 @@ def evaluate_boxes(store: Store, job_id: int, against_job: int | None, group_by:
     return {"success": True, "jobId": job_id, "task": "boxes", "iou": iou, "samples": len(bps),
             "comparedWith": "the boxes the job adds, against " + (
                 f"job {against_job}'s boxes" if against_job is not None else "the samples' boxes"),
-            "classes": [*classes, "background"], "notEvaluated": [], "thresholds": [],
+            "classes": [*classes, "background"], "notEvaluated": [],
+            "thresholds": suggest_thresholds(bps, classes, iou, target_precision),
             "modelValidationMetrics": [item], "groups": groups}

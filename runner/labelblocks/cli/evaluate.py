@@ -20,11 +20,13 @@ from ._util import AppContext, build_filter, filter_given, filter_options, pass_
               help="Groups with fewer samples are shown, marked as too small to tell.")
 @click.option("--iou", type=float, default=0.5, show_default=True,
               help="Boxes: the overlap (intersection over union, in (0, 1]) at which a box matches a true one.")
+@click.option("--target-precision", type=click.FloatRange(0, 1), default=None,
+              help="Boxes: also suggest, per class, the lowest score threshold that reaches this precision.")
 @filter_options(include_disabled_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation document (the protocol's shape) as JSON.")
 @pass_app
 def evaluate_cmd(app: AppContext, job_id: int, against: str, against_job: int | None, group_by: tuple[str, ...],
-                 min_group: int, iou: float, as_json: bool, **kw: Any) -> None:
+                 min_group: int, iou: float, target_precision: float | None, as_json: bool, **kw: Any) -> None:
     """Evaluate a job's proposals against the truth, and the same per metadata group, worst
     first. Single labels: accuracy, the confusion matrix, precision / recall / F1 per class,
     a 95% bootstrap interval per group. Boxes (a job that adds boxes): COCO mAP figures, and
@@ -39,7 +41,8 @@ def evaluate_cmd(app: AppContext, job_id: int, against: str, against_job: int | 
     from ..evaluate import evaluate
 
     f = build_filter(kw) if filter_given(kw) else None
-    doc = evaluate(app.store, job_id, against_job=against_job, group_by=group_by, f=f, min_group=min_group, iou=iou)
+    doc = evaluate(app.store, job_id, against_job=against_job, group_by=group_by, f=f, min_group=min_group, iou=iou,
+                   target_precision=target_precision)
     if as_json:
         print_json(doc)
         return
@@ -66,6 +69,17 @@ def evaluate_cmd(app: AppContext, job_id: int, against: str, against_job: int | 
         if r:
             click.echo(f"{c[:width - 1]:<{width}}{r['precision']:>10.2f}{r['recall']:>10.2f}{r['f1-score']:>10.2f}"
                        f"{int(r['support']):>10}")
+    if doc.get("thresholds"):
+        click.echo("\nsuggested score thresholds (from the job's recorded scores; the model is not run again):")
+        for t in doc["thresholds"]:
+            reach = ""
+            if t.get("targetPrecision") is not None:
+                v = t["targetPrecisionValue"]
+                reach = (f"; precision {t['targetPrecision']:.2f} from {v:.3f}" if v is not None
+                         else f"; precision {t['targetPrecision']:.2f} is not reached")
+            click.echo(f"  {t['key']:<20} {t['suggestedValueText']}{reach}")
+        click.echo("  apply one with `labelblocks actions set ACTION --step N -p PARAM=VALUE` (for owlvit, the "
+                   "confidence in the prompt line: `-p prompt=\"a cat (cat, 0.42)\"`)")
     for g in doc["groups"]:
         click.echo(f"\nby {g['key']} (worst first):")
         for v in g["values"]:
