@@ -254,3 +254,44 @@ def test_suggested_thresholds_equal_a_brute_force_search(cli: Cli, tmp_path: Pat
     assert "F1 0.67" in t["suggestedValueText"] and t["targetPrecisionValue"] == 0.9 and t["value"] == 0.3
     text = cli("evaluate", str(job), "--target-precision", "0.9").stdout
     assert "suggested score thresholds" in text and "precision 0.90 from 0.900" in text and "actions set" in text
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_threshold_sweep_equals_rematching_at_every_threshold(seed: int) -> None:
+    """One matching per class, swept over the scores, gives what matching again at every
+    threshold gives (random images, boxes and scores)."""
+    from labelblocks.evaluate import BoxPair, match, suggest_thresholds
+    from labelblocks.model import BoundingBox, Sample
+
+    rng = np.random.default_rng(seed)
+
+    def box(label: str, score: float | None = None) -> BoundingBox:
+        x, y = (int(v) for v in rng.integers(0, 60, 2))
+        return BoundingBox(label=label, x=x, y=y, width=int(rng.integers(5, 40)), height=int(rng.integers(5, 40)),
+                           score=score)
+
+    bps = []
+    for i in range(30):
+        truth = [box(str(rng.choice(["a", "b"]))) for _ in range(int(rng.integers(0, 4)))]
+        pred = [b.model_copy(update={"x": b.x + int(rng.integers(0, 4)), "score": round(float(rng.random()), 2)})
+                for b in truth if rng.random() < 0.7]
+        pred += [box(str(rng.choice(["a", "b"])), round(float(rng.random()), 2)) for _ in range(int(rng.integers(0, 3)))]
+        bps.append(BoxPair(Sample(id=i + 1, filename=f"{i}.png", width=100, height=100), truth, pred))
+    got = {t["key"]: t for t in suggest_thresholds(bps, ["a", "b"], 0.5, target_precision=0.8)}
+    for label in ("a", "b"):
+        scores = sorted({b.score for bp in bps for b in bp.predicted if b.label == label})
+        rows = []
+        for t in scores:  # match again with only the predictions kept at t
+            tp = kept = 0
+            n_true = 0
+            for bp in bps:
+                truth = [b for b in bp.truth if b.label == label]
+                pred = [b for b in bp.predicted if b.label == label and b.score >= t]
+                tp += len(match(truth, pred, 0.5)[0])
+                kept += len(pred)
+                n_true += len(truth)
+            p, r = tp / kept, tp / n_true
+            rows.append((t, 2 * p * r / (p + r) if p + r else 0.0, p))
+        best = max(rows, key=lambda row: (row[1], -row[0]))
+        assert got[label]["suggestedValue"] == best[0]
+        assert got[label]["targetPrecisionValue"] == next((t for t, _, p in rows if p >= 0.8), None)

@@ -298,47 +298,51 @@ def box_metrics(bps: Sequence[BoxPair], classes: Sequence[str], iou: float) -> d
                                   for n, v in zip(COCO_NAMES, stats, strict=True)]}
 
 
-def _class_counts(bps: Sequence[BoxPair], label: str, iou: float, min_score: float) -> tuple[int, int, int]:
-    """(true positives, predictions, true boxes) of one class, keeping its predictions scored
-    at least ``min_score``, matched at ``iou`` within the class."""
-    tp = n_pred = n_true = 0
-    for bp in bps:
-        truth = [b for b in bp.truth if b.label == label]
-        pred = [b for b in bp.predicted if b.label == label and _score(b) >= min_score]
-        matched, _, _ = match(truth, pred, iou)
-        tp += len(matched)
-        n_pred += len(pred)
-        n_true += len(truth)
-    return tp, n_pred, n_true
-
-
 def suggest_thresholds(bps: Sequence[BoxPair], classes: Sequence[str], iou: float,
                        target_precision: float | None = None) -> list[dict[str, Any]]:
     """Per class, the minimum score that maximises F1 against the truth, from the recorded
-    scores alone (each distinct score tried: the model is not run again); with
-    ``target_precision``, also the lowest one that reaches it. The protocol's ``thresholds``."""
+    scores alone (the model is not run again); with ``target_precision``, also the lowest one
+    that reaches it. The protocol's ``thresholds``.
+
+    One matching per class is enough: it takes predictions by descending score, so dropping
+    those under a threshold leaves the matches of the others as they were, and precision and
+    recall at every threshold follow from counts accumulated in score order."""
     out = []
     for label in classes:
-        scores = sorted({_score(b) for bp in bps for b in bp.predicted if b.label == label})
-        if not scores:
+        scored: list[tuple[float, bool]] = []  # (score, matched) of every prediction of the class
+        n_true = 0
+        for bp in bps:
+            truth = [b for b in bp.truth if b.label == label]
+            pred = [b for b in bp.predicted if b.label == label]
+            n_true += len(truth)
+            if pred:
+                matched = {p for _, p in match(truth, pred, iou)[0]}
+                scored += [(_score(b), i in matched) for i, b in enumerate(pred)]
+        if not scored:
             continue
+        scored.sort(key=lambda x: -x[0])
+        at: dict[float, tuple[int, int]] = {}  # threshold -> (predictions kept, true positives)
+        tp = 0
+        for kept, (score, is_tp) in enumerate(scored, 1):
+            tp += is_tp
+            at[score] = (kept, tp)  # the last of equal scores holds all of them
         best: tuple[float, float, float, float] | None = None  # (f1, threshold, precision, recall)
         reaching: float | None = None
-        for t in scores:
-            tp, n_pred, n_true = _class_counts(bps, label, iou, t)
-            precision = tp / n_pred if n_pred else 0.0
+        for t in sorted(at):
+            kept, tp = at[t]
+            precision = tp / kept
             recall = tp / n_true if n_true else 0.0
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
             if best is None or f1 > best[0]:
                 best = (f1, t, precision, recall)
-            if target_precision is not None and reaching is None and n_pred and precision >= target_precision:
+            if target_precision is not None and reaching is None and precision >= target_precision:
                 reaching = t
         assert best is not None
         f1, t, precision, recall = best
         item: dict[str, Any] = {
             "key": label, "description": f"minimum score of a {label} box",
             "helpText": "the threshold that maximises F1 against the truth, from the job's recorded scores",
-            "value": scores[0], "suggestedValue": t,
+            "value": min(at), "suggestedValue": t,
             "suggestedValueText": f"F1 {f1:.2f} (precision {precision:.2f}, recall {recall:.2f}) at {t:.3f}"}
         if target_precision is not None:
             item["targetPrecision"] = target_precision
