@@ -211,6 +211,7 @@ def test_boxes_known_matches_at_two_iou_thresholds(cli: Cli, tmp_path: Path) -> 
                                                           "height": 0.5, "score": 0.75}
     assert "mAP@50" in cli("evaluate", str(job)).stdout
     assert "--iou: expected a number in (0, 1]" in cli("evaluate", str(job), "--iou", "1.5", expect=1).output
+    assert "no job 42" in cli("evaluate", str(job), "--against-job", "42", expect=1).output
 
 
 def test_suggested_thresholds_equal_a_brute_force_search(cli: Cli, tmp_path: Path, project: Path) -> None:

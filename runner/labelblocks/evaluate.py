@@ -12,10 +12,10 @@ audio segments are not yet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from .errors import InvalidInput, NotFound
 from .filters import SampleFilter
@@ -38,6 +38,18 @@ class Pair:
     truth: str
 
 
+class _Evaluated(Protocol):
+    sample: Sample
+
+
+E = TypeVar("E", bound=_Evaluated)
+
+
+def _check_job(store: Store, job_id: int) -> None:
+    if job_store.get_job(store, job_id) is None:
+        raise NotFound(f"no job {job_id}: see `labelblocks jobs list`")
+
+
 def _predicted(store: Store, job_id: int, samples: Sequence[Sample]) -> dict[int, Sample]:
     """Each sample as the job would leave it (every step's proposal applied)."""
     changes = job_store.read_proposals(store, job_id, [s.id for s in samples])
@@ -45,30 +57,16 @@ def _predicted(store: Store, job_id: int, samples: Sequence[Sample]) -> dict[int
 
 
 def _job_samples(store: Store, job_id: int, f: SampleFilter | None) -> list[Sample]:
-    if job_store.get_job(store, job_id) is None:
-        raise NotFound(f"no job {job_id}: see `labelblocks jobs list`")
     ids = job_store.job_sample_ids(store, job_id)
     if f is not None:
-        f = f.model_copy(update={"ids": ids})
-        ids = store.select_ids(f)
+        ids = store.select_ids(f.model_copy(update={"ids": ids}))
     return store.get_samples(ids, missing_ok=True)
 
 
-def pairs(store: Store, job_id: int, against_job: int | None = None, f: SampleFilter | None = None) -> list[Pair]:
-    """The job's samples with a truth, each with its prediction: the truth is the sample's
-    label as stored, or, with ``against_job``, the label that job would leave."""
-    if job_store.get_job(store, job_id) is None:
-        raise NotFound(f"no job {job_id}: see `labelblocks jobs list`")
-    if not job_store.read_proposals(store, job_id):
-        raise InvalidInput(f"job {job_id} has no proposals: there is nothing to evaluate")
-    samples = _job_samples(store, job_id, f)
-    predicted = _predicted(store, job_id, samples)
-    truths = {s.id: s.label for s in samples}
-    if against_job is not None:
-        if job_store.get_job(store, against_job) is None:
-            raise NotFound(f"no job {against_job}: see `labelblocks jobs list`")
-        truths = {sid: s.label for sid, s in _predicted(store, against_job, samples).items()}
-    out = [Pair(s, predicted[s.id].label or "", truths[s.id] or "") for s in samples if truths.get(s.id)]
+def pairs(samples: Sequence[Sample], predicted: dict[int, Sample], truth: dict[int, Sample], job_id: int) -> list[Pair]:
+    """The samples with a true label (``truth``: each sample as stored, or as another job
+    would leave it), each with the label the job predicts."""
+    out = [Pair(s, predicted[s.id].label or "", truth[s.id].label or "") for s in samples if truth[s.id].label]
     if not out:
         raise InvalidInput(f"none of job {job_id}'s selected samples has a label to compare with: label some "
                            "(e.g. after review) or compare with another job (--against-job); boxes and audio "
@@ -76,15 +74,43 @@ def pairs(store: Store, job_id: int, against_job: int | None = None, f: SampleFi
     return out
 
 
-def unevaluated(store: Store, job_id: int, ps: Sequence[Pair]) -> list[str]:
+def unevaluated(samples: Sequence[Sample], predicted: dict[int, Sample]) -> list[str]:
     """What the job changes that this evaluation does not cover (boxes, audio segments)."""
-    predicted = _predicted(store, job_id, [p.sample for p in ps])
     out = []
-    if any(predicted[p.sample.id].bounding_boxes != p.sample.bounding_boxes for p in ps):
+    if any(predicted[s.id].bounding_boxes != s.bounding_boxes for s in samples):
         out.append("boundingBoxes")
-    if any(predicted[p.sample.id].structured_labels != p.sample.structured_labels for p in ps):
+    if any(predicted[s.id].structured_labels != s.structured_labels for s in samples):
         out.append("structuredLabels")
     return out
+
+
+def _grouped(items: Sequence[E], key: str) -> dict[str, list[E]]:
+    """``items`` by their sample's value of metadata ``key`` (NO_VALUE without it)."""
+    if not any(key in i.sample.metadata for i in items):
+        raise InvalidInput(f"--group-by {key}: no evaluated sample has the metadata key {key!r} "
+                           "(see `labelblocks metadata keys`)")
+    out: dict[str, list[E]] = {}
+    for i in items:
+        out.setdefault(i.sample.metadata.get(key, NO_VALUE), []).append(i)
+    return out
+
+
+def _groups(items: Sequence[E], group_by: Sequence[str], measure: Callable[[list[E]], dict[str, Any]],
+            worst: str, min_group: int) -> list[dict[str, Any]]:
+    """Per ``group_by`` key, ``measure`` of each value's items, the worst (lowest ``worst``) first."""
+    out = []
+    for key in group_by:
+        values = [{"value": value, "samples": len(members), **measure(members), "tooSmall": len(members) < min_group}
+                  for value, members in _grouped(items, key).items()]
+        values.sort(key=lambda v: (v[worst], v["value"]))
+        out.append({"key": key, "values": values})
+    return out
+
+
+def _metrics_item(measured: dict[str, Any], predictions: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ``modelValidationMetrics`` item of the protocol, with what its bindings require."""
+    return {"type": "float32", "loss": 0.0, "additionalMetrics": [], **measured, "onDevicePerformance": [],
+            "predictions": predictions, "visualization": "none", "isSupportedOnMcu": False}
 
 
 def metrics(ps: Sequence[Pair], classes: Sequence[str]) -> dict[str, Any]:
@@ -120,49 +146,48 @@ def evaluate(store: Store, job_id: int, against_job: int | None = None, group_by
              iou: float = 0.5, target_precision: float | None = None) -> dict[str, Any]:
     """The job's evaluation document: ``modelValidationMetrics`` (one item, the protocol's
     shape, with per-sample ``predictions``) and, per ``group_by`` key, every value's metrics,
-    the worst first. A job that proposes boxes is evaluated on its boxes (COCO figures through
+    the worst first. A job that adds boxes is evaluated on its boxes (COCO figures through
     faster-coco-eval, matches at ``iou``), else on single labels. Stored as the job's
     evaluation unless ``save`` is False."""
-    if job_store.get_job(store, job_id) is None:
-        raise NotFound(f"no job {job_id}: see `labelblocks jobs list`")
-    if job_store.read_proposals(store, job_id) and changes_boxes(store, job_id, f):
-        boxes = evaluate_boxes(store, job_id, against_job, group_by, f, min_group, iou, target_precision)
-        if save:
-            boxes["created"] = datetime.fromtimestamp(save_evaluation(store, job_id, boxes), tz=UTC).isoformat()
-        return boxes
-    ps = pairs(store, job_id, against_job, f)
-    classes = sorted({p.truth for p in ps} | {p.prediction for p in ps})
-    overall = metrics(ps, classes)
-    predictions = [{"sampleId": p.sample.id, "startMs": 0.0, "endMs": float(p.sample.total_length_ms or 0.0),
-                    "label": p.truth, "prediction": p.prediction, "predictionCorrect": p.truth == p.prediction,
-                    "f1Score": 1.0 if p.truth == p.prediction else 0.0} for p in ps]
-    item = {"type": "float32", "loss": 0.0, **overall, "onDevicePerformance": [], "predictions": predictions,
-            "visualization": "none", "isSupportedOnMcu": False, "additionalMetrics": []}
-    groups = []
-    for key in group_by:
-        if not any(key in p.sample.metadata for p in ps):
-            raise InvalidInput(f"--group-by {key}: no evaluated sample has the metadata key {key!r} "
-                               "(see `labelblocks metadata keys`)")
-        by_value: dict[str, list[Pair]] = {}
-        for p in ps:
-            by_value.setdefault(p.sample.metadata.get(key, NO_VALUE), []).append(p)
-        values = []
-        for value, members in by_value.items():
-            m = metrics(members, classes)
-            lo, hi = bootstrap_interval([p.truth == p.prediction for p in members])
-            values.append({"value": value, "samples": len(members), "accuracy": m["accuracy"],
-                           "accuracyInterval": [lo, hi], "macroF1": m["report"]["macro avg"]["f1-score"],
-                           "tooSmall": len(members) < min_group, "confusionMatrix": m["confusionMatrix"],
-                           "report": m["report"]})
-        values.sort(key=lambda v: (v["accuracy"], v["value"]))
-        groups.append({"key": key, "values": values})
-    compared = f"job {against_job}'s proposals" if against_job is not None else "the samples' labels"
-    doc: dict[str, Any] = {"success": True, "jobId": job_id, "task": "single-label", "comparedWith": compared,
-                           "samples": len(ps), "classes": classes, "notEvaluated": unevaluated(store, job_id, ps),
-                           "thresholds": [], "modelValidationMetrics": [item], "groups": groups}
+    _check_job(store, job_id)
+    if against_job is not None:
+        _check_job(store, against_job)
+    if not job_store.has_proposals(store, job_id):
+        raise InvalidInput(f"job {job_id} has no proposals: there is nothing to evaluate")
+    samples = _job_samples(store, job_id, f)
+    predicted = _predicted(store, job_id, samples)
+    truth = {s.id: s for s in samples} if against_job is None else _predicted(store, against_job, samples)
+    bps = box_pairs(samples, predicted, truth)
+    if any(bp.predicted for bp in bps):
+        doc = evaluate_boxes(bps, job_id, against_job, group_by, min_group, iou, target_precision)
+    else:
+        doc = evaluate_labels(samples, predicted, truth, job_id, against_job, group_by, min_group)
     if save:
         doc["created"] = datetime.fromtimestamp(save_evaluation(store, job_id, doc), tz=UTC).isoformat()
     return doc
+
+
+def evaluate_labels(samples: Sequence[Sample], predicted: dict[int, Sample], truth: dict[int, Sample], job_id: int,
+                    against_job: int | None, group_by: Sequence[str], min_group: int) -> dict[str, Any]:
+    """The single-label evaluation document."""
+    ps = pairs(samples, predicted, truth, job_id)
+    classes = sorted({p.truth for p in ps} | {p.prediction for p in ps})
+    predictions = [{"sampleId": p.sample.id, "startMs": 0.0, "endMs": float(p.sample.total_length_ms or 0.0),
+                    "label": p.truth, "prediction": p.prediction, "predictionCorrect": p.truth == p.prediction,
+                    "f1Score": 1.0 if p.truth == p.prediction else 0.0} for p in ps]
+
+    def measure(members: list[Pair]) -> dict[str, Any]:
+        m = metrics(members, classes)
+        lo, hi = bootstrap_interval([p.truth == p.prediction for p in members])
+        return {"accuracy": m["accuracy"], "accuracyInterval": [lo, hi],
+                "macroF1": m["report"]["macro avg"]["f1-score"], "confusionMatrix": m["confusionMatrix"],
+                "report": m["report"]}
+
+    compared = f"job {against_job}'s proposals" if against_job is not None else "the samples' labels"
+    return {"success": True, "jobId": job_id, "task": "single-label", "comparedWith": compared,
+            "samples": len(ps), "classes": classes, "notEvaluated": unevaluated([p.sample for p in ps], predicted),
+            "thresholds": [], "modelValidationMetrics": [_metrics_item(metrics(ps, classes), predictions)],
+            "groups": _groups(ps, group_by, measure, "accuracy", min_group)}
 
 
 # --- boxes ---------------------------------------------------------------------------------------------
@@ -185,25 +210,18 @@ def _box_key(b: BoundingBox) -> tuple[str, int, int, int, int]:
     return (b.label, b.x, b.y, b.width, b.height)
 
 
-def box_pairs(store: Store, job_id: int, against_job: int | None, f: SampleFilter | None) -> list[BoxPair]:
-    """The job's images with their true boxes (as stored, or as ``against_job`` leaves them)
+def box_pairs(samples: Sequence[Sample], predicted: dict[int, Sample], truth: dict[int, Sample]) -> list[BoxPair]:
+    """The images with their true boxes (``truth``: as stored, or as another job leaves them)
     and the boxes the job adds: boxes it keeps from the sample are not predictions (the truth
     compared with itself means nothing)."""
-    samples = [s for s in _job_samples(store, job_id, f) if s.width is not None]
-    predicted = _predicted(store, job_id, samples)
-    truths = {s.id: s.bounding_boxes for s in samples}
-    if against_job is not None:
-        truths = {sid: s.bounding_boxes for sid, s in _predicted(store, against_job, samples).items()}
     out = []
     for s in samples:
+        if s.width is None:
+            continue
         kept = {_box_key(b) for b in s.bounding_boxes}
-        out.append(BoxPair(s, truths[s.id], [b for b in predicted[s.id].bounding_boxes if _box_key(b) not in kept]))
+        out.append(BoxPair(s, truth[s.id].bounding_boxes,
+                           [b for b in predicted[s.id].bounding_boxes if _box_key(b) not in kept]))
     return out
-
-
-def changes_boxes(store: Store, job_id: int, f: SampleFilter | None) -> bool:
-    """Whether the job proposes boxes other than a sample's own for any selected image."""
-    return any(p.predicted for p in box_pairs(store, job_id, None, f))
 
 
 def _score(b: BoundingBox) -> float:
@@ -256,7 +274,7 @@ def coco_stats(bps: Sequence[BoxPair], classes: Sequence[str]) -> list[float]:
                          "bbox": [b.x, b.y, b.width, b.height], "area": b.width * b.height, "iscrowd": 0})
         for b in bp.predicted:
             dets.append({"image_id": bp.sample.id, "category_id": cat[b.label], "bbox": [b.x, b.y, b.width, b.height],
-                         "score": b.score if b.score is not None else 1.0})
+                         "score": _score(b)})
     gt = COCO()
     gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": i, "name": c} for c, i in cat.items()]}
     gt.createIndex()
@@ -351,45 +369,30 @@ def suggest_thresholds(bps: Sequence[BoxPair], classes: Sequence[str], iou: floa
     return out
 
 
-def evaluate_boxes(store: Store, job_id: int, against_job: int | None, group_by: Sequence[str],
-                   f: SampleFilter | None, min_group: int, iou: float,
-                   target_precision: float | None = None) -> dict[str, Any]:
+def evaluate_boxes(bps: Sequence[BoxPair], job_id: int, against_job: int | None, group_by: Sequence[str],
+                   min_group: int, iou: float, target_precision: float | None = None) -> dict[str, Any]:
     """The box evaluation document (``accuracy`` is mAP@50, as the protocol reports it)."""
     if not 0 < iou <= 1:
         raise InvalidInput(f"--iou: expected a number in (0, 1], got {iou}")
-    bps = box_pairs(store, job_id, against_job, f)
     if not any(bp.truth for bp in bps):
         raise InvalidInput(f"none of job {job_id}'s selected images has boxes to compare with: select reviewed ones "
                            "or compare with another job (--against-job)")
     classes = sorted({b.label for bp in bps for b in [*bp.truth, *bp.predicted]})
-    m = box_metrics(bps, classes, iou)
     predictions = [{"sampleId": bp.sample.id, "startMs": 0.0, "endMs": 0.0, "prediction": "",
                     "boundingBoxes": [{"label": b.label, "x": b.x / (bp.sample.width or 1),
                                        "y": b.y / (bp.sample.height or 1), "width": b.width / (bp.sample.width or 1),
-                                       "height": b.height / (bp.sample.height or 1),
-                                       "score": b.score if b.score is not None else 1.0} for b in bp.predicted]}
+                                       "height": b.height / (bp.sample.height or 1), "score": _score(b)}
+                                      for b in bp.predicted]}
                    for bp in bps]
-    item = {"type": "float32", "loss": 0.0, **m, "onDevicePerformance": [], "predictions": predictions,
-            "visualization": "none", "isSupportedOnMcu": False}
-    groups = []
-    for key in group_by:
-        if not any(key in bp.sample.metadata for bp in bps):
-            raise InvalidInput(f"--group-by {key}: no evaluated sample has the metadata key {key!r} "
-                               "(see `labelblocks metadata keys`)")
-        by_value: dict[str, list[BoxPair]] = {}
-        for bp in bps:
-            by_value.setdefault(bp.sample.metadata.get(key, NO_VALUE), []).append(bp)
-        values = []
-        for value, members in by_value.items():
-            gm = box_metrics(members, classes, iou)
-            values.append({"value": value, "samples": len(members), "mAP50": gm["accuracy"],
-                           "tooSmall": len(members) < min_group, "confusionMatrix": gm["confusionMatrix"],
-                           "report": gm["report"]})
-        values.sort(key=lambda v: (v["mAP50"], v["value"]))
-        groups.append({"key": key, "values": values})
+
+    def measure(members: list[BoxPair]) -> dict[str, Any]:
+        m = box_metrics(members, classes, iou)
+        return {"mAP50": m["accuracy"], "confusionMatrix": m["confusionMatrix"], "report": m["report"]}
+
     return {"success": True, "jobId": job_id, "task": "boxes", "iou": iou, "samples": len(bps),
             "comparedWith": "the boxes the job adds, against " + (
                 f"job {against_job}'s boxes" if against_job is not None else "the samples' boxes"),
             "classes": [*classes, "background"], "notEvaluated": [],
             "thresholds": suggest_thresholds(bps, classes, iou, target_precision),
-            "modelValidationMetrics": [item], "groups": groups}
+            "modelValidationMetrics": [_metrics_item(box_metrics(bps, classes, iou), predictions)],
+            "groups": _groups(bps, group_by, measure, "mAP50", min_group)}

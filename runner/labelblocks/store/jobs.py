@@ -252,6 +252,13 @@ def record_step(store: Store, job_id: int, step: int, cache_key: str) -> None:
                                                                          cache_key=cache_key))
 
 
+def has_proposals(store: Store, job_id: int) -> bool:
+    """Whether the job has any proposal."""
+    with store.engine.connect() as conn:
+        return conn.execute(select(proposals.c.sample_id).where(proposals.c.job_id == job_id).limit(1)).first() \
+            is not None
+
+
 def proposed_ids(store: Store, job_id: int, step: int) -> set[int]:
     """The samples with a proposal of ``step`` in the job."""
     with store.engine.connect() as conn:
