@@ -29,11 +29,9 @@ def check_text(value: str, what: str) -> str:
     """``value`` if it is valid Unicode text (encodable as UTF-8); a lone surrogate, which a
     JSON escape such as ``\\ud800`` or a file name of undecodable bytes can carry, is refused."""
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise InvalidInput(f"{what}: not valid Unicode text (a lone surrogate {value[e.start]!r} at "
-                           f"position {e.start}); send UTF-8 text") from None
-    return value
+        return _text(value)
+    except ValueError as e:
+        raise InvalidInput(f"{what}: {e}; send UTF-8 text") from None
 
 
 # a JSON escape of a UTF-16 surrogate: only then can parsed JSON hold a lone one

@@ -33,7 +33,8 @@ from .apply import ProgressFn, apply_job
 from .blocks import input_key
 from .errors import InvalidInput, LabelblocksError
 from .executors import StepExecutor, StepPlan, StepResults, make_executor, pid_alive
-from .plugins import BlockRegistry
+from .parameters import ResolvedParameters
+from .plugins import BlockRegistry, RegisteredBlock
 from .secrets import redact, resolve_secrets
 from .store import Store
 from .store import jobs as job_store
@@ -78,6 +79,11 @@ class JobSummary:
                 "applied": self.applied, "failed": self.failed, "skipped": self.skipped, "unchanged": self.unchanged,
                 "rounds": self.rounds, "leftOut": self.left_out, "computed": self.computed,
                 "cached": self.cached, "resumed": self.resumed, "notes": self.notes, "usage": self.usage}
+
+
+def _step_identity(reg: RegisteredBlock, res: ResolvedParameters) -> list[Any]:
+    """What identifies a step for reuse: the block, its version, its parameters, its cache key."""
+    return [reg.name, reg.version, res.for_record(), reg.cls().cache_key(res.values)]
 
 
 def _sha(obj: Any) -> str:
@@ -163,7 +169,7 @@ class Runner:
         for i, (step, res) in enumerate(zip(action.steps, resolved, strict=True), 1):
             reg = self.registry.get(step.block)
             secrets = resolve_secrets(reg.cls.spec().secret_names, step.block)
-            chain.append([reg.name, reg.version, res.for_record(), reg.cls().cache_key(res.values)])
+            chain.append(_step_identity(reg, res))
             plans.append(StepPlan(i, reg, res, secrets, _sha(chain), _sha(chain[-1])[:32]))
         return plans
 
@@ -187,7 +193,7 @@ class Runner:
         for i, (step, res) in enumerate(zip(action.steps, resolved, strict=True), 1):
             reg = self.registry.get(step.block)
             cls = reg.cls
-            chain.append([reg.name, reg.version, res.for_record(), cls().cache_key(res.values)])
+            chain.append(_step_identity(reg, res))
             item: dict[str, Any] = {"step": i, "block": step.block, "samples": len(sample_ids)}
             if i > 1:
                 # later steps read what earlier ones propose (boxes to check, labels to map): their
@@ -415,32 +421,30 @@ class Runner:
         need, revs = batch_ids, dict[int, float]()
         if use_cache or by_inputs or executor.needs_revisions:
             need, revs = revisions.read(start, batch_ids, results)
+
+        def reuse(hits: Mapping[int, tuple[str, str | None]]) -> list[int]:
+            """Take ``hits`` as results (with the revision read now); the samples still to run."""
+            results.texts += [(sid, *hits[sid], revs[sid]) for sid in need if sid in hits]
+            summary.cached += len(hits)
+            return [sid for sid in need if sid not in hits]
+
         if use_cache:
-            hits = job_store.cached_results(self.store, cache_key, revs)
-            if hits:
-                results.texts += [(sid, *hits[sid], revs[sid]) for sid in need if sid in hits]
-                summary.cached += len(hits)
-                need = [sid for sid in need if sid not in hits]
+            need = reuse(job_store.cached_results(self.store, cache_key, revs))
         keys: dict[int, str] = {}
+        step_key = ""
         if by_inputs and need:
             # what the block would read of each sample, as this step sees it: a result computed
             # from the same is reused (stored with the revision read now, which it is valid for)
             job_id, plan = by_inputs
-            reads = plan.block.cls.reads or frozenset()
+            step_key = plan.step_key
             seen = job_store.overlay(self.store, job_id, self.store.get_samples(need, missing_ok=True), plan.index - 1)
-            keys = {s.id: input_key(s, reads) for s in seen}
-            hits = job_store.results_for_inputs(self.store, plan.step_key, keys)
-            if hits:
-                results.texts += [(sid, *hits[sid], revs[sid]) for sid in need if sid in hits]
-                summary.cached += len(hits)
-                need = [sid for sid in need if sid not in hits]
+            keys = {s.id: input_key(s, plan.block.cls.reads or frozenset()) for s in seen}
+            need = reuse(job_store.results_for_inputs(self.store, step_key, keys))
         if need:
             cached_n = len(batch_ids) - len(need)
             executor.run(need, revs, results, functools.partial(_offset, report, cached_n))
             summary.computed += len(need)
-            if keys:
-                plan_key = by_inputs[1].step_key if by_inputs else ""
-                results.inputs += [(plan_key, sid, keys[sid]) for sid in need if sid in keys]
+            results.inputs += [(step_key, sid, keys[sid]) for sid in need if sid in keys]
 
 
 def _offset(report: Callable[[int], None], base: int, n: int) -> None:
