@@ -36,6 +36,7 @@ COMPANION_FILES = {INFO_FILE, BOXES_FILE, STRUCTURED_FILE}
 _LABEL_FROM_NAME = re.compile(r"^[A-Za-z0-9 _-]+")
 
 INFER: Any = object()  # the label is inferred from the file name
+SAME_CONTENT = "a sample with the same content already exists"
 
 # a stored file name's limit: what every common file system holds in one name (export writes
 # samples under their names)
@@ -287,25 +288,19 @@ def upload(
     def flush() -> None:
         if not pending:
             return
-        if skip_same_files and not disallow_duplicates:
-            there = store.existing_files({(n.content_hash, n.filename) for _, n in pending})
+        if disallow_duplicates or skip_same_files:
+            key: Callable[[NewSample], Any]
+            if disallow_duplicates:  # the same content, whatever its name
+                key, why = (lambda n: n.content_hash), SAME_CONTENT
+                there: set[Any] = store.existing_hashes({n.content_hash for _, n in pending})
+            else:  # the same file again: content and name
+                key, why = (lambda n: (n.content_hash, n.filename)), "already in the project (the same content and name)"
+                there = set(store.existing_files({(n.content_hash, n.filename) for _, n in pending}))
             if there:
-                kept = []
                 for it, n in pending:
-                    if (n.content_hash, n.filename) in there:
-                        emit(Outcome(it.source, "duplicate", error="already in the project (the same content and name)"))
-                    else:
-                        kept.append((it, n))
-                pending[:] = kept
-        if disallow_duplicates:
-            existing = store.existing_hashes({n.content_hash for _, n in pending})
-            keep = []
-            for it, n in pending:
-                if n.content_hash in existing:
-                    emit(Outcome(it.source, "duplicate", error="a sample with the same content already exists"))
-                else:
-                    keep.append((it, n))
-            pending[:] = keep
+                    if key(n) in there:
+                        emit(Outcome(it.source, "duplicate", error=why))
+                pending[:] = [(it, n) for it, n in pending if key(n) not in there]
         store.blobs.sync(n.content_hash for _, n in pending)  # durable before a row references them
         ids = store.add_samples([n for _, n in pending])
         for (it, n), i in zip(pending, ids, strict=True):
@@ -326,7 +321,7 @@ def upload(
                     emit(Outcome(it.source, "rejected", error=p.error))
                     continue
                 if disallow_duplicates and p.content_hash in seen:
-                    emit(Outcome(it.source, "duplicate", error="a sample with the same content already exists"))
+                    emit(Outcome(it.source, "duplicate", error=SAME_CONTENT))
                     continue
                 seen.add(p.content_hash)
                 pending.append((it, _new_sample(it, p)))
