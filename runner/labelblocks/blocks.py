@@ -20,7 +20,9 @@ Example::
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,9 +196,6 @@ READ_FIELDS = frozenset({"content", "dimensions", "label", "boxes", "structured_
 
 def input_key(sample: Sample, reads: frozenset[str]) -> str:
     """A digest of what a block that reads ``reads`` sees of ``sample``."""
-    import hashlib
-    import json
-
     parts: dict[str, Any] = {}
     if "content" in reads:
         parts["content"] = sample.content_hash

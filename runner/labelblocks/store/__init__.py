@@ -6,6 +6,7 @@ Every write happens in one transaction; a sample is never half-written.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -114,8 +115,6 @@ class PreparedChanges:
 def _writable(root: Path, db: Path) -> bool:
     """Whether this process can write the project's database and its folder (SQLite writes a
     journal beside the file)."""
-    import os
-
     try:
         if os.statvfs(root).f_flag & os.ST_RDONLY:
             return False
