@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from labelblocks.blocks import Block, BlockContext, SampleFailure, SampleInput, merged_metadata
 from labelblocks.hookspecs import hookimpl
@@ -166,7 +166,62 @@ class FakeMeddler(Block):
         return [SampleChange(label="meddled") for s in batch]
 
 
-BLOCKS = [FakeLabeler, FakeBoxer, FakeRenamer, FakeFail, FakeLeaky, FakeConstant, FakeMeddler]
+class FakeDetector(Block):
+    """Scripted detections: ``plan`` maps a file name's stem to boxes with scores; those above
+    ``min-confidence`` are proposed (after the sample's own boxes), those from half of it up
+    are recorded as near misses, as owlvit records them."""
+
+    name = "fake-detector"
+    parameters = _spec("Fake detector", [
+        {"name": "Plan", "type": "string", "param": "plan", "value": "{}"},
+        {"name": "Minimum confidence", "type": "float", "param": "min-confidence", "value": 0.5},
+    ])
+
+    def label(self, batch, args, context):
+        plan, floor = json.loads(args["plan"]), float(args["min-confidence"])
+        out = []
+        for s in batch:
+            boxes = plan.get(s.sample.filename.split(".")[0], [])
+            found = [BoundingBox(**b) for b in boxes if b["score"] > floor]
+            context.records[s.sample.id] = {"boxes": len(found),
+                                            "near_misses": [b for b in boxes if floor / 2 < b["score"] <= floor]}
+            out.append(SampleChange(bounding_boxes=[*s.sample.bounding_boxes, *found]))
+        return out
+
+
+class FakeTagger(Block):
+    """Scripted audio windows of one second: ``plan`` maps a file name's stem to the best
+    (label, score) of each window; a window is that label when its score reaches
+    ``min-confidence``, else ``other``. Records the windows as audioset does."""
+
+    name = "fake-tagger"
+    parameters: ClassVar[dict[str, Any]] = {**_spec("Fake tagger", [
+        {"name": "Plan", "type": "string", "param": "plan", "value": "{}"},
+        {"name": "Minimum confidence", "type": "float", "param": "min-confidence", "value": 0.5},
+    ]), "info": {"name": "Fake tagger", "description": "test", "operatesOn": ["audio"]}}
+
+    def label(self, batch, args, context):
+        from labelblocks.model import StructuredLabel
+
+        plan, floor = json.loads(args["plan"]), float(args["min-confidence"])
+        out = []
+        for s in batch:
+            hz = int(s.sample.frequency)
+            windows, labels = [], []
+            for k, (label, score) in enumerate(plan.get(s.sample.filename.split(".")[0], [])):
+                given = label if score >= floor else "other"
+                start, end = k * hz, min((k + 1) * hz, s.sample.values_count) - 1
+                labels.append(StructuredLabel(start_index=start, end_index=end, label=given))
+                windows.append({"startIndex": start, "endIndex": end, "label": given,
+                                "best": {"label": label, "score": score}})
+            context.records[s.sample.id] = {"windows": windows, "otherLabel": "other",
+                                            "threshold": {"param": "min-confidence", "value": floor}}
+            out.append(SampleChange(structured_labels=labels))
+        return out
+
+
+BLOCKS = [FakeLabeler, FakeBoxer, FakeRenamer, FakeFail, FakeLeaky, FakeConstant, FakeMeddler, FakeDetector,
+          FakeTagger]
 
 
 @hookimpl

@@ -4,7 +4,9 @@ protocol's block-metadata shape (its bindings read it)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import edgeimpulse_api as ei
 import numpy as np
@@ -257,42 +259,229 @@ def test_suggested_thresholds_equal_a_brute_force_search(cli: Cli, tmp_path: Pat
     assert "suggested score thresholds" in text and "precision 0.90 from 0.900" in text and "actions set" in text
 
 
-@pytest.mark.parametrize("seed", range(5))
+def _reference_match(truth: list[tuple], pred: list[tuple], iou: float, same_class: bool) -> dict[int, int]:
+    """One image, matched the plain way (COCO's loop): predictions by descending score (stable),
+    each to the free true box of largest IoU >= iou, the later one among equals.
+    Boxes are (label, x, y, w, h[, score]); returns {prediction index: truth index}."""
+    def iou_of(a: tuple, b: tuple) -> float:
+        ix = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+        iy = max(0, min(a[2] + a[4], b[2] + b[4]) - max(a[2], b[2]))
+        union = a[3] * a[4] + b[3] * b[4] - ix * iy
+        return ix * iy / union if union else 0.0
+
+    free, out = set(range(len(truth))), {}
+    for i in sorted(range(len(pred)), key=lambda i: -pred[i][5]):
+        best, best_iou = None, iou
+        for t in sorted(free):
+            v = iou_of(truth[t], pred[i])
+            if v >= best_iou and (not same_class or truth[t][0] == pred[i][0]):
+                best, best_iou = t, v
+        if best is not None:
+            free.discard(best)
+            out[i] = best
+    return out
+
+
+def _random_images(rng: np.random.Generator, n: int, most: int = 4) -> tuple[list[list[tuple]], list[list[tuple]]]:
+    truth, pred = [], []
+    for _ in range(n):
+        t = [(str(rng.choice(["a", "b"])), *(int(v) for v in rng.integers(0, 60, 2)), int(rng.integers(5, 40)),
+              int(rng.integers(5, 40))) for _ in range(int(rng.integers(0, most)))]
+        p = [(b[0] if rng.random() < 0.8 else "b", b[1] + int(rng.integers(0, 5)), b[2], b[3], b[4],
+              round(float(rng.random()), 2)) for b in t if rng.random() < 0.8]
+        p += [(str(rng.choice(["a", "b"])), *(int(v) for v in rng.integers(0, 60, 2)), int(rng.integers(5, 40)),
+               int(rng.integers(5, 40)), round(float(rng.random()), 2)) for _ in range(int(rng.integers(0, 3)))]
+        truth.append(t)
+        pred.append(p)
+    return truth, pred
+
+
+def _columns(images: list[list[tuple]]) -> Any:
+    from labelblocks.evaluate import Boxes
+
+    return Boxes.of([[{"label": b[0], "x": b[1], "y": b[2], "width": b[3], "height": b[4],
+                       **({"score": b[5]} if len(b) > 5 else {})} for b in bs] for bs in images], {"a": 0, "b": 1})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bulk_matching_equals_matching_each_image(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The matching of all images at once (in rounds, in chunks) equals the plain loop per image."""
+    from labelblocks import evaluate
+
+    monkeypatch.setattr(evaluate, "MAX_PAIRS", 50)  # many chunks
+    truth, pred = _random_images(np.random.default_rng(seed), 60, most=8)
+    t, p = _columns(truth), _columns(pred)
+    for same_class in (False, True):
+        for iou in (0.3, 0.5, 0.9):
+            got = evaluate.match(t, p, iou, same_class)
+            t_base = np.concatenate(([0], np.cumsum([len(x) for x in truth])))
+            p_base = np.concatenate(([0], np.cumsum([len(x) for x in pred])))
+            for i in range(len(truth)):
+                ref = _reference_match(truth[i], pred[i], iou, same_class)
+                mine = {k: int(got[p_base[i] + k] - t_base[i]) for k in range(len(pred[i])) if got[p_base[i] + k] >= 0}
+                assert mine == ref, (i, iou, same_class)
+
+
+@pytest.mark.parametrize("seed", range(4))
 def test_the_threshold_sweep_equals_rematching_at_every_threshold(seed: int) -> None:
     """One matching per class, swept over the scores, gives what matching again at every
-    threshold gives (random images, boxes and scores)."""
-    from labelblocks.evaluate import BoxPair, match, suggest_thresholds
-    from labelblocks.model import BoundingBox, Sample
+    threshold gives (random images, boxes and scores; near misses included)."""
+    from labelblocks.evaluate import box_thresholds
 
     rng = np.random.default_rng(seed)
-
-    def box(label: str, score: float | None = None) -> BoundingBox:
-        x, y = (int(v) for v in rng.integers(0, 60, 2))
-        return BoundingBox(label=label, x=x, y=y, width=int(rng.integers(5, 40)), height=int(rng.integers(5, 40)),
-                           score=score)
-
-    bps = []
-    for i in range(30):
-        truth = [box(str(rng.choice(["a", "b"]))) for _ in range(int(rng.integers(0, 4)))]
-        pred = [b.model_copy(update={"x": b.x + int(rng.integers(0, 4)), "score": round(float(rng.random()), 2)})
-                for b in truth if rng.random() < 0.7]
-        pred += [box(str(rng.choice(["a", "b"])), round(float(rng.random()), 2)) for _ in range(int(rng.integers(0, 3)))]
-        bps.append(BoxPair(Sample(id=i + 1, filename=f"{i}.png", width=100, height=100), truth, pred))
-    got = {t["key"]: t for t in suggest_thresholds(bps, ["a", "b"], 0.5, target_precision=0.8)}
+    truth, pred = _random_images(rng, 30)
+    near = [[(b[0], b[1], b[2], b[3], b[4], round(b[5] / 4, 3)) for b in _random_images(rng, 1)[1][0]] for _ in truth]
+    got, curves = box_thresholds(_columns(truth), _columns(pred), _columns(near), ["a", "b"], 0.5,
+                                 target_precision=0.8)
+    got_by = {t["key"]: t for t in got}
     for label in ("a", "b"):
-        scores = sorted({b.score for bp in bps for b in bp.predicted if b.label == label})
+        everything = [[b for b in p + n if b[0] == label] for p, n in zip(pred, near, strict=True)]
+        scores = sorted({b[5] for bs in everything for b in bs})
         rows = []
-        for t in scores:  # match again with only the predictions kept at t
-            tp = kept = 0
-            n_true = 0
-            for bp in bps:
-                truth = [b for b in bp.truth if b.label == label]
-                pred = [b for b in bp.predicted if b.label == label and b.score >= t]
-                tp += len(match(truth, pred, 0.5)[0])
-                kept += len(pred)
-                n_true += len(truth)
-            p, r = tp / kept, tp / n_true
-            rows.append((t, 2 * p * r / (p + r) if p + r else 0.0, p))
+        for th in scores:  # match again with only the predictions kept at th
+            tp = kept = n_true = 0
+            for t, bs in zip(truth, everything, strict=True):
+                t = [b for b in t if b[0] == label]
+                ps = [b for b in bs if b[5] >= th]
+                tp += len(_reference_match(t, ps, 0.5, True))
+                kept += len(ps)
+                n_true += len(t)
+            pr, rc = tp / kept, tp / n_true
+            rows.append((th, 2 * pr * rc / (pr + rc) if pr + rc else 0.0, pr))
         best = max(rows, key=lambda row: (row[1], -row[0]))
-        assert got[label]["suggestedValue"] == best[0]
-        assert got[label]["targetPrecisionValue"] == next((t for t, _, p in rows if p >= 0.8), None)
+        assert got_by[label]["suggestedValue"] == best[0]
+        assert got_by[label]["targetPrecisionValue"] == next((th for th, _, pr in rows if pr >= 0.8), None)
+        curve = next(c for c in curves if c.key == label)
+        assert curve.thresholds == scores and curve.suggested == best[0]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_map50_equals_coco_and_its_interval_holds_it(seed: int) -> None:
+    """The mAP@50 the group intervals resample is COCO's mAP@50 (faster-coco-eval called here)."""
+    from labelblocks.evaluate import Map50, match
+
+    truth, pred = _random_images(np.random.default_rng(seed), 40)
+    t, p = _columns(truth), _columns(pred)
+    m50 = Map50(t, p, match(t, p, 0.5, same_class=True), 2, np.arange(len(truth)))
+    as_dicts = {i + 1: [{"label": b[0], "x": b[1], "y": b[2], "width": b[3], "height": b[4]} for b in bs]
+                for i, bs in enumerate(truth)}
+    predicted = {i + 1: [{"label": b[0], "x": b[1], "y": b[2], "width": b[3], "height": b[4], "score": b[5]}
+                         for b in bs] for i, bs in enumerate(pred)}
+    reference = _coco_reference(as_dicts, predicted, (100, 100), ["a", "b"])
+    assert m50.value() == pytest.approx(reference[1], abs=1e-9)
+    lo, hi = m50.interval()
+    assert 0 <= lo <= m50.value() <= hi <= 1 and hi > lo
+
+
+def test_near_misses_reach_under_the_blocks_threshold(cli: Cli, tmp_path: Path) -> None:
+    """A block's recorded near misses (scored under its threshold) take part in the threshold
+    sweep, not in the metrics: the suggestion can be lower than the block's threshold."""
+    for name in "abc":
+        make_image(tmp_path / "n" / f"{name}.png", seed=ord(name))  # 64 x 48
+    cli("upload", str(tmp_path / "n"), "--no-label")
+    ids = {s["filename"][0]: s["id"] for s in cli.json("samples", "list")}
+    cat = {"label": "cat", "width": 20, "height": 20}
+    cli("samples", "label", str(ids["a"]), "--boxes", json.dumps([{**cat, "x": 5, "y": 5}]))
+    cli("samples", "label", str(ids["b"]), "--boxes", json.dumps([{**cat, "x": 30, "y": 20}]))
+    plan = {"a": [{**cat, "x": 6, "y": 5, "score": 0.45}],                                  # right, under 0.5
+            "b": [{**cat, "x": 30, "y": 21, "score": 0.8}],                                 # right
+            "c": [{**cat, "x": 0, "y": 0, "score": 0.7}, {**cat, "x": 10, "y": 10, "score": 0.3}]}  # wrong
+    cli("actions", "create", "det", "--step", "fake-detector", "-p", f"plan={json.dumps(plan)}")
+    job = cli.json("actions", "preview", "det")["jobId"]
+    doc = cli.json("evaluate", str(job))
+    item = doc["modelValidationMetrics"][0]
+    # the metrics see the proposed boxes only: b's is right, c's 0.7 is a false box, a's cat is missed
+    assert item["confusionMatrix"] == [[1, 1], [1, 0]]
+    [t] = doc["thresholds"]
+    # by hand over 0.8 (right), 0.7 (wrong), 0.45 (right), 0.3 (wrong), 2 true cats:
+    # F1 at 0.3: 0.67, at 0.45: 0.8, at 0.7: 0.5, at 0.8: 0.67
+    assert t["suggestedValue"] == 0.45 and "F1 0.80" in t["suggestedValueText"] and t["value"] == 0.7
+
+
+def test_audio_segments_against_overlapping_truth(cli: Cli, tmp_path: Path) -> None:
+    """Segments are compared over time, from their overlaps; scikit-learn, called here on
+    one row per value, agrees; the window scores suggest a min-confidence."""
+    from .conftest import make_audio
+
+    make_audio(tmp_path / "au" / "a.wav", seconds=4.0, rate=1000)
+    make_audio(tmp_path / "au" / "b.wav", seconds=2.0, rate=1000, seed=1)
+    cli("upload", str(tmp_path / "au"), "--no-label")
+    ids = {s["filename"][0]: s["id"] for s in cli.json("samples", "list")}
+    truth = {"a": [("speech", 0, 1399), ("dog", 1400, 3999)], "b": [("speech", 0, 999)]}  # b's second half: no truth
+    for name, segs in truth.items():
+        cli("samples", "label", str(ids[name]), "--structured-labels",
+            json.dumps([{"startIndex": a, "endIndex": b, "label": lab} for lab, a, b in segs]))
+        cli("metadata", "set", "--ids", str(ids[name]), f"site={name.upper()}")
+    plan = {"a": [["speech", 0.9], ["speech", 0.4], ["dog", 0.8], ["dog", 0.6]], "b": [["speech", 0.7], ["dog", 0.3]]}
+    cli("actions", "create", "tag", "--step", "fake-tagger", "-p", f"plan={json.dumps(plan)}")
+    job = cli.json("actions", "preview", "tag")["jobId"]
+    doc = cli.json("evaluate", str(job), "--group-by", "site", "--target-precision", "1")
+    item = doc["modelValidationMetrics"][0]
+    assert doc["task"] == "segments" and doc["classes"] == ["dog", "other", "speech"]
+    # by hand: a: speech 0-999 right (1.0 s), 1000-1399 speech->other (0.4 s), 1400-1999 dog->other (0.6 s),
+    # dog 2000-3999 right (2.0 s); b: speech 0-999 right (1.0 s), 1000-1999 has no truth
+    assert item["accuracy"] == pytest.approx(4.0 / 5.0)
+    assert item["confusionMatrix"] == [[2.0, 0.6, 0.0], [0.0, 0.0, 0.0], [0.0, 0.4, 2.0]]
+    per_value_truth, per_value_pred = [], []  # the reference: one row per value, by window
+    windows = {"a": ["speech", "other", "dog", "dog"], "b": ["speech", "other"]}
+    for name, segs in truth.items():
+        for lab, a, b in segs:
+            for v in range(a, b + 1):
+                per_value_truth.append(lab)
+                per_value_pred.append(windows[name][v // 1000])
+    assert item["accuracy"] == pytest.approx(accuracy_score(per_value_truth, per_value_pred))
+    ref = confusion_matrix(per_value_truth, per_value_pred, labels=doc["classes"]) / 1000
+    assert np.allclose(item["confusionMatrix"], ref)
+    ref_report = classification_report(per_value_truth, per_value_pred, labels=doc["classes"], output_dict=True,
+                                       zero_division=0)
+    for c in doc["classes"]:
+        assert item["report"][c]["f1-score"] == pytest.approx(ref_report[c]["f1-score"])
+    ei.models.KerasModelMetadataMetrics.from_dict(item)
+    pieces = [(p["sampleId"], p["startMs"], p["endMs"], p["label"], p["prediction"]) for p in item["predictions"]]
+    assert (ids["a"], 1000.0, 1400.0, "speech", "other") in pieces
+    [g] = doc["groups"]
+    assert [(v["value"], round(v["accuracy"], 3)) for v in g["values"]] == [("A", 0.75), ("B", 1.0)]
+    # windows with truth: 0.9 right, 0.4 wrong (its truth is mostly dog), 0.8, 0.6, 0.7 right; 5 positives
+    [t] = doc["thresholds"]
+    assert (t["key"], t["value"], t["suggestedValue"], t["targetPrecisionValue"]) == ("min-confidence", 0.5, 0.6, 0.6)
+    assert t["command"] == "labelblocks actions set tag --step 1 -p min-confidence=0.6"
+    out = cli("evaluate", str(job)).stdout
+    assert "accuracy over time 80.0%" in out and t["command"] in out
+    cli(*t["command"].split()[1:])
+    assert cli.json("actions", "show", "tag")["steps"][0]["parameters"]["min-confidence"] == "0.6"
+
+
+def test_report_draws_the_evaluation(cli: Cli, tmp_path: Path) -> None:
+    from PIL import Image
+
+    for i in range(4):
+        make_image(tmp_path / "r" / f"img.{i}.png", seed=i)
+    cli("upload", str(tmp_path / "r"), "--no-label")
+    for sid in range(1, 5):
+        cli("samples", "label", str(sid), "--boxes",
+            json.dumps([{"label": "cat", "x": 1 + sid, "y": 1, "width": 31, "height": 23}]))
+        cli("metadata", "set", "--ids", str(sid), f"site={'A' if sid < 3 else 'B'}")
+    cli("actions", "create", "detect", "--step", "fake-boxer", "-p", "label=cat")
+    job = cli.json("actions", "preview", "detect")["jobId"]
+    out = tmp_path / "report"
+    text = cli("evaluate", str(job), "--group-by", "site", "--report", str(out), "--iou", "0.9").stdout
+    index = out / "index.html"
+    assert f"Report: {index}" in text
+    page = index.read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "confusion.png" in pngs and "group-1.png" in pngs and "pr-1.png" in pngs
+    worst = [p for p in pngs if p.startswith("worst-")]
+    assert worst  # at IoU 0.9 the shifted boxes miss: every image is imperfect
+    for name in pngs:
+        with Image.open(out / name) as im:
+            im.verify()
+    assert page.count("data:image/png;base64,") == len(pngs) and "http" not in page.replace(
+        'content="labelblocks', "")  # self-contained: nothing fetched from elsewhere
+    assert "By site" in page and "worst samples" in page and "Score thresholds" in page
+    # a second report replaces the first; a folder of something else is refused
+    cli("evaluate", str(job), "--report", str(out))
+    assert not (out / "group-1.png").exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    r = cli("evaluate", str(job), "--report", str(tmp_path / "other"), expect=1)
+    assert "neither empty nor an earlier report" in r.output and (tmp_path / "other" / "notes.txt").exists()

@@ -100,7 +100,10 @@ class BlockContext:
     cache_dir: Path | None = None
     # counters the block may add to (shown by `jobs show`): requests, tokens, retries, ...
     usage: dict[str, float] = field(default_factory=dict)
-    # per-sample extra data the block wants kept in the job's record (scores, raw answers)
+    # per-sample extra data the block wants kept in the job's record (scores, raw answers).
+    # `labelblocks evaluate` suggests thresholds from two shapes of it: "near_misses" (boxes
+    # under the threshold: [{label, score, x, y, width, height}]), and "windows" ([{startIndex,
+    # endIndex, best: {label, score}}]) with "otherLabel" and "threshold": {param, value}
     records: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def count(self, key: str, n: float = 1) -> None:

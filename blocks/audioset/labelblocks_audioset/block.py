@@ -393,8 +393,11 @@ class AudioSet(ModelBlock):
             labels.append(StructuredLabel(start_index=start, end_index=end, label=label))
             top = np.argsort(-of_interest, kind="stable")[:RECORD_TOP]
             windows.append({"startIndex": start, "endIndex": end, "label": label,
+                            "best": {"label": self.names[best], "score": round(float(of_interest[best]), 4)},
                             "scores": {self.class_names[i]: round(float(of_interest[i]), 4) for i in top}})
-        context.records[sample.id] = {"windows": windows}
+        # what `labelblocks evaluate` needs to suggest a min-confidence from these scores alone
+        context.records[sample.id] = {"windows": windows, "otherLabel": self.other,
+                                      "threshold": {"param": "min-confidence", "value": self.min_conf}}
         context.count("windows", len(spans))
         return SampleChange(
             structured_labels=merge_adjacent(labels) if self.merge else labels,

@@ -21,6 +21,7 @@ from ._util import (
     pass_app,
     print_json,
 )
+from .evaluate import EVALUATION_OPTIONS, evaluation_options, run_and_print
 from .render import errors_json, print_estimate, print_preview
 
 if TYPE_CHECKING:
@@ -359,32 +360,31 @@ def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | 
 @click.argument("name")
 @filter_options(include_disabled_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Preview at most this many labeled samples.")
-@click.option("--group-by", "group_by", multiple=True, metavar="KEY", help="Metrics per value of this metadata key.")
-@click.option("--min-group", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Groups with fewer samples are shown, marked as too small to tell.")
-@click.option("--json", "as_json", is_flag=True, help="Print the evaluation document as JSON.")
+@evaluation_options
 @pass_app
-@click.pass_context
-def actions_evaluate(ctx: click.Context, app: AppContext, name: str, limit: int | None, group_by: tuple[str, ...],
-                     min_group: int, as_json: bool, **kw: Any) -> None:
-    """Preview an action on labeled samples and evaluate its proposals against their labels,
-    in one command (`actions preview` then `evaluate`).
+def actions_evaluate(app: AppContext, name: str, limit: int | None, **kw: Any) -> None:
+    """Preview an action on labeled samples (a label, boxes or segments) and evaluate its
+    proposals against their labels, in one command (`actions preview` then `evaluate`).
 
     \b
     Example:
       labelblocks actions evaluate guess --where reviewed=yes --group-by site
     """
     from ..actions import get_action
-    from .evaluate import evaluate_cmd
+    from ..filters import SampleFilter
 
     action = get_action(app.store, name)
     runner = _runner(app)
-    wanted = set(app.store.select_ids(build_filter(kw))) if filter_given(kw) else None
-    labeled = [s.id for s in app.store.get_samples(runner.select(action)) if s.label
-               and (wanted is None or s.id in wanted)]
+    selected = runner.select(action)
+    evaluation = {k: kw.pop(k) for k in EVALUATION_OPTIONS}
+    given = filter_given(kw)
+    flt = build_filter(kw) if given else SampleFilter(include_disabled=True)
+    rows = app.store.scan(flt.model_copy(update={"ids": selected}), "label", "bounding_boxes", "structured_labels")
+    labeled = [sid for sid, label, boxes, segments in rows if label or boxes != "[]" or segments != "[]"]
     if not labeled:
-        raise UsageError(f"action {name} selects no labeled samples{' matching the filters' if wanted is not None else ''}: "
+        raise UsageError(f"action {name} selects no labeled samples{' matching the filters' if given else ''}: "
                          "there is nothing to evaluate against")
+    as_json = evaluation["as_json"]
     progress = Progress(not as_json)
     try:
         summary = runner.preview(action, ids=labeled[:limit] if limit else labeled, limit=None, on_progress=progress)
@@ -392,8 +392,7 @@ def actions_evaluate(ctx: click.Context, app: AppContext, name: str, limit: int 
         progress.close()
     if not as_json:
         click.echo(f"Preview job {summary.job_id}: {summary.total} labeled samples, {summary.failed} failed.")
-    ctx.invoke(evaluate_cmd, job_id=summary.job_id, against="labels", against_job=None, group_by=group_by,
-               min_group=min_group, as_json=as_json)
+    run_and_print(app, summary.job_id, None, None, **evaluation)
 
 
 def _print_skips(summary: Any) -> None:

@@ -3,10 +3,10 @@ as :mod:`labelblocks.evaluate` makes it)."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
+import orjson
 from sqlalchemy import delete, insert, select
 
 from . import Store
@@ -18,7 +18,7 @@ def save_evaluation(store: Store, job_id: int, document: dict[str, Any]) -> floa
     now = time.time()
     with store.transaction() as conn:
         conn.execute(delete(evaluations).where(evaluations.c.job_id == job_id))
-        conn.execute(insert(evaluations).values(job_id=job_id, created_at=now, document=json.dumps(document)))
+        conn.execute(insert(evaluations).values(job_id=job_id, created_at=now, document=orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY).decode()))
     return now
 
 
@@ -27,4 +27,4 @@ def get_evaluation(store: Store, job_id: int) -> tuple[float, dict[str, Any]] | 
     with store.engine.connect() as conn:
         row = conn.execute(select(evaluations.c.created_at, evaluations.c.document)
                            .where(evaluations.c.job_id == job_id)).first()
-    return None if row is None else (float(row[0]), json.loads(row[1]))
+    return None if row is None else (float(row[0]), orjson.loads(row[1]))

@@ -390,6 +390,25 @@ def read_proposals(store: Store, job_id: int, ids: Sequence[int] | None = None,
             for sid, texts in proposal_texts(store, job_id, ids, max_step).items()}
 
 
+def read_records(store: Store, job_id: int, ids: Sequence[int]) -> dict[int, list[tuple[int, dict[str, Any]]]]:
+    """The records the job's blocks kept for ``ids`` (scores, near misses): per sample,
+    ``(step, record)`` in step order."""
+    if not ids:
+        return {}
+    wanted = set(ids)
+    out: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(proposals.c.sample_id, proposals.c.step, proposals.c.record)
+            .where(and_(proposals.c.job_id == job_id, proposals.c.record.is_not(None),
+                        proposals.c.sample_id.between(min(ids), max(ids))))
+            .order_by(proposals.c.sample_id, proposals.c.step))
+        for sid, step, record in rows:
+            if sid in wanted:
+                out.setdefault(sid, []).append((step, json.loads(record)))
+    return out
+
+
 def job_proposals(store: Store, job_id: int, records: bool = True) -> list[dict[str, Any]]:
     """Every proposal of a job in the protocol's listing shape ``{sampleId, step,
     proposedChanges}`` (plus ``record`` where a block kept one, with ``records``), by sample
