@@ -245,18 +245,22 @@ def test_suggested_thresholds_equal_a_brute_force_search(cli: Cli, tmp_path: Pat
     doc = cli.json("evaluate", str(job), "--target-precision", "0.9")
     [t] = doc["thresholds"]
 
-    def f1_at(threshold: float) -> float:  # brute force, by hand: a kept box is right when it is within 1 px
-        kept = [(sid, b) for sid, bs in found.items() for b in bs if b["score"] >= threshold]
+    def f1_at(threshold: float, strict: bool = False) -> float:  # brute force: a kept box is right within 1 px
+        kept = [(sid, b) for sid, bs in found.items() for b in bs
+                if (b["score"] > threshold if strict else b["score"] >= threshold)]
         tp = sum(1 for sid, b in kept if truth[sid] and abs(b["x"] - truth[sid][0]["x"]) <= 1)
         p, r = tp / len(kept), tp / 3
         return 2 * p * r / (p + r) if p + r else 0.0
 
     scores = sorted(b["score"] for bs in found.values() for b in bs)
     best = max(scores, key=lambda s: (f1_at(s), -s))
-    assert t["key"] == "cat" and t["suggestedValue"] == best == 0.6
-    assert "F1 0.67" in t["suggestedValueText"] and t["targetPrecisionValue"] == 0.9 and t["value"] == 0.3
+    # the best score is 0.6; the suggestion lies halfway to the next lower one (0.3), so that a
+    # block keeping scores above it and one keeping scores at or above it keep the same boxes
+    assert best == 0.6 and t["key"] == "cat" and t["suggestedValue"] == 0.45
+    assert f1_at(0.45) == f1_at(0.45, strict=True) == f1_at(best) == max(f1_at(s) for s in scores)
+    assert "F1 0.67" in t["suggestedValueText"] and t["targetPrecisionValue"] == 0.8 and t["value"] == 0.3
     text = cli("evaluate", str(job), "--target-precision", "0.9").stdout
-    assert "suggested score thresholds" in text and "precision 0.90 from 0.900" in text and "actions set" in text
+    assert "suggested score thresholds" in text and "precision 0.90 from 0.800" in text and "actions set" in text
 
 
 def _reference_match(truth: list[tuple], pred: list[tuple], iou: float, same_class: bool) -> dict[int, int]:
@@ -349,8 +353,14 @@ def test_the_threshold_sweep_equals_rematching_at_every_threshold(seed: int) -> 
             pr, rc = tp / kept, tp / n_true
             rows.append((th, 2 * pr * rc / (pr + rc) if pr + rc else 0.0, pr))
         best = max(rows, key=lambda row: (row[1], -row[0]))
-        assert got_by[label]["suggestedValue"] == best[0]
-        assert got_by[label]["targetPrecisionValue"] == next((th for th, _, pr in rows if pr >= 0.8), None)
+        def lower(score: float, scores: list[float] = scores) -> float:  # the next lower recorded score
+            return max((x for x in scores if x < score), default=score - 2e-4)
+
+        assert lower(best[0]) < got_by[label]["suggestedValue"] < best[0]
+        reach = next((th for th, _, pr in rows if pr >= 0.8), None)
+        assert (reach is None) == (got_by[label]["targetPrecisionValue"] is None)
+        if reach is not None:
+            assert lower(reach) < got_by[label]["targetPrecisionValue"] < reach
         curve = next(c for c in curves if c.key == label)
         assert curve.thresholds == scores and curve.suggested == best[0]
 
@@ -394,8 +404,14 @@ def test_near_misses_reach_under_the_blocks_threshold(cli: Cli, tmp_path: Path) 
     assert item["confusionMatrix"] == [[1, 1], [1, 0]]
     [t] = doc["thresholds"]
     # by hand over 0.8 (right), 0.7 (wrong), 0.45 (right), 0.3 (wrong), 2 true cats:
-    # F1 at 0.3: 0.67, at 0.45: 0.8, at 0.7: 0.5, at 0.8: 0.67
-    assert t["suggestedValue"] == 0.45 and "F1 0.80" in t["suggestedValueText"] and t["value"] == 0.7
+    # F1 at 0.3: 0.67, at 0.45: 0.8, at 0.7: 0.5, at 0.8: 0.67; halfway from 0.45 to 0.3
+    assert t["suggestedValue"] == 0.375 and "F1 0.80" in t["suggestedValueText"] and t["value"] == 0.7
+    assert (t["scores"], t["nearMisses"]) == (4, 2) and "command" not in t  # the block names no parameter for it
+    assert "suggests no change to action det" in cli("actions", "set", "det", "--suggested").stdout
+    cli("actions", "create", "other", "--step", "fake-detector")
+    assert "no job of action other has been evaluated" in cli("actions", "set", "other", "--suggested",
+                                                              expect=2).output
+    assert "without --step" in cli("actions", "set", "det", "--suggested", "--step", "1", expect=2).output
 
 
 def test_audio_segments_against_overlapping_truth(cli: Cli, tmp_path: Path) -> None:
@@ -412,7 +428,7 @@ def test_audio_segments_against_overlapping_truth(cli: Cli, tmp_path: Path) -> N
         cli("samples", "label", str(ids[name]), "--structured-labels",
             json.dumps([{"startIndex": a, "endIndex": b, "label": lab} for lab, a, b in segs]))
         cli("metadata", "set", "--ids", str(ids[name]), f"site={name.upper()}")
-    plan = {"a": [["speech", 0.9], ["speech", 0.4], ["dog", 0.8], ["dog", 0.6]], "b": [["speech", 0.7], ["dog", 0.3]]}
+    plan = {"a": [["speech", 0.9], ["speech", 0.4], ["dog", 0.8], ["dog", 0.65]], "b": [["speech", 0.7], ["dog", 0.3]]}
     cli("actions", "create", "tag", "--step", "fake-tagger", "-p", f"plan={json.dumps(plan)}")
     job = cli.json("actions", "preview", "tag")["jobId"]
     doc = cli.json("evaluate", str(job), "--group-by", "site", "--target-precision", "1")
@@ -441,14 +457,16 @@ def test_audio_segments_against_overlapping_truth(cli: Cli, tmp_path: Path) -> N
     assert (ids["a"], 1000.0, 1400.0, "speech", "other") in pieces
     [g] = doc["groups"]
     assert [(v["value"], round(v["accuracy"], 3)) for v in g["values"]] == [("A", 0.75), ("B", 1.0)]
-    # windows with truth: 0.9 right, 0.4 wrong (its truth is mostly dog), 0.8, 0.6, 0.7 right; 5 positives
+    # windows with truth: 0.9 right, 0.4 wrong (its truth is mostly dog), 0.8, 0.65, 0.7 right; 5 positives:
+    # the best keeps 0.65 and up (F1 0.89, precision 1): halfway to 0.4
     [t] = doc["thresholds"]
-    assert (t["key"], t["value"], t["suggestedValue"], t["targetPrecisionValue"]) == ("min-confidence", 0.5, 0.6, 0.6)
-    assert t["command"] == "labelblocks actions set tag --step 1 -p min-confidence=0.6"
+    assert (t["key"], t["value"], t["suggestedValue"], t["targetPrecisionValue"]) == ("min-confidence", 0.5, 0.525,
+                                                                                       0.525)
+    assert t["command"] == "labelblocks actions set tag --step 1 -p min-confidence=0.525"
     out = cli("evaluate", str(job)).stdout
     assert "accuracy over time 80.0%" in out and t["command"] in out
     cli(*t["command"].split()[1:])
-    assert cli.json("actions", "show", "tag")["steps"][0]["parameters"]["min-confidence"] == "0.6"
+    assert cli.json("actions", "show", "tag")["steps"][0]["parameters"]["min-confidence"] == "0.525"
 
 
 def test_report_draws_the_evaluation(cli: Cli, tmp_path: Path) -> None:

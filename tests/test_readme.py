@@ -87,3 +87,18 @@ def test_readme_runs_as_written(tmp_path: Path, hf_cache: Path) -> None:
     assert any(s["metadata"].get("ai-labeled") == "true" for s in samples)
     assert any(s.get("structuredLabels") for s in samples if s["filename"].endswith(".wav"))
     assert KEY not in proc.stdout + proc.stderr
+    # the quality flow: OWL-ViT evaluated per site on reviewed boxes, its suggested thresholds applied
+    quality = clone / "quality"
+    assert "by site (worst first)" in proc.stdout and "mAP@50" in proc.stdout
+    assert (quality / "shapes-report" / "index.html").is_file()
+    shapes = json.loads(subprocess.run([sys.executable, "-m", "labelblocks", "--project", str(quality), "actions",
+                                        "show", "shapes", "--json"], capture_output=True, text=True, env=env,
+                                       check=True).stdout)
+    prompt = shapes["steps"][0]["parameters"]["prompt"]
+    # tiny random weights may find no true box at any threshold: then nothing is suggested, and
+    # nothing changes (test_evaluate applies suggestions of a detector that finds some)
+    if "From the evaluation of job" in proc.stdout:
+        assert prompt != "a square (square, 0.05)\na circle (circle, 0.05)"
+    else:
+        assert "suggests no change to action shapes: no recorded score finds a true one" in proc.stdout
+        assert prompt == "a square (square, 0.05)\na circle (circle, 0.05)"

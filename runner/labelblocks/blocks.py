@@ -164,6 +164,14 @@ class Block:
         """Check resolved arguments beyond their types (a prompt's grammar, a range); raise
         ValueError with a message naming the parameter. Runs when an action is saved."""
 
+    @classmethod
+    def threshold_parameters(cls, parameters: Mapping[str, str], key: str, value: float) -> dict[str, str] | None:
+        """The step parameters that set a score threshold: ``key`` is a box label, or a
+        parameter the block named in its records; ``value`` the threshold `labelblocks
+        evaluate` suggests. None where the block has no such parameter. Used to print the
+        `actions set` command that applies a suggestion."""
+        return None
+
     def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
         """Called once per run before the first batch: load models here."""
 

@@ -243,9 +243,65 @@ def run_evaluation(store: Store, job_id: int, against_job: int | None = None, gr
         ev = evaluate_segments(items, records, job, compared, group_by, min_group, target_precision)
     else:
         ev = evaluate_labels(items, job_id, compared, group_by, min_group)
+    add_commands(job, ev.document)
     if save:
         ev.document["created"] = datetime.fromtimestamp(save_evaluation(store, job_id, ev.document), tz=UTC).isoformat()
     return ev
+
+
+def shell_arg(s: str) -> str:
+    """``s`` as one shell word, readable: multi-line text as $'...'."""
+    import shlex
+
+    if "\n" in s:
+        return "$'" + s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+    return shlex.quote(s)
+
+
+def set_command(action: str, step: int, params: dict[str, str]) -> str:
+    return f"labelblocks actions set {shell_arg(action)} --step {step} " + " ".join(
+        f"-p {shell_arg(f'{k}={v}')}" for k, v in params.items())
+
+
+def add_commands(job: job_store.JobRecord, doc: dict[str, Any]) -> None:
+    """Each suggested threshold's `actions set` command, where a step's block says which of
+    its parameters sets it (Block.threshold_parameters) or its records named the parameter;
+    ``apply``: per step, the parameters that set every suggestion at once, which `actions set
+    NAME --suggested` applies."""
+    from .errors import LabelblocksError
+    from .plugins import get_registry
+
+    if not doc["thresholds"]:
+        return
+    steps: dict[int, tuple[Any, dict[str, str]]] = {}
+    for st in job.definition.get("steps", []):
+        try:
+            cls = get_registry().get(str(st["block"])).cls
+        except (LabelblocksError, KeyError):
+            cls = None
+        steps[int(st["step"])] = (cls, {str(k): str(v) for k, v in (st.get("parameters") or {}).items()})
+    together: dict[int, dict[str, str]] = {}
+    for t in doc["thresholds"]:
+        if t.get("noSuggestion"):
+            continue
+        found: tuple[int, dict[str, str]] | None = None
+        for n, (cls, params) in steps.items():
+            if cls is not None and t.get("step", n) == n:
+                one = cls.threshold_parameters(params, t["key"], t["suggestedValue"])
+                if one:
+                    found = (n, one)
+                    break
+        if found is None and "param" in t and t.get("step") in steps:
+            found = (t["step"], {t["param"]: f"{t['suggestedValue']:g}"})
+        if found is None:
+            continue
+        n, one = found
+        t["step"], t["command"] = n, set_command(job.action, n, one)
+        steps[n][1].update(one)
+        together.setdefault(n, {}).update(one)
+    if together:
+        doc["apply"] = [{"step": n, "parameters": params} for n, params in sorted(together.items())]
+        doc["applyAll"] = f"labelblocks actions set {shell_arg(job.action)} --suggested"
 
 
 def _not_evaluated(items: Sequence[Item], task: str) -> list[str]:
@@ -542,11 +598,23 @@ def box_report(cm: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     return report
 
 
+def between(s: np.ndarray, i: int) -> float:
+    """A threshold that keeps the scores from ``s[i]`` up and drops the ones below (``s``
+    ascending): halfway to the next lower recorded score, so that it means the same to a
+    block that keeps scores above its threshold and to one that keeps scores at or above it;
+    rounded to 4 places where that stays strictly between."""
+    hi = float(s[i])
+    lo = float(s[i - 1]) if i > 0 else max(0.0, hi - 2e-4)
+    mid = (hi + lo) / 2
+    return round(mid, 4) if lo < round(mid, 4) < hi else mid
+
+
 def sweep(scores: np.ndarray, hits: np.ndarray, n_true: float,
           target_precision: float | None) -> tuple[Curve, tuple[float, float, float, float], float | None]:
     """Precision / recall at every recorded score taken as the minimum: (the curve, (F1,
-    threshold, precision, recall) of the best F1 (the lowest threshold among ties), the lowest
-    threshold reaching ``target_precision`` or None)."""
+    threshold, precision, recall) of the best F1 (the lowest score among ties), the lowest
+    threshold reaching ``target_precision`` or None). Thresholds lie between recorded scores
+    (:func:`between`)."""
     order = np.argsort(-scores, kind="stable")
     s, h = scores[order], hits[order].astype(float)
     tps = np.cumsum(h)
@@ -561,9 +629,9 @@ def sweep(scores: np.ndarray, hits: np.ndarray, n_true: float,
     reaching = None
     if target_precision is not None:
         ok = np.flatnonzero(precision >= target_precision)
-        reaching = float(s[ok[0]]) if ok.size else None
+        reaching = between(s, int(ok[0])) if ok.size else None
     curve = Curve("", s.tolist(), precision.tolist(), recall.tolist(), float(s[b]))
-    return curve, (float(f1[b]), float(s[b]), float(precision[b]), float(recall[b])), reaching
+    return curve, (float(f1[b]), between(s, b), float(precision[b]), float(recall[b])), reaching
 
 
 def _threshold_item(key: str, description: str, value: float, best: tuple[float, float, float, float],
@@ -574,6 +642,9 @@ def _threshold_item(key: str, description: str, value: float, best: tuple[float,
         "helpText": "the threshold that maximises F1 against the truth, from the job's recorded scores",
         "value": value, "suggestedValue": t,
         "suggestedValueText": f"F1 {f1:.2f} (precision {precision:.2f}, recall {recall:.2f}) at {t:.3f}", **extra}
+    if f1 == 0:  # no threshold finds anything true: nothing to suggest but keeping what there is
+        item.update(suggestedValue=value, noSuggestion=True,
+                    suggestedValueText="no suggestion: no recorded score finds a true one (F1 0 at every threshold)")
     if target_precision is not None:
         item["targetPrecision"] = target_precision
         item["targetPrecisionValue"] = reaching
@@ -609,7 +680,8 @@ def box_thresholds(truth: Boxes, pred: Boxes, near: Boxes, classes: Sequence[str
         curves.append(curve)
         current = float(pred.score[pred.cls == c].min()) if (pred.cls == c).any() else float(both.score[sel].max())
         out.append(_threshold_item(label, f"minimum score of a {label} box", current, best, reaching,
-                                   target_precision))
+                                   target_precision, scores=int(sel.sum()),
+                                   nearMisses=int((near.cls == c).sum())))
     return out, curves
 
 
@@ -729,7 +801,7 @@ def _window_truth(truth: Sequence[dict[str, Any]], start: int, end: int) -> str 
     return max(sorted(cover), key=lambda lab: cover[lab]) if cover else None
 
 
-def window_thresholds(items: Sequence[Item], records: dict[int, list[tuple[int, dict[str, Any]]]], action: str,
+def window_thresholds(items: Sequence[Item], records: dict[int, list[tuple[int, dict[str, Any]]]],
                       target_precision: float | None) -> tuple[list[dict[str, Any]], list[Curve]]:
     """A block that records per window its best label and score (``windows`` with
     ``best: {label, score}``, ``otherLabel``, ``threshold: {param, value}``: audioset) gets
@@ -764,8 +836,7 @@ def window_thresholds(items: Sequence[Item], records: dict[int, list[tuple[int, 
         curve.key = param
         curves.append(curve)
         out.append(_threshold_item(param, "minimum score of a window's best class", value, best_, reaching,
-                                   target_precision, step=step,
-                                   command=f"labelblocks actions set {action} --step {step} -p {param}={best_[1]:g}"))
+                                   target_precision, step=step, param=param))
     return out, curves
 
 
@@ -807,7 +878,7 @@ def evaluate_segments(items: Sequence[Item], records: dict[int, list[tuple[int, 
               "prediction": ev[i].predicted["structuredLabels"], "score": float(accuracy_i[i]),
               "frequency": ev[i].frequency}
              for i in np.argsort(accuracy_i, kind="stable")[:WORST].tolist() if accuracy_i[i] < 1.0]
-    thresholds, curves = window_thresholds(ev, records, job.action, target_precision)
+    thresholds, curves = window_thresholds(ev, records, target_precision)
     doc = {"success": True, "jobId": job.id, "task": "segments", "comparedWith": compared, "samples": len(ev),
            "seconds": float(total_s.sum()), "classes": classes, "notEvaluated": _not_evaluated(ev, "segments"),
            "thresholds": thresholds,

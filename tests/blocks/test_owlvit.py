@@ -360,3 +360,39 @@ def test_owlvit_arguments_checked_when_saved(cli: Cli, params: list[str], messag
     r = cli("actions", "create", "bad", "--step", "owlvit", *args, expect=1).stderr
     assert message in r
     assert cli.json("actions", "list") == []
+
+
+def test_threshold_parameters_rewrite_the_prompt_line_of_the_label() -> None:
+    prompt = "a cat (cat, 0.6)\n# a comment\ndog (dog)\na red car (car, 0.7)"
+    got = OwlVit.threshold_parameters({"prompt": prompt}, "dog", 0.275)
+    assert got == {"prompt": "a cat (cat, 0.6)\ndog (dog, 0.275)\na red car (car, 0.7)"}
+    assert parse_prompt(got["prompt"])[1] == Query("dog", "dog", 0.275)
+    assert OwlVit.threshold_parameters({"prompt": prompt}, "zebra", 0.3) is None
+
+
+def test_evaluation_tunes_the_prompt_from_scores_and_near_misses(cli: Cli, tmp_path: Path, owlvit: Path) -> None:
+    """OWL-ViT evaluated against boxes it found itself at a lower threshold (as if a person had
+    kept those): the sweep reaches under the block's threshold through the near misses it
+    recorded, and `actions set --suggested` writes the suggestion into the prompt line."""
+    for i in range(4):
+        make_image(tmp_path / "t" / f"street.{i}.png", size=(64, 48), seed=i)
+    cli("upload", str(tmp_path / "t"), "--no-label")
+    common = ["-p", f"model={owlvit}", "-p", "precision=fp32", "-p", "delete_existing_bounding_boxes=yes"]
+    cli("actions", "create", "probe", "--step", "owlvit", "-p", "prompt=a cat (cat, 0.01)", *common)
+    probe = cli.json("actions", "preview", "probe")["jobId"]
+    scores = sorted(b["score"] for p in cli.json("proposals", "show", str(probe))["proposedChanges"]
+                    for b in p["proposedChanges"]["boundingBoxes"])
+    low, high = scores[len(scores) // 3], scores[2 * len(scores) // 3]
+    cli("actions", "create", "truth", "--step", "owlvit", "-p", f"prompt=a cat (cat, {low})", *common)
+    cli("actions", "run", "truth")  # the truth: the boxes over `low`
+    cli("actions", "create", "tune", "--step", "owlvit", "-p", f"prompt=a cat (cat, {high})", *common)
+    doc = cli.json("actions", "evaluate", "tune")
+    [t] = doc["thresholds"]
+    assert t["key"] == "cat" and t["nearMisses"] > 0 and t["scores"] > t["nearMisses"]
+    # the truth's boxes between `low` and `high` are near misses: keeping them is right
+    assert t["suggestedValue"] < high
+    assert t["command"] == f"labelblocks actions set tune --step 1 -p 'prompt=a cat (cat, {t['suggestedValue']:g})'"
+    out = cli("actions", "set", "tune", "--suggested").stdout
+    assert f"From the evaluation of job {doc['jobId']}" in out
+    assert cli.json("actions", "show", "tune")["steps"][0]["parameters"]["prompt"] == \
+        f"a cat (cat, {t['suggestedValue']:g})"

@@ -213,6 +213,10 @@ class AudioSet(ModelBlock):
     runner_batch_factor = 4  # samples per runner batch for each window of a model batch
 
     @classmethod
+    def threshold_parameters(cls, parameters: Mapping[str, str], key: str, value: float) -> dict[str, str] | None:
+        return {"min-confidence": f"{value:g}"} if key == "min-confidence" else None
+
+    @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> None:
         try:
             parse_labels(str(args.get("audioset-labels") or ""))

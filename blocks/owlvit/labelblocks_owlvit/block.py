@@ -233,6 +233,19 @@ class OwlVit(ModelBlock):
     runner_batch_factor = 8  # micro-batches of `batch-size` images per runner batch
 
     @classmethod
+    def threshold_parameters(cls, parameters: Mapping[str, str], key: str, value: float) -> dict[str, str] | None:
+        """The prompt with the minimum confidence of label ``key``'s lines set to ``value``."""
+        try:
+            queries = parse_prompt(str(parameters.get("prompt") or ""))
+        except ValueError:
+            return None
+        if not any(q.label == key for q in queries):
+            return None
+        lines = [f"{q.text} ({q.label}, {value:g})" if q.label == key else
+                 f"{q.text} ({q.label}, {q.min_confidence:g})" for q in queries]
+        return {"prompt": "\n".join(lines)}
+
+    @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> None:
         try:
             parse_prompt(str(args.get("prompt") or ""))

@@ -191,37 +191,72 @@ def actions_show(app: AppContext, name: str, as_json: bool) -> None:
 
 @actions_group.command("set")
 @click.argument("name")
-@click.option("--step", "step_no", type=click.IntRange(min=1), required=True, help="The step to change (1 is the first).")
+@click.option("--step", "step_no", type=click.IntRange(min=1), default=None, help="The step to change (1 is the first).")
 @click.option("-p", "--param", "params", multiple=True, metavar="PARAM=VALUE", help="A parameter to set (repeatable).")
 @click.option("--unset", multiple=True, metavar="PARAM", help="Go back to the block's default for this parameter.")
+@click.option("--suggested", is_flag=True,
+              help="Set the thresholds the latest evaluation of this action's jobs suggests (`labelblocks evaluate`).")
 @pass_app
-def actions_set(app: AppContext, name: str, step_no: int, params: tuple[str, ...], unset: tuple[str, ...]) -> None:
+def actions_set(app: AppContext, name: str, step_no: int | None, params: tuple[str, ...], unset: tuple[str, ...],
+                suggested: bool) -> None:
     """Change parameters of one step of a saved action (checked against the block, as when
     it was created): to apply a threshold an evaluation suggested, say.
 
     \b
-    Example:
+    Examples:
       labelblocks actions set boxes --step 1 -p prompt="a person (person, 0.27)"
+      labelblocks actions set boxes --suggested
     """
     from ..actions import get_action, save_action, validate_steps
 
-    if not params and not unset:
-        raise UsageError("nothing to change: give -p PARAM=VALUE or --unset PARAM")
     action = get_action(app.store, name)
-    if step_no > len(action.steps):
-        raise UsageError(f"action {name} has {len(action.steps)} step{'s' if len(action.steps) != 1 else ''}, "
-                         f"not {step_no}")
-    step = action.steps[step_no - 1]
-    values = {**step.parameters, **parse_key_values(params, "-p")}
-    for p in unset:
-        values.pop(p, None)
-    steps = [s.model_copy(update={"parameters": values}) if i == step_no - 1 else s
-             for i, s in enumerate(action.steps)]
+    if suggested:
+        if params or unset or step_no is not None:
+            raise UsageError("--suggested sets what the evaluation suggests: give it without --step, -p or --unset")
+        changes = _suggested(app, name)
+        if not changes:
+            return
+    else:
+        if not params and not unset:
+            raise UsageError("nothing to change: give -p PARAM=VALUE, --unset PARAM or --suggested")
+        if step_no is None:
+            raise UsageError("give the step to change: --step N (1 is the first)")
+        changes = {step_no: (parse_key_values(params, "-p"), unset)}
+    steps = list(action.steps)
+    for n, (values, removed) in changes.items():
+        if n > len(steps):
+            raise UsageError(f"action {name} has {len(steps)} step{'s' if len(steps) != 1 else ''}, not {n}")
+        merged = {**steps[n - 1].parameters, **values}
+        for p in removed:
+            merged.pop(p, None)
+        steps[n - 1] = steps[n - 1].model_copy(update={"parameters": merged})
     changed = action.model_copy(update={"steps": steps})
     validate_steps(changed, app.registry())
     save_action(app.store, changed, replace=True)
-    shown = " ".join(f"{k}={v!r}" for k, v in values.items())
-    click.echo(f"Action {name}, step {step_no} ({step.block}): {shown or 'the defaults'}")
+    for n in changes:
+        step = steps[n - 1]
+        shown = " ".join(f"{k}={v!r}" for k, v in step.parameters.items())
+        click.echo(f"Action {name}, step {n} ({step.block}): {shown or 'the defaults'}")
+
+
+def _suggested(app: AppContext, name: str) -> dict[int, tuple[dict[str, str], tuple[str, ...]]]:
+    """Per step, the parameters the latest evaluation of the action's jobs suggests."""
+    from ..store.evaluations import latest_for_action
+
+    found = latest_for_action(app.store, name)
+    if found is None:
+        raise UsageError(f"no job of action {name} has been evaluated: run `labelblocks actions evaluate {name}` "
+                         "(or `labelblocks evaluate JOB`) first")
+    job_id, _, doc = found
+    apply = doc.get("apply") or []
+    if not apply:
+        none = [t["key"] for t in doc.get("thresholds", []) if t.get("noSuggestion")]
+        why = (f": no recorded score finds a true one for {', '.join(none)}" if none else
+               "" if doc.get("thresholds") else ": it has no thresholds (its blocks recorded no scores)")
+        click.echo(f"The evaluation of job {job_id} suggests no change to action {name}{why}. Nothing changed.")
+        return {}
+    click.echo(f"From the evaluation of job {job_id}:")
+    return {int(a["step"]): ({str(k): str(v) for k, v in a["parameters"].items()}, ()) for a in apply}
 
 
 @actions_group.command("delete")

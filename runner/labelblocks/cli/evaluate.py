@@ -135,6 +135,8 @@ def print_evaluation(doc: dict[str, Any]) -> None:
             click.echo(f"  {t['key']:<20} now {t['value']:.3f}; {t['suggestedValueText']}{reach}")
             if t.get("command"):
                 click.echo(f"    apply: {t['command']}")
+        if doc.get("applyAll"):
+            click.echo(f"  apply every suggestion: {doc['applyAll']}")
         if any(not t.get("command") for t in doc["thresholds"]):
             click.echo("  apply one with `labelblocks actions set ACTION --step N -p PARAM=VALUE` (for owlvit, the "
                        "minimum confidence in the prompt line: `-p prompt=\"a cat (cat, 0.42)\"`)")

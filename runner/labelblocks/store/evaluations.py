@@ -10,7 +10,7 @@ import orjson
 from sqlalchemy import delete, insert, select
 
 from . import Store
-from .schema import evaluations
+from .schema import evaluations, jobs
 
 
 def save_evaluation(store: Store, job_id: int, document: dict[str, Any]) -> float:
@@ -28,3 +28,12 @@ def get_evaluation(store: Store, job_id: int) -> tuple[float, dict[str, Any]] | 
         row = conn.execute(select(evaluations.c.created_at, evaluations.c.document)
                            .where(evaluations.c.job_id == job_id)).first()
     return None if row is None else (float(row[0]), orjson.loads(row[1]))
+
+
+def latest_for_action(store: Store, action: str) -> tuple[int, float, dict[str, Any]] | None:
+    """(job, when, document) of the newest evaluation of a job of ``action``, or None."""
+    with store.engine.connect() as conn:
+        row = conn.execute(select(evaluations.c.job_id, evaluations.c.created_at, evaluations.c.document)
+                           .join(jobs, jobs.c.id == evaluations.c.job_id).where(jobs.c.action == action)
+                           .order_by(evaluations.c.created_at.desc()).limit(1)).first()
+    return None if row is None else (int(row[0]), float(row[1]), orjson.loads(row[2]))
