@@ -5,6 +5,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -162,3 +163,12 @@ def fake_plugin(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     plugins.reset()
     yield root  # type: ignore[misc]
     plugins.reset()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Where the web tests saved their screenshots (CI prints them in its log)."""
+    web = sys.modules.get("tests.test_web")
+    if web is not None and web.TAKEN:
+        terminalreporter.write_sep("-", "screenshots of the review page")
+        for path in sorted(set(web.TAKEN)):
+            terminalreporter.write_line(str(path))

@@ -134,6 +134,65 @@ def keys_revoke(app: AppContext, key: str) -> None:
     click.echo(f"Revoked key {k.id} ({k.name}).")
 
 
+@click.command("review")
+@click.argument("job_id", type=int, required=False)
+@click.option("--port", type=click.IntRange(0, 65535), default=4800, show_default=True,
+              help="Port on 127.0.0.1 (another free one if it is taken).")
+@click.option("--no-browser", is_flag=True, help="Only print the address; do not open a browser.")
+@pass_app
+def review_cmd(app: AppContext, job_id: int | None, port: int, no_browser: bool) -> None:
+    """Review in the browser: a job's proposals drawn on its images and audio, with Accept /
+    Reject and "Apply accepted" (without JOB: the dataset). Prints first the page's address
+    with a one-time sign-in link, opens a browser when there is one, and serves the page on
+    loopback until Ctrl-C (or uses the project's server when one runs).
+
+    \b
+    Examples:
+      labelblocks actions preview boxes --limit 24 && labelblocks review 3
+      labelblocks review --no-browser        # on a remote machine: ssh -L 4800:127.0.0.1:4800
+    """
+    import socket
+    import sys
+    import webbrowser
+    from urllib.parse import urlencode
+
+    from ..server import running_server, serve
+    from ..store import jobs as job_store
+    from ..store.reviews import TOKEN_SECONDS, new_sign_in_token
+
+    if job_id is not None and job_store.get_job(app.store, job_id) is None:
+        from ..errors import NotFound
+
+        raise NotFound(f"no job {job_id}: see `labelblocks jobs list`")
+    token = new_sign_in_token(app.store)
+    target = f"/jobs/{job_id}" if job_id is not None else "/"
+    base = running_server(app.store)
+    reuse = base is not None
+    if base is None:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+    url = f"{base}/signin/link?" + urlencode({"token": token, "next": target})
+    click.echo(url)
+    sys.stdout.flush()
+    click.echo(f"(the link signs in once, within {TOKEN_SECONDS // 60} minutes; later, sign in with a project key)",
+               err=True)
+    if not no_browser:
+        try:
+            webbrowser.open(url)
+        except Exception:  # no browser here: the address is printed
+            pass
+    if reuse:
+        click.echo(f"The project's server at {base} serves the page.", err=True)
+        return
+    click.echo(f"Serving {app.project_dir} on {base} (Ctrl-C stops)", err=True)
+    serve(app.project_dir, "127.0.0.1", port, log_level="warning")
+
+
 def register(group: click.Group) -> None:
-    for c in (serve_cmd, keys_group):
+    for c in (serve_cmd, keys_group, review_cmd):
         group.add_command(c)

@@ -3,6 +3,8 @@ background on loopback."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,48 @@ class BackgroundServer(LoopbackServer):
         super().__init__(create_app(project_dir, store=store, limits=limits), port)
 
 
+RUNNING = "server.json"  # beside the database while a server runs: {pid, host, port}
+
+
 def serve(project_dir: Path, host: str, port: int, limits: Limits | None = None, **uvicorn_options: Any) -> None:
-    """Serve the project's API until interrupted (``labelblocks serve``)."""
+    """Serve the project's API and review page until interrupted (``labelblocks serve``);
+    while it runs, the project's data folder names it (``server.json``) so that `labelblocks
+    review` finds it."""
     import uvicorn
 
     app = create_app(project_dir, limits=limits)
-    uvicorn.run(app, host=host, port=port, log_level=uvicorn_options.pop("log_level", "info"), http=http_protocol(),
-                **uvicorn_options)
+    note = app.state.lb.store.root / RUNNING
+    try:
+        tmp = note.with_name(f".{RUNNING}.{os.getpid()}")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port}))
+        os.replace(tmp, note)
+    except OSError:  # a read-only project: it is served all the same, only not found by `review`
+        note = None
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=uvicorn_options.pop("log_level", "info"),
+                    http=http_protocol(), **uvicorn_options)
+    finally:
+        if note is not None:
+            try:
+                if json.loads(note.read_text()).get("pid") == os.getpid():
+                    note.unlink()
+            except (OSError, ValueError):
+                pass
+
+
+def running_server(store: Store) -> str | None:
+    """The base URL of a server of this project that answers its health check, if any."""
+    import requests
+
+    try:
+        info = json.loads((store.root / RUNNING).read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    host = "127.0.0.1" if info.get("host") in ("0.0.0.0", "::", "") else info["host"]
+    base = f"http://{host}:{int(info['port'])}"
+    try:
+        ok = requests.get(base + "/healthz", timeout=2).ok
+    except requests.RequestException:
+        return None
+    return base if ok else None

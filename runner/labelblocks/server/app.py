@@ -24,7 +24,11 @@ def create_app(project_dir: Path | str, store: Store | None = None, limits: Limi
     """The server of the project in ``project_dir`` (its own store connection unless given)."""
     project_dir = Path(project_dir).resolve()
     store = store or open_store(project_dir)
-    return create_api_app(store, project_dir, limits, routers=ROUTERS)
+    app = create_api_app(store, project_dir, limits, routers=ROUTERS)
+    from .web import install
+
+    install(app, store)  # the review page, at /
+    return app
 
 
 def app_from_env() -> FastAPI:

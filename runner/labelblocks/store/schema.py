@@ -302,6 +302,33 @@ evaluations = Table(
 )
 
 
+# A person's decision on a preview job's proposal for one sample (v10): the review page's
+# Accept / Reject; "Apply accepted" applies the accepted ones.
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("sample_id", Integer, primary_key=True),
+    Column("decision", String, nullable=False),  # accepted | rejected
+    Column("decided_at", Float, nullable=False),
+    Index("ix_reviews_decision", "job_id", "decision"),
+)
+
+# One-time sign-in links of the review page (v10): `labelblocks review` prints one; only its
+# hash is kept, and it is deleted when used or expired.
+sign_in_tokens = Table(
+    "sign_in_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+)
+
+
+def _v10(conn: Connection) -> None:
+    reviews.create(conn, checkfirst=True)
+    sign_in_tokens.create(conn, checkfirst=True)
+
+
 def _v8(conn: Connection) -> None:
     step_inputs.create(conn, checkfirst=True)
 
@@ -328,6 +355,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (7, _v7),
     (8, _v8),
     (9, _v9),
+    (10, _v10),
 ]
 
 
