@@ -194,6 +194,14 @@ def test_preview_review_and_apply_accepted(browser: Any, site: tuple[Cli, str, s
             assert [b["label"] for b in after[sid]["boundingBoxes"]] == [b["label"] for b in last[sid]["boundingBoxes"]]
     assert after[ids[2]] == before[ids[2]]  # rejected: untouched
     assert all(after[sid] == before[sid] for sid in ids[4:])  # not decided: untouched
+    # an evaluated job links to its report
+    cli("evaluate", str(job), "--group-by", "site", "--where", "site=Paris")
+    page.goto(f"{base}/jobs/{job}")
+    page.get_by_role("link", name="Open the evaluation report").click()
+    page.wait_for_load_state()
+    assert f"Evaluation of job {job}" in page.content() and "By site" in page.content()
+    assert page.locator("img").count() >= 2  # the confusion matrix and the bars, embedded
+    shot(page, "report")
     page.close()
 
 

@@ -244,6 +244,10 @@ def run_evaluation(store: Store, job_id: int, against_job: int | None = None, gr
     else:
         ev = evaluate_labels(items, job_id, compared, group_by, min_group)
     add_commands(job, ev.document)
+    # what was evaluated, so that the same evaluation can be made again (the review page's report)
+    ev.document["selection"] = {"filter": f.model_dump(mode="json", exclude_defaults=True) if f is not None else None,
+                                "againstJob": against_job, "groupBy": list(group_by), "minGroup": min_group,
+                                "iou": iou, "targetPrecision": target_precision}
     if save:
         ev.document["created"] = datetime.fromtimestamp(save_evaluation(store, job_id, ev.document), tz=UTC).isoformat()
     return ev

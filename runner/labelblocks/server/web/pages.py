@@ -414,3 +414,24 @@ async def apply_accepted(request: Request, session: Signed, job_id: int) -> Resp
     left = sorted(job_store.job_state(store, job_id).discarded - before)
     return RedirectResponse(f"/jobs/{job_id}?" + urlencode({"applied": n, "left": ",".join(map(str, left))}),
                             status_code=303)
+
+
+@router.get("/jobs/{job_id}/report")
+def report(request: Request, session: Signed, job_id: int) -> Response:
+    """The job's evaluation as the HTML report (`labelblocks evaluate --report`), made again
+    with what its stored evaluation selected, into the project's data folder."""
+    from ...evaluate import run_evaluation
+    from ...report import write_report
+    from ...store.evaluations import get_evaluation
+
+    store = api_state(request).store
+    found = get_evaluation(store, job_id)
+    if found is None:
+        raise NotFound(f"job {job_id} has no evaluation: run `labelblocks evaluate {job_id}` first")
+    sel = found[1].get("selection") or {}
+    f = SampleFilter(**sel["filter"]) if sel.get("filter") else None
+    ev = run_evaluation(store, job_id, sel.get("againstJob"), sel.get("groupBy") or (), f,
+                        sel.get("minGroup") or 10, save=False, iou=sel.get("iou") or 0.5,
+                        target_precision=sel.get("targetPrecision"))
+    index = write_report(store, ev, store.root / "reports" / str(job_id))
+    return HTMLResponse(index.read_text(encoding="utf-8"))
