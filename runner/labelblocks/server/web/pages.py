@@ -337,13 +337,14 @@ async def task_events(request: Request, session: Signed, task_id: str) -> Stream
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, session: Signed, job_id: Annotated[int, ...],
              offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
-             columns: Annotated[int, Query(ge=1, le=12)] = 4, applied: int = -1, left: str = "") -> HTMLResponse:
+             columns: Annotated[int, Query(ge=1, le=12)] = 4, per: Annotated[int, Query(ge=1, le=200)] = JOB_PAGE,
+             applied: int = -1, left: str = "") -> HTMLResponse:
     store = api_state(request).store
     job = job_store.get_job(store, job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
     state = job_store.job_state(store, job_id)
-    page_ids = state.ids[offset : offset + JOB_PAGE]
+    page_ids = state.ids[offset : offset + per]
     samples = store.get_samples(page_ids, missing_ok=True)
     changes = job_store.read_proposals(store, job_id, page_ids)
     decided = reviews.decisions(store, job_id)
@@ -366,7 +367,7 @@ def job_page(request: Request, session: Signed, job_id: Annotated[int, ...],
     found = get_evaluation(store, job_id)
     if found is not None:
         evaluation = found[1]
-    return render(request, "job.html", job=job, cards=cards, counts=state.counts(), offset=offset, page=JOB_PAGE,
+    return render(request, "job.html", job=job, cards=cards, counts=state.counts(), offset=offset, page=per,
                   total=len(state.ids), columns=columns, accepted=accepted, applied=applied, left_out=left_out,
                   usage=job.usage, evaluation=evaluation)
 
