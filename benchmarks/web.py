@@ -2,7 +2,8 @@
 
 1. A preview job of 100 images (640x480) with 10 proposed boxes each, opened in headless
    Chromium (Debian's, through Playwright) at /jobs/JOB?per=100: time from navigation to
-   the load event (the grid painted, every thumbnail in), with the thumbnail cache cold and
+   the load event (the grid painted with the thumbnails in view; those below the fold load
+   lazily), with the thumbnail cache cold (made on request) and
    warm. Target: <= 1 s.
 2. The dataset page of a 1,000,000-sample project with a two-key metadata filter: server time
    per page (an HTTP GET on loopback), against `samples list` of the same page (48 samples,

@@ -105,6 +105,9 @@ class BlockContext:
     # under the threshold: [{label, score, x, y, width, height}]), and "windows" ([{startIndex,
     # endIndex, best: {label, score}}]) with "otherLabel" and "threshold": {param, value}
     records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # the project's learned models by id (`labelblocks learn`), for blocks that score with one
+    # (the built-in ``anomaly`` block); None where the block does not run in the project's process
+    learned: Callable[[int], Any] | None = None
 
     def count(self, key: str, n: float = 1) -> None:
         self.usage[key] = self.usage.get(key, 0) + n

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .blocks import Block, BlockContext, SampleFailure, SampleInput, merged_metadata
+from .errors import BlockError
 from .hookspecs import hookimpl
 from .model import SampleChange
 
@@ -201,7 +202,78 @@ class Relabel(Block):
         return out
 
 
+ANOMALY_PARAMETERS: dict[str, Any] = {
+    "version": 1,
+    "type": "ai-action",
+    "info": {
+        "name": "Anomaly score (trained on the project)",
+        "description": (
+            "Scores each sample with an anomaly learn block trained on the project (`labelblocks learn anomaly`): "
+            "writes metadata anomaly_score (below 0: inside a cluster of the training data) and anomaly=true or "
+            "false by the minimum score; optionally labels or disables the anomalies. The score of each sample "
+            "stays in the job's record, so `proposals show --sort-by anomaly_score` lists the outliers first."
+        ),
+        "operatesOn": ["images_object_detection", "images_single_label", "audio"],
+    },
+    "parameters": [
+        {"name": "Learn block", "type": "int", "param": "learn-id", "value": 1,
+         "help": "The id of the anomaly learn block (`labelblocks learn list`)."},
+        {"name": "Minimum anomaly score", "type": "float", "param": "min-anomaly-score",
+         "optional": True, "help": "Samples scoring at or above it are anomalies (default: the learn block's "
+                                   "suggested threshold)."},
+        {"name": "Label", "type": "string", "param": "label", "value": "", "optional": True,
+         "help": "Give anomalies this label (empty: leave labels as they are)."},
+        {"name": "Disable anomalies", "type": "flag", "param": "disable", "value": False,
+         "help": "Disable the samples found anomalous."},
+    ],
+}
+
+
+class Anomaly(Block):
+    name = "anomaly"
+    parameters = ANOMALY_PARAMETERS
+    version = "1"
+    default_batch_size = 64
+    reads = frozenset({"content", "metadata", "label"})
+
+    def label(
+        self, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext
+    ) -> Sequence[SampleChange | SampleFailure]:
+        if context.learned is None:
+            raise BlockError("the anomaly block runs in the project's own process (it reads the learned model)")
+        model = context.learned(int(args["learn-id"]))
+        given = args.get("min-anomaly-score")
+        threshold = float(given) if given not in (None, "") else model.threshold
+        label, disable = str(args.get("label") or ""), bool(args.get("disable"))
+        kind = model.modality
+        usable = [inp for inp in batch if inp.sample.is_audio == (kind == "audio")]
+        scores, failed = model.score([(inp.sample.id, inp.sample.content_hash) for inp in usable])
+        out: list[SampleChange | SampleFailure] = []
+        for inp in batch:
+            s = inp.sample
+            if s.is_audio != (kind == "audio"):
+                out.append(SampleFailure(f"learn block {args['learn-id']} scores {kind} samples; this one is "
+                                         f"{'audio' if s.is_audio else 'an image'}"))
+                continue
+            if s.id not in scores:
+                out.append(SampleFailure(failed.get(s.id, "no features")))
+                continue
+            score = float(scores[s.id].max())
+            flagged = score >= threshold
+            context.records[s.id] = {"anomaly_score": round(score, 6), "window_scores": [round(float(x), 6)
+                                                                                       for x in scores[s.id]]}
+            change = SampleChange(metadata=merged_metadata(s, anomaly_score=f"{score:.4f}",
+                                                           anomaly="true" if flagged else "false"))
+            if flagged and label:
+                change.label = label
+            if flagged and disable:
+                change.is_disabled = True
+            out.append(change)
+        return out
+
+
 @hookimpl
 def register_blocks(register: Callable[[type[Block]], Any]) -> None:
     register(NearDuplicates)
     register(Relabel)
+    register(Anomaly)

@@ -26,3 +26,11 @@ def register_blocks(register: Callable[[type[Block]], Any]) -> None:
     libraries (torch, transformers) inside the block's methods, not at module level.
     Returns nothing; every plugin's implementation is called.
     """
+
+
+@hookspec
+def register_feature_extractors(register: Callable[[type[Any]], Any]) -> None:
+    """Register the plugin's feature extractors (subclasses of
+    :class:`labelblocks.extractors.FeatureExtractor`), by name: what `labelblocks learn
+    --features NAME` computes from each sample before a learn block trains on it. Called once,
+    when the extractor registry is first built; a duplicate name raises PluginError."""

@@ -20,11 +20,13 @@ import pluggy
 from . import hookspecs
 from .blocks import Block
 from .errors import InvalidInput, NotFound, PluginError
+from .extractors import FeatureExtractor
 
 ENTRY_POINT_GROUP = "labelblocks"
 RAISE_ENV = "LABELBLOCKS_RAISE_PLUGIN_ERRORS"
 ALLOW_ENV = "LABELBLOCKS_LOAD_PLUGINS"
 BUILTIN = "labelblocks (built-in)"
+BUILTIN_FEATURES = "labelblocks (built-in feature extractors)"
 
 log = logging.getLogger("labelblocks.plugins")
 
@@ -99,15 +101,17 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self._registry: BlockRegistry | None = None
+        self._extractors: dict[str, type[FeatureExtractor]] | None = None
 
     def _fatal(self) -> bool:
         return os.environ.get(RAISE_ENV, "") not in ("", "0")
 
     def load(self) -> None:
-        from . import __version__, builtin_blocks
+        from . import __version__, builtin_blocks, builtin_features
 
         self.pm.register(builtin_blocks, name=BUILTIN)
         self.infos[BUILTIN] = PluginInfo(BUILTIN, "labelblocks", __version__, builtin_blocks.__name__)
+        self.pm.register(builtin_features, name=BUILTIN_FEATURES)
         allow = os.environ.get(ALLOW_ENV)
         allowed = {a.strip() for a in allow.split(",") if a.strip()} if allow is not None else None
         for ep in sorted(importlib_metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -128,6 +132,31 @@ class Plugins:
                 log.warning("plugin %s (%s) failed to load and is skipped: %s", ep.name, ep.value, info.error)
                 log.debug("%s", traceback.format_exc())
         self.pm.check_pending()
+
+    def extractors(self) -> dict[str, type[FeatureExtractor]]:
+        """The feature extractors every plugin registered, by name."""
+        if self._extractors is not None:
+            return self._extractors
+        found: dict[str, type[FeatureExtractor]] = {}
+        for impl in self.pm.hook.register_feature_extractors.get_hookimpls():
+
+            def register(cls: Any, _plugin: str = impl.plugin_name) -> None:
+                if not isinstance(cls, type) or not issubclass(cls, FeatureExtractor) or not cls.name:
+                    raise PluginError(f"plugin {_plugin} registered {cls!r}, expected a named subclass of "
+                                      "labelblocks.extractors.FeatureExtractor")
+                if cls.name in found:
+                    raise PluginError(f"plugin {_plugin} registers a feature extractor named {cls.name!r}, "
+                                      "but another plugin already did")
+                found[cls.name] = cls
+
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as e:
+                log.warning("plugin %s: register_feature_extractors failed, skipped: %s", impl.plugin_name, e)
+        self._extractors = found
+        return found
 
     def registry(self) -> BlockRegistry:
         if self._registry is not None:

@@ -157,6 +157,15 @@ class Runner:
     def __init__(self, store: Store, registry: BlockRegistry) -> None:
         self.store = store
         self.registry = registry
+        self._models: dict[int, Any] = {}
+
+    def _learned(self, learn_id: int) -> Any:
+        """A learned model of the project (loaded once per runner), for blocks that score with one."""
+        if learn_id not in self._models:
+            from .learn import load
+
+            self._models[learn_id] = load(self.store, learn_id)
+        return self._models[learn_id]
 
     # --- planning ------------------------------------------------------------------------------
 
@@ -389,7 +398,7 @@ class Runner:
         # steps (the step's cache key)
         cache_key = plan.key[:32]
         job_store.record_step(self.store, job_id, plan.index, cache_key)
-        executor = make_executor(self.store, job_id, plan, kind == "preview", all_secrets)
+        executor = make_executor(self.store, job_id, plan, kind == "preview", all_secrets, self._learned)
         out = _StepWriter(self.store, job_id, plan.index, all_secrets)
         try:  # what was computed is kept, also when stopped by Ctrl-C or too many failures
             bs = executor.batch_size(len(todo))

@@ -119,3 +119,31 @@ def make_ast(folder: Path, seed: int = 0, full_size: bool = False) -> Path:
     model.save_pretrained(folder)
     extractor.save_pretrained(folder)
     return folder
+
+
+def make_clip(folder: Path, seed: int = 0, full_size: bool = False) -> Path:
+    """A tiny CLIP (image and text towers, projection 16) with its processor in ``folder``.
+    ``full_size``: the published ViT-B/32 architecture with random weights."""
+    import torch
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    vocab = write_clip_tokenizer(folder)
+    text = dict(vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=0)
+    if full_size:
+        config = CLIPConfig(text_config=text)
+        size = 224
+    else:
+        text.update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    max_position_embeddings=16)
+        size = 32
+        config = CLIPConfig(text_config=text, vision_config=dict(hidden_size=32, intermediate_size=64,
+                                                                 num_hidden_layers=2, num_attention_heads=2,
+                                                                 image_size=size, patch_size=8),
+                            projection_dim=16)
+    torch.manual_seed(seed)
+    CLIPModel(config).eval().save_pretrained(folder)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": size},
+                                                                 crop_size={"height": size, "width": size}),
+                              tokenizer=AutoTokenizer.from_pretrained(folder))
+    processor.save_pretrained(folder)
+    return folder

@@ -71,6 +71,7 @@ def _register() -> None:
         evaluate,
         export,
         jobs,
+        learn,
         metadata,
         project,
         proposals,
@@ -81,7 +82,7 @@ def _register() -> None:
     )
 
     for mod in (demo, project, upload, samples, metadata, split, export, blocks, actions, jobs, proposals, evaluate,
-                server):
+                learn, server):
         mod.register(main)
 
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import InvalidInput, NotFound
+from ..errors import InvalidInput, NotFound, UsageError
 from ._util import AppContext, parse_ids, pass_app, print_json
 from .jobs import get_job
 from .render import print_preview
@@ -22,22 +22,38 @@ def proposals_group() -> None:
 
 @proposals_group.command("show")
 @click.argument("job_id", type=int)
+@click.option("--sort-by", "sort_by", default=None, metavar="KEY",
+              help="Samples by this score in the blocks' records, highest first (anomaly_score: outliers first).")
 @click.option("--json", "as_json", is_flag=True, help="Print as the protocol's {proposedChanges: [...]} JSON.")
 @pass_app
-def proposals_show(app: AppContext, job_id: int, as_json: bool) -> None:
+def proposals_show(app: AppContext, job_id: int, sort_by: str | None, as_json: bool) -> None:
     """Show what a job's proposals would change, per sample.
 
     \b
-    Example:
+    Examples:
       labelblocks proposals show 3
+      labelblocks proposals show 5 --sort-by anomaly_score
     """
     from ..store import jobs as job_store
 
     row = get_job(app.store, job_id)
+    items = job_store.job_proposals(app.store, job_id)
+    order = None
+    if sort_by:
+        score: dict[int, float] = {}
+        for p in items:
+            v = (p.get("record") or {}).get(sort_by)
+            if isinstance(v, int | float):
+                score[p["sampleId"]] = max(float(v), score.get(p["sampleId"], float("-inf")))
+        if not score:
+            raise UsageError(f"--sort-by {sort_by}: no block of job {job_id} recorded a score of that name")
+        order = sorted({p["sampleId"] for p in items}, key=lambda sid: (-score.get(sid, float("-inf")), sid))
+        rank = {sid: i for i, sid in enumerate(order)}
+        items.sort(key=lambda p: (rank[p["sampleId"]], p["step"]))
     if as_json:
-        print_json({"proposedChanges": job_store.job_proposals(app.store, job_id)})
+        print_json({"proposedChanges": items})
         return
-    if print_preview(app.store, job_id, limit=1000) == 0:
+    if print_preview(app.store, job_id, limit=1000, order=order) == 0:
         click.echo(_why_no_proposals(row))
 
 

@@ -57,14 +57,18 @@ def _counts(labels: Sequence[str]) -> list[str]:
     return [f"{n}x {lab}" if n > 1 else lab for lab, n in c.items()]
 
 
-def print_preview(store: Store, job_id: int, limit: int = 50) -> int:
-    """Prints up to ``limit`` samples' proposals and failures; returns how many samples have either."""
+def print_preview(store: Store, job_id: int, limit: int = 50, order: list[int] | None = None) -> int:
+    """Prints up to ``limit`` samples' proposals and failures (by id, or in ``order`` then by
+    id); returns how many samples have either."""
     from ..model import compose
     from ..store import jobs as job_store
 
     changes = job_store.read_proposals(store, job_id)
     errors = job_store.job_errors(store, job_id)
     ids = sorted(set(changes) | set(errors))
+    if order is not None:
+        first = [i for i in order if i in changes or i in errors]
+        ids = first + [i for i in ids if i not in set(first)]
     samples = {s.id: s for s in store.get_samples(ids[:limit], missing_ok=True)} if ids else {}
     stale = job_store.stale_samples(store, job_id, ids[:limit])
     for sid in ids[:limit]:

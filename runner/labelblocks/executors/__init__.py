@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from ..store import Store
 from .base import StepExecutor, StepPlan, StepResults, pid_alive
 from .inprocess import InProcessExecutor
@@ -15,14 +18,16 @@ from .inprocess import InProcessExecutor
 __all__ = ["StepExecutor", "StepPlan", "StepResults", "make_executor", "pid_alive"]
 
 
-def make_executor(store: Store, job_id: int, plan: StepPlan, preview: bool, secrets: list[str]) -> StepExecutor:
+def make_executor(store: Store, job_id: int, plan: StepPlan, preview: bool, secrets: list[str],
+                  learned: Callable[[int], Any] | None = None) -> StepExecutor:
     """The executor of ``plan``'s step in job ``job_id``. ``secrets``: every secret value of
-    the job, redacted from whatever the step writes."""
+    the job, redacted from whatever the step writes; ``learned``: the project's learned models
+    by id, for in-process blocks."""
     kind = plan.block.cls.executor
     if kind == "external":
         from .external import ExternalExecutor  # the API server (FastAPI) loads only for external steps
 
         return ExternalExecutor(store, job_id, plan, secrets)
     if kind == "inprocess":
-        return InProcessExecutor(store, job_id, plan, preview, secrets)
+        return InProcessExecutor(store, job_id, plan, preview, secrets, learned)
     raise ValueError(f"block {plan.block.name} declares an unknown executor {kind!r}: expected inprocess or external")

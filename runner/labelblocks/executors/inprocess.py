@@ -28,11 +28,12 @@ class InProcessExecutor:
 
     needs_revisions = False
 
-    def __init__(self, store: Store, job_id: int, plan: StepPlan, preview: bool, secrets: list[str]) -> None:
+    def __init__(self, store: Store, job_id: int, plan: StepPlan, preview: bool, secrets: list[str],
+                 learned: Callable[[int], Any] | None = None) -> None:
         self.store, self.job_id, self.plan, self.secrets = store, job_id, plan, secrets
         self.args = dict(plan.resolved.values)
         self.context = BlockContext(secrets=dict(plan.secrets), job_id=job_id, preview=preview,
-                                    cache_dir=store.root / "cache")
+                                    cache_dir=store.root / "cache", learned=learned)
         self.block: Block | None = None
 
     def batch_size(self, todo: int) -> int:

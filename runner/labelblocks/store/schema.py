@@ -329,6 +329,40 @@ def _v10(conn: Connection) -> None:
     sign_in_tokens.create(conn, checkfirst=True)
 
 
+# Learn blocks (v11): models trained on the project's samples (`labelblocks learn`), with what
+# they were trained on and their metadata in the protocol's shape.
+learn_blocks = Table(
+    "learn_blocks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String, nullable=False),  # anomaly
+    Column("name", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("extractor", Text, nullable=False),  # {name, version, parameters, key}
+    Column("params", Text, nullable=False),  # training parameters (clusters, axes, filter)
+    Column("training", LargeBinary, nullable=False),  # the sample ids trained on, packed
+    Column("model", Text, nullable=False),  # scale, mean, clusters, axes
+    Column("metadata", Text, nullable=False),  # the protocol's anomaly metadata document
+)
+
+# Features per (extractor key, sample content) (v11): a file's features are computed once per
+# extractor and parameters; float32 [windows, dim], row-major.
+features = Table(
+    "features",
+    metadata,
+    Column("extractor_key", String(32), primary_key=True),
+    Column("content_hash", String(64), primary_key=True),
+    Column("windows", Integer, nullable=False),
+    Column("dim", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
+
+def _v11(conn: Connection) -> None:
+    learn_blocks.create(conn, checkfirst=True)
+    features.create(conn, checkfirst=True)
+
+
 def _v8(conn: Connection) -> None:
     step_inputs.create(conn, checkfirst=True)
 
@@ -356,6 +390,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (8, _v8),
     (9, _v9),
     (10, _v10),
+    (11, _v11),
 ]
 
 

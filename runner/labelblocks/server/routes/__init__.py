@@ -6,6 +6,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import evaluations, health
+from . import evaluations, health, learn
 
-ROUTERS: tuple[APIRouter, ...] = (health.router, evaluations.router)
+ROUTERS: tuple[APIRouter, ...] = (health.router, evaluations.router, learn.router)

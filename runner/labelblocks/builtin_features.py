@@ -1,0 +1,196 @@
+"""The feature extractors labelblocks ships (a plugin like any other, registered by name):
+
+- ``image-embedding``: a transformers vision model's pooled image embedding (CLIP's image
+  tower by default: its projected image features; any Hugging Face id or local folder);
+- ``audio-embedding``: the Audio Spectrogram Transformer's pooled embedding per window;
+- ``audio-spectral``: log-mel band energies per window (numpy, no model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .accel import autocast, decode_workers, load_pretrained, pick_device, pick_precision, require_model
+from .extractors import FeatureExtractor
+from .hookspecs import hookimpl
+from .media import open_image, read_audio
+
+
+def _windows(audio: np.ndarray, size: int) -> list[np.ndarray]:
+    """Consecutive windows of ``size`` values (the last may be shorter; a short clip is one)."""
+    return [audio[i : i + size] for i in range(0, max(len(audio), 1), size)] or [audio]
+
+
+def mel_filters(sr: int, n_fft: int, bands: int) -> np.ndarray:
+    """Triangular mel filters [bands, n_fft // 2 + 1] (HTK mel scale, 0 Hz to Nyquist)."""
+    def mel(f: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    def hz(m: np.ndarray) -> np.ndarray:
+        return 700.0 * (10 ** (m / 2595.0) - 1.0)
+
+    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    edges = hz(np.linspace(mel(np.array(0.0)), mel(np.array(sr / 2)), bands + 2))
+    out = np.zeros((bands, freqs.size), dtype=np.float32)
+    for b in range(bands):
+        lo, mid, hi = edges[b], edges[b + 1], edges[b + 2]
+        up = (freqs - lo) / max(mid - lo, 1e-9)
+        down = (hi - freqs) / max(hi - mid, 1e-9)
+        out[b] = np.clip(np.minimum(up, down), 0, None)
+    return out
+
+
+class AudioSpectral(FeatureExtractor):
+    name = "audio-spectral"
+    modality = "audio"
+    description = "log-mel band energies (25 ms frames, 10 ms hop) averaged per window; no model"
+    parameters: ClassVar[dict[str, str]] = {"window-ms": "1000", "bands": "32"}
+    batch_size = 64
+
+    def extract(self, batch: Sequence[bytes]) -> list[np.ndarray | Exception]:
+        out: list[np.ndarray | Exception] = []
+        for data in batch:
+            try:
+                out.append(self.one(data))
+            except Exception as e:  # this file fails alone
+                out.append(e)
+        return out
+
+    def one(self, data: bytes) -> np.ndarray:
+        audio, sr = read_audio(data)
+        audio = np.asarray(audio, dtype=np.float32)
+        frame, hop = max(8, int(sr * 0.025)), max(1, int(sr * 0.010))
+        n_fft = 1 << (frame - 1).bit_length()
+        filters = mel_filters(sr, n_fft, int(self.params["bands"]))
+        window = np.hanning(frame).astype(np.float32)
+        rows = []
+        for w in _windows(audio, max(1, int(sr * int(self.params["window-ms"]) / 1000))):
+            if w.size < frame:
+                w = np.pad(w, (0, frame - w.size))
+            starts = np.arange(0, w.size - frame + 1, hop)
+            frames = np.stack([w[s : s + frame] for s in starts]) * window
+            power = np.abs(np.fft.rfft(frames, n=n_fft)) ** 2
+            rows.append(np.log(power @ filters.T + 1e-10).mean(axis=0))
+        return np.asarray(rows, dtype=np.float32)
+
+
+class _TorchExtractor(FeatureExtractor):
+    """What the model extractors share: device and precision as the model blocks pick them,
+    files decoded ahead in threads while the model runs."""
+
+    def setup(self) -> None:
+        import torch
+
+        require_model(self.params["model"])
+        self.device = pick_device(self.params.get("device", "auto"))
+        self.precision = pick_precision(self.params.get("precision", "auto"), self.device)
+        self.pool = ThreadPoolExecutor(decode_workers(self.device))
+        torch.set_grad_enabled(False)
+        self.load()
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def decode_all(self, batch: Sequence[bytes], decode: Callable[[bytes], Any]) -> list[Any]:
+        def safe(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except Exception as e:
+                return e
+
+        return list(self.pool.map(safe, batch))
+
+
+class ImageEmbedding(_TorchExtractor):
+    name = "image-embedding"
+    modality = "image"
+    description = "a vision model's pooled image embedding (CLIP's projected image features by default)"
+    parameters: ClassVar[dict[str, str]] = {"model": "openai/clip-vit-base-patch32", "device": "auto",
+                                            "precision": "auto"}
+    batch_size = 32
+
+    def load(self) -> None:
+        from transformers import AutoImageProcessor, AutoModel
+
+        self.processor = load_pretrained(AutoImageProcessor.from_pretrained, self.params["model"], "model")
+        self.model = load_pretrained(AutoModel.from_pretrained, self.params["model"], "model").to(self.device).eval()
+
+    def embed(self, pixels: Any) -> Any:
+        if hasattr(self.model, "get_image_features"):  # CLIP-like: the projected image features
+            out = self.model.get_image_features(pixel_values=pixels)
+            return out if not hasattr(out, "pooler_output") else out.pooler_output
+        out = self.model(pixel_values=pixels)
+        pooled = getattr(out, "pooler_output", None)
+        return pooled if pooled is not None else out.last_hidden_state.mean(dim=1)
+
+    def extract(self, batch: Sequence[bytes]) -> list[np.ndarray | Exception]:
+        images = self.decode_all(batch, open_image)
+        ok = [im for im in images if not isinstance(im, Exception)]
+        vectors: list[np.ndarray] = []
+        if ok:
+            pixels = self.processor(images=ok, return_tensors="pt")["pixel_values"].to(self.device)
+            with autocast(self.device, self.precision):
+                emb = self.embed(pixels)
+            vectors = list(emb.float().cpu().numpy())
+        it = iter(vectors)
+        return [im if isinstance(im, Exception) else next(it)[None, :].astype(np.float32) for im in images]
+
+
+class AudioEmbedding(_TorchExtractor):
+    name = "audio-embedding"
+    modality = "audio"
+    description = "the Audio Spectrogram Transformer's pooled embedding per window"
+    parameters: ClassVar[dict[str, str]] = {"model": "MIT/ast-finetuned-audioset-10-10-0.4593", "window-ms": "2000",
+                                            "device": "auto", "precision": "auto"}
+    batch_size = 8
+
+    def load(self) -> None:
+        from transformers import ASTModel, AutoFeatureExtractor
+
+        self.fe = load_pretrained(AutoFeatureExtractor.from_pretrained, self.params["model"], "model")
+        model: Any = load_pretrained(ASTModel.from_pretrained, self.params["model"], "model")
+        self.model = model.to(self.device).eval()
+
+    def extract(self, batch: Sequence[bytes]) -> list[np.ndarray | Exception]:
+        import torch
+
+        rate = int(self.fe.sampling_rate)
+
+        def decode(data: bytes) -> list[np.ndarray]:
+            audio, sr = read_audio(data)
+            audio = np.asarray(audio, dtype=np.float32)
+            if sr != rate:  # linear resampling to the model's rate
+                n = max(1, round(len(audio) * rate / sr))
+                audio = np.interp(np.linspace(0, len(audio) - 1, n), np.arange(len(audio)), audio).astype(np.float32)
+            return _windows(audio, max(1, rate * int(self.params["window-ms"]) // 1000))
+
+        decoded = self.decode_all(batch, decode)
+        flat = [w for d in decoded if not isinstance(d, Exception) for w in d]
+        vectors: list[np.ndarray] = []
+        if flat:
+            feats = self.fe(flat, sampling_rate=rate, return_tensors="pt")["input_values"].to(self.device)
+            with autocast(self.device, self.precision), torch.no_grad():
+                vectors = list(self.model(input_values=feats).pooler_output.float().cpu().numpy())
+        out: list[np.ndarray | Exception] = []
+        k = 0
+        for d in decoded:
+            if isinstance(d, Exception):
+                out.append(d)
+            else:
+                out.append(np.asarray(vectors[k : k + len(d)], dtype=np.float32))
+                k += len(d)
+        return out
+
+
+EXTRACTORS = [ImageEmbedding, AudioEmbedding, AudioSpectral]
+
+
+@hookimpl
+def register_feature_extractors(register: Callable[[type[Any]], Any]) -> None:
+    for cls in EXTRACTORS:
+        register(cls)
+
