@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from .blocks import Block, BlockContext, SampleFailure, SampleInput, merged_metadata
 from .errors import BlockError
 from .hookspecs import hookimpl
@@ -233,7 +235,7 @@ class Anomaly(Block):
     name = "anomaly"
     parameters = ANOMALY_PARAMETERS
     version = "1"
-    default_batch_size = 64
+    default_batch_size = 1000
     reads = frozenset({"content", "metadata", "label"})
 
     def label(
@@ -258,17 +260,16 @@ class Anomaly(Block):
             if s.id not in scores:
                 out.append(SampleFailure(failed.get(s.id, "no features")))
                 continue
-            score = float(scores[s.id].max())
+            windows = scores[s.id]
+            score = float(windows.max())
             flagged = score >= threshold
-            context.records[s.id] = {"anomaly_score": round(score, 6), "window_scores": [round(float(x), 6)
-                                                                                       for x in scores[s.id]]}
-            change = SampleChange(metadata=merged_metadata(s, anomaly_score=f"{score:.4f}",
-                                                           anomaly="true" if flagged else "false"))
-            if flagged and label:
-                change.label = label
-            if flagged and disable:
-                change.is_disabled = True
-            out.append(change)
+            record: dict[str, Any] = {"anomaly_score": round(score, 6)}
+            if len(windows) > 1:
+                record["window_scores"] = np.round(windows, 6).tolist()
+            context.records[s.id] = record
+            out.append(SampleChange(
+                metadata={**s.metadata, "anomaly_score": f"{score:.4f}", "anomaly": "true" if flagged else "false"},
+                label=label if flagged and label else None, is_disabled=True if flagged and disable else None))
         return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -116,7 +117,8 @@ class ImageEmbedding(_TorchExtractor):
     def load(self) -> None:
         from transformers import AutoImageProcessor, AutoModel
 
-        self.processor = load_pretrained(AutoImageProcessor.from_pretrained, self.params["model"], "model")
+        self.processor = load_pretrained(partial(AutoImageProcessor.from_pretrained, use_fast=False),
+                                         self.params["model"], "model")
         self.model = load_pretrained(AutoModel.from_pretrained, self.params["model"], "model").to(self.device).eval()
 
     def embed(self, pixels: Any) -> Any:
@@ -128,16 +130,24 @@ class ImageEmbedding(_TorchExtractor):
         return pooled if pooled is not None else out.last_hidden_state.mean(dim=1)
 
     def extract(self, batch: Sequence[bytes]) -> list[np.ndarray | Exception]:
+        return self.run(self.prepare(batch))
+
+    def prepare(self, batch: Sequence[bytes]) -> Any:
+        """Decoded (in threads) and preprocessed: (per file the image or its error, pixels)."""
         images = self.decode_all(batch, open_image)
         ok = [im for im in images if not isinstance(im, Exception)]
+        pixels = self.processor(images=ok, return_tensors="pt")["pixel_values"] if ok else None
+        return [e if isinstance(e, Exception) else None for e in images], pixels
+
+    def run(self, prepared: Any) -> list[np.ndarray | Exception]:
+        errors, pixels = prepared
         vectors: list[np.ndarray] = []
-        if ok:
-            pixels = self.processor(images=ok, return_tensors="pt")["pixel_values"].to(self.device)
+        if pixels is not None:
             with autocast(self.device, self.precision):
-                emb = self.embed(pixels)
+                emb = self.embed(pixels.to(self.device))
             vectors = list(emb.float().cpu().numpy())
         it = iter(vectors)
-        return [im if isinstance(im, Exception) else next(it)[None, :].astype(np.float32) for im in images]
+        return [e if e is not None else next(it)[None, :].astype(np.float32) for e in errors]
 
 
 class AudioEmbedding(_TorchExtractor):

@@ -45,5 +45,14 @@ class FeatureExtractor:
         this file unreadable (it fails alone)."""
         raise NotImplementedError
 
+    def prepare(self, batch: Sequence[bytes]) -> Any:
+        """Work on a batch that can run ahead, in another thread, while the previous batch is
+        in :meth:`run` (decoding, preprocessing); by default none."""
+        return batch
+
+    def run(self, prepared: Any) -> list[np.ndarray | Exception]:
+        """The rest of the work on a batch :meth:`prepare` returned; by default :meth:`extract`."""
+        return self.extract(prepared)
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "modality": self.modality, "version": self.version, "parameters": self.params}

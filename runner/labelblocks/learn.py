@@ -84,9 +84,11 @@ def compute_features(store: Store, ex: FeatureExtractor, rows: Sequence[tuple[in
     todo = list(dict.fromkeys(h for _, h in rows if h not in cached))
     errors: dict[str, str] = {}
     if todo:
+        from concurrent.futures import ThreadPoolExecutor
+
         ex.setup()
-        for start in range(0, len(todo), ex.batch_size):
-            chunk = todo[start : start + ex.batch_size]
+
+        def prepare(chunk: list[str]) -> Any:
             datas = []
             for h in chunk:
                 try:
@@ -94,7 +96,17 @@ def compute_features(store: Store, ex: FeatureExtractor, rows: Sequence[tuple[in
                 except OSError as e:
                     datas.append(b"")
                     errors[h] = f"cannot read the file: {e}"
-            results = ex.extract(datas)
+            return ex.prepare(datas)
+
+        chunks = [todo[i : i + ex.batch_size] for i in range(0, len(todo), ex.batch_size)]
+        ahead = ThreadPoolExecutor(1, thread_name_prefix="labelblocks-features")
+        pending = ahead.submit(prepare, chunks[0])
+        for k, chunk in enumerate(chunks):
+            start = k * ex.batch_size
+            prepared = pending.result()
+            if k + 1 < len(chunks):  # the next batch is read and prepared while this one runs
+                pending = ahead.submit(prepare, chunks[k + 1])
+            results = ex.run(prepared)
             done: dict[str, np.ndarray] = {}
             for h, r in zip(chunk, results, strict=True):
                 if h in errors:
@@ -108,6 +120,7 @@ def compute_features(store: Store, ex: FeatureExtractor, rows: Sequence[tuple[in
             out.computed += len(done)
             if on_progress:
                 on_progress("features", min(start + len(chunk), len(todo)), len(todo))
+        ahead.shutdown(wait=False, cancel_futures=True)
     for sid, h in rows:
         if h in cached:
             out.vectors[sid] = cached[h]
@@ -128,13 +141,20 @@ class AnomalyModel:
     axes: list[int]
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
-        """The anomaly score of each row of ``vectors`` [n, dim] (all the extractor's values)."""
-        z = (np.asarray(vectors, dtype=np.float64)[:, self.axes] - self.mean) / self.scale
-        d = np.sqrt(((z[:, None, :] - self.centers[None, :, :]) ** 2).sum(axis=2))
-        return (d - self.max_error[None, :]).min(axis=1)
+        """The anomaly score of each row of ``vectors`` [n, dim] (all the extractor's values):
+        distances as |z|^2 - 2 z.c + |c|^2, a matrix product (no [n, clusters, dim] array)."""
+        x = np.asarray(vectors, dtype=np.float64)
+        z = ((x if len(self.axes) == x.shape[1] else x[:, self.axes]) - self.mean) / self.scale
+        sq = (z * z).sum(axis=1)[:, None] - 2.0 * (z @ self.centers.T) + (self.centers**2).sum(axis=1)[None, :]
+        return (np.sqrt(np.maximum(sq, 0.0)) - self.max_error[None, :]).min(axis=1)
 
-    def sample_score(self, windows: np.ndarray) -> float:
-        return float(self.scores(windows).max())
+    def sample_scores(self, per_sample: Sequence[np.ndarray]) -> np.ndarray:
+        """Each sample's score (the largest of its windows'), scored in one pass."""
+        if not per_sample:
+            return np.zeros(0)
+        counts = np.array([len(v) for v in per_sample])
+        flat = self.scores(np.concatenate(per_sample))
+        return np.maximum.reduceat(flat, np.concatenate(([0], np.cumsum(counts)[:-1])))
 
     def to_json(self) -> dict[str, Any]:
         return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "axes": self.axes,
@@ -151,7 +171,9 @@ def fit(rows: np.ndarray, clusters: int, axes: list[int], seed: int = 0) -> Anom
     from sklearn.cluster import KMeans
     from sklearn.preprocessing import StandardScaler
 
-    x = np.asarray(rows, dtype=np.float64)[:, axes]
+    x = np.asarray(rows, dtype=np.float64)
+    if axes != list(range(x.shape[1])):
+        x = x[:, axes]
     scaler = StandardScaler().fit(x)
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
     z = (x - scaler.mean_) / scale
@@ -211,7 +233,7 @@ def train_anomaly(store: Store, features: str, extractor_params: Mapping[str, st
     if on_progress:
         on_progress("clustering", 0, 1)
     model = fit(stacked, clusters, ax)
-    train_scores = np.array([model.sample_score(v) for _, v in train])
+    train_scores = model.sample_scores([v for _, v in train])
     valid = [(sid, got.vectors[sid]) for sid, _ in valid_rows if sid in got.vectors]
     metadata = anomaly_metadata(model, train_scores, valid, info, anomaly_label)
     params = {"clusters": clusters, "axes": axes or "", "filter": f.model_dump(mode="json", exclude_defaults=True)
@@ -235,7 +257,10 @@ def anomaly_metadata(model: AnomalyModel, train_scores: np.ndarray, valid: Seque
 
     suggested = float(np.percentile(train_scores, SUGGEST_PERCENTILE))
     how = f"the {SUGGEST_PERCENTILE:g}th percentile of the {len(train_scores)} training samples' scores"
-    scores = {sid: model.scores(v) for sid, v in valid}
+    counts = [len(v) for _, v in valid]
+    flat = model.scores(np.concatenate([v for _, v in valid])) if valid else np.zeros(0)
+    ends = np.cumsum(counts)
+    scores = {sid: flat[e - n : e] for (sid, _), n, e in zip(valid, counts, ends, strict=True)}
     labeled = [sid for sid, _ in valid if info.get(sid, (None, None))[0]]
     truth = {sid: (ANOMALY if info[sid][0] == anomaly_label else NORMAL) for sid in labeled}
     if any(t == ANOMALY for t in truth.values()) and any(t == NORMAL for t in truth.values()):
@@ -298,7 +323,11 @@ class LoadedAnomaly:
     def score(self, rows: Sequence[tuple[int, str]]) -> tuple[dict[int, np.ndarray], dict[int, str]]:
         """Per (sample id, content hash): its windows' scores; and the failures."""
         got = compute_features(self.store, self.extractor(), rows)
-        return {sid: self.model.scores(v) for sid, v in got.vectors.items()}, got.failed
+        ids = list(got.vectors)
+        counts = [len(got.vectors[sid]) for sid in ids]
+        flat = self.model.scores(np.concatenate([got.vectors[sid] for sid in ids])) if ids else np.zeros(0)
+        ends = np.cumsum(counts)
+        return {sid: flat[e - n : e] for sid, n, e in zip(ids, counts, ends, strict=True)}, got.failed
 
 
 def load(store: Store, learn_id: int) -> LoadedAnomaly:

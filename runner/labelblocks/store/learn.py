@@ -75,9 +75,9 @@ def cached_features(store: Store, key: str, hashes: Sequence[str]) -> dict[str, 
     with store.engine.connect() as conn:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
-            for h, windows, dim, data in conn.execute(
-                    select(features.c.content_hash, features.c.windows, features.c.dim, features.c.data)
-                    .where(and_(features.c.extractor_key == key, features.c.content_hash.in_(chunk)))):
+            sql = (f"SELECT content_hash, windows, dim, data FROM features WHERE extractor_key = ? "
+                   f"AND content_hash IN ({', '.join('?' * len(chunk))})")
+            for h, windows, dim, data in conn.exec_driver_sql(sql, (key, *chunk)).cursor.fetchall():
                 out[h] = np.frombuffer(data, dtype=np.float32).reshape(windows, dim)
     return out
 

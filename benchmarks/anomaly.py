@@ -1,0 +1,198 @@
+"""Anomaly learn block benchmark.
+
+1. Training on N samples (default 100,000) of 512-dimensional cached features (the
+   image-embedding extractor's cache, filled here): `labelblocks learn anomaly` end to end,
+   in-process, against the floor: one SQL query reading the same features, then scikit-learn's
+   StandardScaler and KMeans (the same clusters, seed and n_init) on the array in memory.
+   Target: <= 1.5x the floor.
+2. Scoring: the anomaly block's label() over the same samples in its batches (features read
+   from the cache, scored), against numpy scoring of the same array in memory (and, for
+   reference, against the raw read plus numpy scoring). Target: >= 0.5x the numpy throughput.
+3. Feature extraction with a full-size CLIP ViT-B/32 image tower (random weights: the compute
+   of the trained model) on M images (default 64, 640x480 PNG): the extractor's images/s
+   (decoding, preprocessing and the model) against the bare batched forward of the same
+   model on pixel tensors prepared beforehand. Target: >= 90%.
+
+Usage: python benchmarks/anomaly.py [--samples 100000] [--images 64] [--clusters 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from evaluate import cpu_flags
+
+from labelblocks.blocks import BlockContext, SampleInput
+from labelblocks.builtin_blocks import Anomaly
+from labelblocks.filters import SampleFilter
+from labelblocks.learn import DEFAULT_CLUSTERS, extractor, load, train_anomaly
+from labelblocks.model import Sample
+from labelblocks.project import init_project, open_store
+from labelblocks.store.learn import save_features
+
+DIM = 512
+
+
+def seed(project: Path, n: int, key: str) -> None:
+    """Untimed: ``n`` image samples (distinct contents) and their cached features: 40
+    Gaussian blobs in 512 dimensions."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 3, (40, DIM)).astype(np.float32)
+    db = project / ".labelblocks" / "project.db"
+    con = sqlite3.connect(db)
+    now = time.time()
+    with con:
+        con.executemany(
+            "INSERT INTO samples (id, filename, category, label, bounding_boxes, structured_labels, is_disabled, "
+            "chart_type, media_type, ext, width, height, content_hash, created_at, updated_at) "
+            "VALUES (?, ?, 'training', NULL, '[]', '[]', 0, 'image', 'image/png', '.png', 64, 64, ?, ?, ?)",
+            ((i, f"img{i}.png", f"{i:064x}", now, now) for i in range(1, n + 1)))
+    con.close()
+    with open_store(project) as store:
+        for start in range(0, n, 20_000):
+            ids = range(start + 1, min(n, start + 20_000) + 1)
+            which = rng.integers(0, len(centers), len(ids))
+            vecs = centers[which] + rng.normal(0, 1, (len(ids), DIM)).astype(np.float32)
+            save_features(store, key, {f"{i:064x}": vecs[k : k + 1] for k, i in enumerate(ids)})
+
+
+def floor_training(db: Path, key: str, clusters: int) -> float:
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import StandardScaler
+
+    con = sqlite3.connect(db)
+    t = time.perf_counter()
+    rows = con.execute("SELECT data FROM features WHERE extractor_key = ?", (key,)).fetchall()
+    x = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), DIM).astype(np.float64)
+    z = StandardScaler().fit_transform(x)
+    KMeans(n_clusters=clusters, random_state=0, n_init=3).fit(z)
+    dt = time.perf_counter() - t
+    con.close()
+    return dt
+
+
+def ours_training(project: Path, clusters: int) -> tuple[float, int]:
+    with open_store(project) as store:
+        t = time.perf_counter()
+        record = train_anomaly(store, "image-embedding", clusters=clusters)
+        return time.perf_counter() - t, record.id
+
+
+def scoring(project: Path, learn_id: int, key: str) -> tuple[float, float, float, int]:
+    with open_store(project) as store:
+        model = load(store, learn_id)
+        samples = [Sample(id=sid, filename=f"img{sid}.png", width=64, height=64, content_hash=h)
+                   for sid, h in store.scan(SampleFilter(), "content_hash")]
+        block = Anomaly()
+        context = BlockContext(learned=lambda _id: model)
+        args = {"learn-id": learn_id}
+        t = time.perf_counter()
+        for start in range(0, len(samples), Anomaly.default_batch_size):
+            batch = [SampleInput(s, bytes) for s in samples[start : start + Anomaly.default_batch_size]]
+            block.label(batch, args, context)
+        ours = len(samples) / (time.perf_counter() - t)
+        db = project / ".labelblocks" / "project.db"
+        con = sqlite3.connect(db)
+        t = time.perf_counter()
+        rows = con.execute("SELECT data FROM features WHERE extractor_key = ?", (key,)).fetchall()
+        x = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), DIM)
+        read = time.perf_counter() - t
+        con.close()
+        m = model.model
+        t = time.perf_counter()
+        z = (x.astype(np.float64)[:, m.axes] - m.mean) / m.scale
+        sq = (z * z).sum(1)[:, None] - 2 * z @ m.centers.T + (m.centers**2).sum(1)[None, :]
+        (np.sqrt(np.maximum(sq, 0)) - m.max_error).min(1)
+        numpy_only = time.perf_counter() - t
+        return ours, len(samples) / numpy_only, len(samples) / (numpy_only + read), len(samples)
+
+
+def extraction(images: int) -> tuple[float, float]:
+    import torch
+    from PIL import Image
+
+    from tests.blocks.tiny_models import make_clip
+
+    work = Path(tempfile.mkdtemp())
+    try:
+        folder = make_clip(work / "clip", full_size=True)
+        rng = np.random.default_rng(0)
+        datas = []
+        for _ in range(images):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, format="PNG")
+            datas.append(buf.getvalue())
+        ex = extractor("image-embedding", {"model": str(folder), "precision": "fp32"})
+        ex.setup()
+        bs = ex.batch_size
+        ex.extract(datas[:bs])  # warm-up
+        t = time.perf_counter()
+        for start in range(0, images, bs):
+            ex.extract(datas[start : start + bs])
+        ours = images / (time.perf_counter() - t)
+        from labelblocks.media import open_image
+
+        pixels = [ex.processor(images=[open_image(d) for d in datas[s : s + bs]], return_tensors="pt")["pixel_values"]
+                  for s in range(0, images, bs)]
+        with torch.no_grad():
+            ex.model.get_image_features(pixel_values=pixels[0])
+            t = time.perf_counter()
+            for p in pixels:
+                ex.model.get_image_features(pixel_values=p)
+            bare = images / (time.perf_counter() - t)
+        return ours, bare
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=100_000)
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--clusters", type=int, default=DEFAULT_CLUSTERS)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    print(f"CPU: {cpu_flags()}; {os.cpu_count()} cores")
+    work = Path(tempfile.mkdtemp(prefix="lb-bench-anomaly-"))
+    try:
+        if args.samples:
+            project = init_project(work / "p")
+            key = extractor("image-embedding").key()
+            t = time.perf_counter()
+            seed(project, args.samples, key)
+            print(f"seeded {args.samples:,} samples with {DIM}-value features in {time.perf_counter() - t:.0f} s")
+            ours, floors, learn_id = [], [], 0
+            for _ in range(args.repeats):
+                dt, learn_id = ours_training(project, args.clusters)
+                ours.append(dt)
+                floors.append(floor_training(project / ".labelblocks" / "project.db", key, args.clusters))
+            o, f = statistics.median(ours), statistics.median(floors)
+            print(f"training, {args.clusters} clusters: learn anomaly {o:.2f} s (runs {', '.join(f'{x:.2f}' for x in ours)})"
+                  f"; read + StandardScaler + KMeans {f:.2f} s; ratio {o / f:.2f}x (target <= 1.5x)")
+            block, numpy_rate, read_rate, n = scoring(project, learn_id, key)
+            print(f"scoring {n:,} samples: the anomaly block {block:,.0f} samples/s; numpy on the array in memory "
+                  f"{numpy_rate:,.0f}/s (ratio {block / numpy_rate:.2f}x, target >= 0.5x); raw read + numpy "
+                  f"{read_rate:,.0f}/s (ratio {block / read_rate:.2f}x)")
+        if args.images:
+            ours_x, bare = extraction(args.images)
+            print(f"image-embedding, full-size CLIP ViT-B/32 (fp32), {args.images} images: {ours_x:.1f} images/s; "
+                  f"bare batched forward {bare:.1f} images/s; {100 * ours_x / bare:.0f}% (target >= 90%)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
