@@ -22,7 +22,7 @@ from ._util import (
     print_json,
 )
 from .evaluate import EVALUATION_OPTIONS, evaluation_options, run_and_print
-from .render import errors_json, print_estimate, print_preview
+from .render import errors_json, print_estimate, print_preview, record_order
 
 if TYPE_CHECKING:
     from ..runner import Runner
@@ -282,10 +282,12 @@ def actions_delete(app: AppContext, name: str) -> None:
 @click.option("--no-cache", is_flag=True, help="Recompute even unchanged steps.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=None, help="Stop after more failures than this.")
 @click.option("--estimate", is_flag=True, help="Print the expected requests and tokens of paid blocks; run nothing.")
+@click.option("--sort-by", "sort_by", default=None, metavar="KEY",
+              help="Show samples by this score in the blocks' records, highest first (anomaly_score).")
 @click.option("--json", "as_json", is_flag=True, help="Print the job summary and proposals as JSON.")
 @pass_app
 def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_cache: bool,
-                    max_failures: int | None, estimate: bool, as_json: bool) -> None:
+                    max_failures: int | None, estimate: bool, sort_by: str | None, as_json: bool) -> None:
     """Run an action on a few samples and stage the results as proposals of a new job.
 
     Nothing changes in the dataset: review with `labelblocks proposals show JOB`, then
@@ -320,7 +322,12 @@ def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_
         click.echo(f"Preview job {summary.job_id}: {summary.total} samples, {summary.failed} failed, "
                    f"{summary.cached} step results reused from cache.")
         _print_skips(summary)
-        print_preview(app.store, summary.job_id)
+        order = None
+        if sort_by:
+            from ..store import jobs as job_store
+
+            order = record_order(job_store.job_proposals(app.store, summary.job_id), sort_by, summary.job_id)
+        print_preview(app.store, summary.job_id, order=order)
         click.echo(f"Apply with `labelblocks proposals apply {summary.job_id}`.")
     if summary.failed:
         sys.exit(1)

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import InvalidInput, NotFound, UsageError
+from ..errors import InvalidInput, NotFound
 from ._util import AppContext, parse_ids, pass_app, print_json
 from .jobs import get_job
-from .render import print_preview
+from .render import print_preview, record_order
 
 if TYPE_CHECKING:
     from ..store.jobs import JobRecord
@@ -38,18 +38,7 @@ def proposals_show(app: AppContext, job_id: int, sort_by: str | None, as_json: b
 
     row = get_job(app.store, job_id)
     items = job_store.job_proposals(app.store, job_id)
-    order = None
-    if sort_by:
-        score: dict[int, float] = {}
-        for p in items:
-            v = (p.get("record") or {}).get(sort_by)
-            if isinstance(v, int | float):
-                score[p["sampleId"]] = max(float(v), score.get(p["sampleId"], float("-inf")))
-        if not score:
-            raise UsageError(f"--sort-by {sort_by}: no block of job {job_id} recorded a score of that name")
-        order = sorted({p["sampleId"] for p in items}, key=lambda sid: (-score.get(sid, float("-inf")), sid))
-        rank = {sid: i for i, sid in enumerate(order)}
-        items.sort(key=lambda p: (rank[p["sampleId"]], p["step"]))
+    order = record_order(items, sort_by, job_id) if sort_by else None
     if as_json:
         print_json({"proposedChanges": items})
         return

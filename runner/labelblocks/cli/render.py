@@ -57,6 +57,24 @@ def _counts(labels: Sequence[str]) -> list[str]:
     return [f"{n}x {lab}" if n > 1 else lab for lab, n in c.items()]
 
 
+def record_order(items: list[dict[str, Any]], key: str, job_id: int) -> list[int]:
+    """The sample ids of a job's proposals (``job_proposals`` items, records included) by the
+    score ``key`` in their blocks' records, highest first; ``items`` are sorted the same way."""
+    from ..errors import UsageError
+
+    score: dict[int, float] = {}
+    for p in items:
+        v = (p.get("record") or {}).get(key)
+        if isinstance(v, int | float):
+            score[p["sampleId"]] = max(float(v), score.get(p["sampleId"], float("-inf")))
+    if not score:
+        raise UsageError(f"--sort-by {key}: no block of job {job_id} recorded a score of that name")
+    order = sorted({p["sampleId"] for p in items}, key=lambda sid: (-score.get(sid, float("-inf")), sid))
+    rank = {sid: i for i, sid in enumerate(order)}
+    items.sort(key=lambda p: (rank[p["sampleId"]], p["step"]))
+    return order
+
+
 def print_preview(store: Store, job_id: int, limit: int = 50, order: list[int] | None = None) -> int:
     """Prints up to ``limit`` samples' proposals and failures (by id, or in ``order`` then by
     id); returns how many samples have either."""
