@@ -457,6 +457,9 @@ def test_audio_segments_against_overlapping_truth(cli: Cli, tmp_path: Path) -> N
     assert (ids["a"], 1000.0, 1400.0, "speech", "other") in pieces
     [g] = doc["groups"]
     assert [(v["value"], round(v["accuracy"], 3)) for v in g["values"]] == [("A", 0.75), ("B", 1.0)]
+    for v in g["values"]:
+        lo, hi = v["macroF1Interval"]
+        assert 0 <= lo <= v["macroF1"] + 1e-9 and v["macroF1"] - 1e-9 <= hi <= 1
     # windows with truth: 0.9 right, 0.4 wrong (its truth is mostly dog), 0.8, 0.65, 0.7 right; 5 positives:
     # the best keeps 0.65 and up (F1 0.89, precision 1): halfway to 0.4
     [t] = doc["thresholds"]

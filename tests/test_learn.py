@@ -193,3 +193,15 @@ def test_training_resumes_after_a_kill(cli: Cli, tmp_path: Path) -> None:
     assert 64 <= done < 400
     out = cli.json("learn", "anomaly", "--features", "audio-spectral", "-f", "window-ms=250", "--clusters", "4")
     assert out["params"]["computed"] == 400 - done  # the rest only
+
+
+def test_an_unreadable_file_fails_alone(tones: Cli, tmp_path: Path) -> None:
+    from .conftest import corrupt_stored_copy
+
+    broken = tone(tmp_path / "bad" / "low.broken.wav", 300, seed=999)
+    tones("upload", str(tmp_path / "bad"), "--category", "training")
+    corrupt_stored_copy(tones.project, broken, b"RIFF\x00\x00\x00\x00WAVEnot audio")
+    r = tones("learn", "anomaly", "--features", "audio-spectral", "--clusters", "2")
+    assert "1 samples could not be read and were left out" in r.stderr
+    out = tones.json("learn", "show", "1")
+    assert out["trainingSamples"] == 40 and len(out["params"]["failed"]) == 1

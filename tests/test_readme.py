@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.blocks.openai_emulator import KEY, Emulator
-from tests.blocks.tiny_models import make_ast, make_owl
+from tests.blocks.tiny_models import make_ast, make_clip, make_owl
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -52,6 +52,7 @@ def hf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hf-hub")
     hub_cache(root, "google/owlvit-base-patch32", make_owl)
     hub_cache(root, "MIT/ast-finetuned-audioset-10-10-0.4593", make_ast)
+    hub_cache(root, "openai/clip-vit-base-patch32", make_clip)
     return root
 
 

@@ -117,7 +117,7 @@ class ImageEmbedding(_TorchExtractor):
     def load(self) -> None:
         from transformers import AutoImageProcessor, AutoModel
 
-        self.processor = load_pretrained(partial(AutoImageProcessor.from_pretrained, use_fast=False),
+        self.processor = load_pretrained(partial(AutoImageProcessor.from_pretrained, backend="pil"),
                                          self.params["model"], "model")
         self.model = load_pretrained(AutoModel.from_pretrained, self.params["model"], "model").to(self.device).eval()
 

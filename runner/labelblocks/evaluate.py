@@ -196,6 +196,27 @@ def ratio_interval(numer: np.ndarray, denom: np.ndarray, seed: int = 0) -> list[
     return _interval(out)
 
 
+def macro_f1_interval(per_sample: np.ndarray, classes: Sequence[int], seed: int = 0) -> list[float]:
+    """95% bootstrap interval of the macro F1 (over ``classes``) of the samples whose
+    confusion matrices (weighted: seconds) are ``per_sample`` [n, k, k], resampling samples."""
+    n = per_sample.shape[0]
+    if n == 0 or not len(classes):
+        return [0.0, 0.0]
+    rng = np.random.default_rng(seed)
+    cols = list(classes)
+    flat = per_sample.reshape(n, -1)
+    out = np.empty(BOOTSTRAP)
+    for b in range(BOOTSTRAP):
+        cm = (np.bincount(rng.integers(0, n, n), minlength=n) @ flat).reshape(per_sample.shape[1:])
+        tp = np.diagonal(cm)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = np.where(cm.sum(axis=0) > 0, tp / cm.sum(axis=0), 0.0)
+            recall = np.where(cm.sum(axis=1) > 0, tp / cm.sum(axis=1), 0.0)
+            f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        out[b] = f1[cols].mean()
+    return _interval(out)
+
+
 def _metrics_item(measured: dict[str, Any], predictions: list[dict[str, Any]]) -> dict[str, Any]:
     """A ``modelValidationMetrics`` item of the protocol, with what its bindings require."""
     return {"type": "float32", "loss": 0.0, "additionalMetrics": [], **measured, "onDevicePerformance": [],
@@ -870,12 +891,16 @@ def evaluate_segments(items: Sequence[Item], records: dict[int, list[tuple[int, 
                     "predictionCorrect": tr == pr, "f1Score": 1.0 if tr == pr else 0.0}
                    for o, (tr, pr, a, b) in zip(owner.tolist(), flat, strict=True)]
 
+    k = len(classes)
+    per_sample = np.bincount(owner * k * k + t * k + p, weights=seconds, minlength=len(ev) * k * k).reshape(-1, k, k)
+
     def measure(idx: np.ndarray) -> dict[str, Any]:
         sel = np.isin(owner, idx)
         m = label_metrics(t[sel], p[sel], classes, seconds[sel], present_only=True)
         return {"accuracy": m["accuracy"], "accuracyInterval": ratio_interval(correct_s[idx], total_s[idx]),
-                "macroF1": m["report"]["macro avg"]["f1-score"], "confusionMatrix": m["confusionMatrix"],
-                "report": m["report"], "seconds": float(total_s[idx].sum())}
+                "macroF1": m["report"]["macro avg"]["f1-score"],
+                "macroF1Interval": macro_f1_interval(per_sample[idx], m["_shown"]),
+                "confusionMatrix": m["confusionMatrix"], "report": m["report"], "seconds": float(total_s[idx].sum())}
 
     accuracy_i = np.where(total_s > 0, correct_s / np.maximum(total_s, 1e-300), 1.0)
     worst = [{"sampleId": ev[i].id, "truth": ev[i].truth["structuredLabels"],
