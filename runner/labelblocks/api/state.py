@@ -51,6 +51,11 @@ class Limits:
     # recording is /wav's answer (binary, streamed)
     payload_values: int = 100_000
     max_pixels: int = MAX_IMAGE_PIXELS  # the largest uploaded image (width x height)
+    # inference (labelblocks.inference): warm models kept, how long a batch waits for company,
+    # which answered images stay in the project (off | all | low-confidence:T)
+    max_models: int = 4
+    max_batch_delay_ms: float = 5.0
+    keep_images: str = "off"
 
 
 @dataclass

@@ -70,6 +70,7 @@ def _register() -> None:
         demo,
         evaluate,
         export,
+        inferences,
         jobs,
         learn,
         metadata,
@@ -82,7 +83,7 @@ def _register() -> None:
     )
 
     for mod in (demo, project, upload, samples, metadata, split, export, blocks, actions, jobs, proposals, evaluate,
-                learn, server):
+                learn, inferences, server):
         mod.register(main)
 
 

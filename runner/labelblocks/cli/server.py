@@ -20,9 +20,16 @@ from ._util import AppContext, pass_app, print_json
               help="Largest uploaded image, in pixels (width x height).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes (each opens the project's database; writes are serialised by SQLite).")
+@click.option("--max-models", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Inference: published models kept loaded (the least recently used goes first).")
+@click.option("--max-batch-delay-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Inference: how long a request waits for others to share its model's batch.")
+@click.option("--keep-images", default="off", show_default=True, metavar="off|all|low-confidence:T",
+              help="Inference: keep the images answered (all, or those whose best confidence is under T) in the "
+                   "project, for `inferences add-to-dataset`.")
 @pass_app
 def serve_cmd(app: AppContext, host: str, port: int, max_upload_mb: int, max_file_mb: int, max_pixels: int,
-              workers: int) -> None:
+              workers: int, max_models: int, max_batch_delay_ms: float, keep_images: str) -> None:
     """Serve the project over HTTP: the protocol's raw-data API under /v1/api/1/...,
     its ingestion service under /api/{training,testing,validation,split}/files, a health
     check at /healthz and the OpenAPI document at /openapi.json.
@@ -37,9 +44,12 @@ def serve_cmd(app: AppContext, host: str, port: int, max_upload_mb: int, max_fil
       curl -H "x-api-key: $KEY" "http://127.0.0.1:4800/v1/api/1/raw-data?limit=5"
     """
     from ..api import MB
+    from ..inference import parse_keep
     from ..server import Limits
 
-    limits = Limits(upload_bytes=max_upload_mb * MB, file_bytes=max_file_mb * MB, max_pixels=max_pixels)
+    parse_keep(keep_images)  # a bad spec is refused before the server starts
+    limits = Limits(upload_bytes=max_upload_mb * MB, file_bytes=max_file_mb * MB, max_pixels=max_pixels,
+                    max_models=max_models, max_batch_delay_ms=max_batch_delay_ms, keep_images=keep_images)
     project_dir = app.project_dir
     app.store  # noqa: B018 - opens (and migrates) the project before the server starts
     click.echo(f"Serving {project_dir} on http://{host}:{port} (API base http://{host}:{port}/v1)", err=True)

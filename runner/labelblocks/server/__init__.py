@@ -4,7 +4,9 @@ background on loopback."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,26 @@ class BackgroundServer(LoopbackServer):
 
 
 RUNNING = "server.json"  # beside the database while a server runs: {pid, host, port}
+_KEY_IN_QUERY = re.compile(r"(api_key=)[^&\s\"]*")
+
+
+class RedactKeys(logging.Filter):
+    """Keys never reach the server's log: the access log's request line shows ``api_key=***``
+    (the Roboflow clients send the key in the query string)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_KEY_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = _KEY_IN_QUERY.sub(r"\1***", record.msg)
+        return True
+
+
+def redact_access_log() -> None:
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactKeys) for f in logger.filters):
+            logger.addFilter(RedactKeys())
 
 
 def serve(project_dir: Path, host: str, port: int, limits: Limits | None = None, **uvicorn_options: Any) -> None:
@@ -43,8 +65,11 @@ def serve(project_dir: Path, host: str, port: int, limits: Limits | None = None,
     except OSError:  # a read-only project: it is served all the same, only not found by `review`
         note = None
     try:
-        uvicorn.run(app, host=host, port=port, log_level=uvicorn_options.pop("log_level", "info"),
-                    http=http_protocol(), **uvicorn_options)
+        config = uvicorn.Config(app, host=host, port=port, log_level=uvicorn_options.pop("log_level", "info"),
+                                http=http_protocol(), **uvicorn_options)
+        server = uvicorn.Server(config)
+        redact_access_log()  # after the config set up uvicorn's loggers
+        server.run()
     finally:
         if note is not None:
             try:

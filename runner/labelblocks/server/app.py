@@ -33,7 +33,10 @@ def create_app(project_dir: Path | str, store: Store | None = None, limits: Limi
 
 def app_from_env() -> FastAPI:
     """The app factory of `labelblocks serve --workers N` (each worker process calls it)."""
+    from . import redact_access_log
+
     limits = Limits(**json.loads(os.environ["LABELBLOCKS_SERVE_LIMITS"]))
+    redact_access_log()
     return create_app(os.environ["LABELBLOCKS_SERVE_PROJECT"], limits=limits)
 
 

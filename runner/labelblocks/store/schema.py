@@ -363,6 +363,54 @@ def _v11(conn: Connection) -> None:
     features.create(conn, checkfirst=True)
 
 
+# Published model versions (v12): an action's steps and parameters frozen as ACTION/VERSION,
+# what `labelblocks serve` answers inference requests with.
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("action", String, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("definition", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# Every inference the server answered (v12), with custom metadata attached afterwards.
+inferences = Table(
+    "inferences",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("model", String, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("classes", Text, nullable=False),  # JSON list: the predicted classes
+    Column("confidences", Text, nullable=False),  # JSON list, in the same order
+    Column("width", Integer, nullable=True),
+    Column("height", Integer, nullable=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("media_type", String, nullable=False),
+    Column("key_id", Integer, nullable=True),
+    Column("image_kept", Boolean, nullable=False, default=False),
+    Column("change", Text, nullable=False),  # the prediction as a SampleChange (boxes with scores)
+    Index("ix_inferences_time", "created_at"),
+    Index("ix_inferences_model", "model", "created_at"),
+)
+
+inference_metadata = Table(
+    "inference_metadata",
+    metadata,
+    Column("inference_id", String(36), ForeignKey("inferences.id", ondelete="CASCADE"), primary_key=True),
+    Column("field", String, primary_key=True),
+    Column("value", String, nullable=False),
+    Index("ix_inference_metadata_field", "field", "value"),
+)
+
+
+def _v12(conn: Connection) -> None:
+    for t in (model_versions, inferences, inference_metadata):
+        t.create(conn, checkfirst=True)
+
+
 def _v8(conn: Connection) -> None:
     step_inputs.create(conn, checkfirst=True)
 
@@ -391,6 +439,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (9, _v9),
     (10, _v10),
     (11, _v11),
+    (12, _v12),
 ]
 
 

@@ -6,6 +6,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import evaluations, health, learn
+from . import evaluations, health, inference, learn
 
-ROUTERS: tuple[APIRouter, ...] = (health.router, evaluations.router, learn.router)
+ROUTERS: tuple[APIRouter, ...] = (health.router, evaluations.router, learn.router, inference.router)
