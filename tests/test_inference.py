@@ -139,6 +139,11 @@ def test_the_seeds_snippet_against_labelblocks_serve(served: tuple[Cli, Served, 
     assert [x["inference_id"] for x in listed] == [result["inference_id"]]
     text = cli("monitor", "--by", "camera_location", "--since", "1h", "--plot", str(tmp_path / "m.png")).stdout
     assert "canada" in text and (tmp_path / "m.png").stat().st_size > 1000
+    # the review page shows the same, grouped by the field
+    web = requests.Session()
+    web.post(f"{s.url}/signin", data={"key": key, "next": "/"}, timeout=30)
+    page = web.get(f"{s.url}/monitor", params={"by": "camera_location"}, timeout=60).text
+    assert "Inference monitoring" in page and "canada" in page and "data:image/png;base64," in page
     # the classification shape, from the same client
     names = subprocess.run([str(sdk_python), "-c", (
         "import sys, json; from inference_sdk import InferenceHTTPClient; "

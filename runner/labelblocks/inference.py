@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .actions import parse_action
@@ -364,6 +365,43 @@ def stats(rows: Sequence[log_store.Logged], prev: Sequence[log_store.Logged],
         out["groups"] = [{"value": v, **figures(xs), **{f"prev_{k}": w for k, w in figures(prev_groups.get(v, [])).items()}}
                          for v, xs in sorted(groups.items())]
     return out
+
+
+def write_plot(rows: Sequence[Any], by: str | None, start: float, end: float, path: Path) -> None:
+    """Requests and average confidence per time bin, one line per group (atomically)."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    bins = np.linspace(start, end, 25)
+    groups: dict[str, list[Any]] = {}
+    for r in rows:
+        groups.setdefault(r.metadata.get(by, "(no value)") if by else "all", []).append(r)
+    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    from datetime import datetime
+
+    centers = [datetime.fromtimestamp(t) for t in (bins[:-1] + bins[1:]) / 2]
+    for name, xs in sorted(groups.items()):
+        t = np.array([x.created_at for x in xs])
+        conf = np.array([max(x.confidences) if x.confidences else 0.0 for x in xs])
+        idx = np.clip(np.digitize(t, bins) - 1, 0, len(bins) - 2)
+        counts = np.bincount(idx, minlength=len(bins) - 1)
+        sums = np.bincount(idx, weights=conf, minlength=len(bins) - 1)
+        a.plot(centers, counts, label=name)
+        b.plot(centers, np.where(counts > 0, sums / np.maximum(counts, 1), np.nan), label=name)
+    a.set_ylabel("requests")
+    b.set_ylabel("average best confidence")
+    a.legend(fontsize=8)
+    a.set_title(f"inferences{' by ' + by if by else ''}")
+    fig.autofmt_xdate()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def publish_action(store: Store, name: str) -> int:

@@ -7,7 +7,6 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -167,6 +166,8 @@ def monitor_cmd(app: AppContext, by: str | None, since: str, model: str | None, 
     prev = list_inferences(app.store, model=model, since=start - (end - start), until=start)
     doc = stats(rows, prev, by)
     if plot is not None:
+        from ..inference import write_plot
+
         write_plot(rows, by, start, end, plot)
     if as_json:
         print_json(doc)
@@ -184,41 +185,6 @@ def monitor_cmd(app: AppContext, by: str | None, since: str, model: str | None, 
                        f"  {g['avg_response_time']:7.1f} ms  {g['num_errors']} errors")
     if plot is not None:
         click.echo(f"\nPlot: {plot}")
-
-
-def write_plot(rows: list[Any], by: str | None, start: float, end: float, path: Path) -> None:
-    """Requests and average confidence per time bin, one line per group (atomically)."""
-    import os
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    bins = np.linspace(start, end, 25)
-    groups: dict[str, list[Any]] = {}
-    for r in rows:
-        groups.setdefault(r.metadata.get(by, "(no value)") if by else "all", []).append(r)
-    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    centers = [datetime.fromtimestamp(t) for t in (bins[:-1] + bins[1:]) / 2]
-    for name, xs in sorted(groups.items()):
-        t = np.array([x.created_at for x in xs])
-        conf = np.array([max(x.confidences) if x.confidences else 0.0 for x in xs])
-        idx = np.clip(np.digitize(t, bins) - 1, 0, len(bins) - 2)
-        counts = np.bincount(idx, minlength=len(bins) - 1)
-        sums = np.bincount(idx, weights=conf, minlength=len(bins) - 1)
-        a.plot(centers, counts, label=name)
-        b.plot(centers, np.where(counts > 0, sums / np.maximum(counts, 1), np.nan), label=name)
-    a.set_ylabel("requests")
-    b.set_ylabel("average best confidence")
-    a.legend(fontsize=8)
-    a.set_title(f"inferences{' by ' + by if by else ''}")
-    fig.autofmt_xdate()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def register(group: click.Group) -> None:

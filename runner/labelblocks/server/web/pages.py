@@ -436,3 +436,32 @@ def report(request: Request, session: Signed, job_id: int) -> Response:
                         target_precision=sel.get("targetPrecision"))
     index = write_report(store, ev, store.root / "reports" / str(job_id))
     return HTMLResponse(index.read_text(encoding="utf-8"))
+
+
+@router.get("/monitor")
+def monitor_page(request: Request, session: Signed, by: str = "", hours: Annotated[float, Query(gt=0, le=24 * 366)] = 24
+                 ) -> HTMLResponse:
+    """Inference monitoring: the figures of `labelblocks monitor`, grouped by a custom
+    metadata field, with its plot."""
+    import base64
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from ...inference import stats, write_plot
+    from ...store.inferences import list_inferences
+
+    store = api_state(request).store
+    end = time.time()
+    start = end - hours * 3600
+    rows = list_inferences(store, since=start, until=end)
+    prev = list_inferences(store, since=start - (end - start), until=start)
+    doc = stats(rows, prev, by or None)
+    fields = sorted({k for r in rows for k in r.metadata})
+    plot = None
+    if rows:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "monitor.png"
+            write_plot(rows, by or None, start, end, path)
+            plot = base64.b64encode(path.read_bytes()).decode()
+    return render(request, "monitor.html", doc=doc, by=by, hours=hours, fields=fields, plot=plot)
