@@ -361,7 +361,7 @@ def test_a_failed_write_fails_the_job_and_a_new_run_resumes(ds: Cli, monkeypatch
     """The background writer's error (here the second of three writes) stops the step and
     fails the job with that error; what was written before stays, nothing is written after,
     and the next run finishes the rest."""
-    from labelblocks import runner
+    from labelblocks.executors import results as runner  # where the runner's results are written
 
     monkeypatch.setattr(runner, "WRITE_ROWS", 1)
     monkeypatch.setattr(fake_blocks.FakeConstant, "default_batch_size", 2)

@@ -2,8 +2,8 @@
 (``ACTION/VERSION``) answers images sent over HTTP. Models load on first use and stay warm
 (their blocks set up once, weights loaded), the least recently used evicted past a limit.
 Concurrent requests for one model are batched together into its blocks' ``label()`` calls
-(dynamic batching: a batch waits at most ``max_delay`` for company, up to the first block's
-batch size). Every answered inference is logged, in one transaction per batch, before any of
+(dynamic batching: while requests arrive together, a batch waits at most ``max_delay`` for
+company, up to the first block's batch size; a lone request runs at once). Every answered inference is logged, in one transaction per batch, before any of
 the batch's answers leaves.
 """
 
@@ -169,7 +169,10 @@ class LoadedModel:
             if first is None:
                 return
             batch = [first]
-            deadline = time.perf_counter() + self.max_delay
+            # wait for company only when there is traffic to share with: requests queued now, or
+            # a shared last batch (a lone client is not held back by the delay)
+            alone = self.queue.empty() and (not self.batches or self.batches[-1] == 1)
+            deadline = time.perf_counter() + (0.0 if alone else self.max_delay)
             while len(batch) < self.batch_size:
                 left = deadline - time.perf_counter()
                 if left <= 0:

@@ -23,7 +23,6 @@ import functools
 import hashlib
 import json
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,18 +32,17 @@ from .apply import ProgressFn, apply_job
 from .blocks import input_key
 from .errors import InvalidInput, LabelblocksError
 from .executors import StepExecutor, StepPlan, StepResults, make_executor, pid_alive
+from .executors.results import RevisionsAhead, StepWriter, write_results
 from .parameters import ResolvedParameters
 from .plugins import BlockRegistry, RegisteredBlock
 from .secrets import redact, resolve_secrets
 from .store import Store
 from .store import jobs as job_store
-from .store.writer import BackgroundWriter, batch_tuning
+from .store.writer import batch_tuning
 
 __all__ = ["JobFailed", "JobSummary", "ProgressFn", "Runner", "StepPlan", "TooManyFailures", "write_results"]
 
-WRITE_ROWS = 10_000  # a step's results are committed at least every this many samples
-WRITE_SECONDS = 1.0  # ... or this often, whichever comes first (a kill loses about this much work, plus the write in flight)
-REVISIONS_AHEAD = 20_000  # sample revisions (for cache keys) are read this many at a time
+
 RERUN_ROUNDS = 3  # a run labels again, at most this many times, the samples that changed while it ran
 
 
@@ -88,69 +86,6 @@ def _step_identity(reg: RegisteredBlock, res: ResolvedParameters) -> list[Any]:
 
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def write_results(store: Store, job_id: int, step: int, results: StepResults, secrets: list[str]) -> None:
-    """Write a step's results in one transaction, every secret value redacted from the texts
-    and errors (computed changes were checked as they were added)."""
-    texts = [(sid, redact(change, secrets), record and redact(record, secrets), rev)
-             for sid, change, record, rev in results.texts]
-    failed = [(sid, redact(error, secrets)[:4000]) for sid, error in results.failed]
-    job_store.write_step_results(store, job_id, step, results.computed, texts, failed, results.inputs)
-
-
-class _StepWriter:
-    """A step's results, handed to the background writer every WRITE_ROWS rows or
-    WRITE_SECONDS, whichever comes first, each lot in one transaction (a commit per batch
-    would cost a fast block more than its own work)."""
-
-    def __init__(self, store: Store, job_id: int, step: int, secrets: list[str]) -> None:
-        self._write = functools.partial(write_results, store, job_id, step, secrets=secrets)
-        self.results = StepResults()
-        self._last = time.monotonic()
-        self._writer = BackgroundWriter()
-
-    def maybe_flush(self) -> None:
-        if self.results.rows >= WRITE_ROWS or time.monotonic() - self._last >= WRITE_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.results.rows:
-            self._writer.submit(functools.partial(self._write, self.results))
-        self.results = StepResults()
-        self._last = time.monotonic()
-
-    def close(self) -> None:
-        """Write what is left and wait; raises the error of a failed write."""
-        try:
-            self.flush()
-        finally:
-            self._writer.close()
-
-
-class _RevisionsAhead:
-    """Each result is stored with the revision of the sample it was computed from, so that a
-    later job can reuse it. The cache lookup and an external block need revisions before the
-    block runs: they are read ahead for many batches at once (a revision read before the block
-    reads the sample can only be older than what the block saw, which makes a later lookup
-    miss, never hit a wrong result). An in-process block's results take the revisions read
-    with the samples when it first looks at them, or ANY_REVISION if it never does."""
-
-    def __init__(self, store: Store, todo: list[int], batch_size: int) -> None:
-        self.store, self.todo, self.batch_size = store, todo, batch_size
-        self.ahead: Mapping[int, float] = {}
-        self.end = 0
-
-    def read(self, start: int, batch_ids: list[int], results: StepResults) -> tuple[list[int], dict[int, float]]:
-        """The batch's samples that still exist and their revisions; a deleted one fails."""
-        if start + len(batch_ids) > self.end:
-            self.end = start + max(self.batch_size, REVISIONS_AHEAD)
-            self.ahead = self.store.revisions(self.todo[start : self.end])
-        need = batch_ids
-        if not all(map(self.ahead.__contains__, batch_ids)):
-            results.failed += [(sid, f"sample {sid} was deleted") for sid in batch_ids if sid not in self.ahead]
-            need = [sid for sid in batch_ids if sid in self.ahead]
-        return need, {sid: self.ahead[sid] for sid in need}
 
 
 class Runner:
@@ -399,10 +334,10 @@ class Runner:
         cache_key = plan.key[:32]
         job_store.record_step(self.store, job_id, plan.index, cache_key)
         executor = make_executor(self.store, job_id, plan, kind == "preview", all_secrets, self._learned)
-        out = _StepWriter(self.store, job_id, plan.index, all_secrets)
+        out = StepWriter(self.store, job_id, plan.index, all_secrets)
         try:  # what was computed is kept, also when stopped by Ctrl-C or too many failures
             bs = executor.batch_size(len(todo))
-            revisions = _RevisionsAhead(self.store, todo, bs)
+            revisions = RevisionsAhead(self.store, todo, bs)
             for start in range(0, len(todo), bs):
                 batch_ids = todo[start : start + bs]
                 failed_before = len(out.results.failed)
@@ -424,7 +359,7 @@ class Runner:
                 executor.close()
 
     def _run_batch(self, executor: StepExecutor, cache_key: str, batch_ids: list[int], start: int,
-                   use_cache: bool, revisions: _RevisionsAhead, results: StepResults, summary: JobSummary,
+                   use_cache: bool, revisions: RevisionsAhead, results: StepResults, summary: JobSummary,
                    report: Callable[[int], None], by_inputs: tuple[int, StepPlan] | None = None) -> None:
         """One batch of a step: results reused from earlier jobs where allowed, the rest run."""
         need, revs = batch_ids, dict[int, float]()

@@ -21,7 +21,6 @@ from ._util import (
     pass_app,
     print_json,
 )
-from .evaluate import EVALUATION_OPTIONS, evaluation_options, run_and_print
 from .render import errors_json, print_estimate, print_preview, record_order
 
 if TYPE_CHECKING:
@@ -213,7 +212,9 @@ def actions_set(app: AppContext, name: str, step_no: int | None, params: tuple[s
     if suggested:
         if params or unset or step_no is not None:
             raise UsageError("--suggested sets what the evaluation suggests: give it without --step, -p or --unset")
-        changes = _suggested(app, name)
+        from .evaluate import suggested_parameters
+
+        changes = suggested_parameters(app, name)
         if not changes:
             return
     else:
@@ -237,26 +238,6 @@ def actions_set(app: AppContext, name: str, step_no: int | None, params: tuple[s
         step = steps[n - 1]
         shown = " ".join(f"{k}={v!r}" for k, v in step.parameters.items())
         click.echo(f"Action {name}, step {n} ({step.block}): {shown or 'the defaults'}")
-
-
-def _suggested(app: AppContext, name: str) -> dict[int, tuple[dict[str, str], tuple[str, ...]]]:
-    """Per step, the parameters the latest evaluation of the action's jobs suggests."""
-    from ..store.evaluations import latest_for_action
-
-    found = latest_for_action(app.store, name)
-    if found is None:
-        raise UsageError(f"no job of action {name} has been evaluated: run `labelblocks actions evaluate {name}` "
-                         "(or `labelblocks evaluate JOB`) first")
-    job_id, _, doc = found
-    apply = doc.get("apply") or []
-    if not apply:
-        none = [t["key"] for t in doc.get("thresholds", []) if t.get("noSuggestion")]
-        why = (f": no recorded score finds a true one for {', '.join(none)}" if none else
-               "" if doc.get("thresholds") else ": it has no thresholds (its blocks recorded no scores)")
-        click.echo(f"The evaluation of job {job_id} suggests no change to action {name}{why}. Nothing changed.")
-        return {}
-    click.echo(f"From the evaluation of job {job_id}:")
-    return {int(a["step"]): ({str(k): str(v) for k, v in a["parameters"].items()}, ()) for a in apply}
 
 
 @actions_group.command("delete")
@@ -396,45 +377,6 @@ def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | 
             click.echo(f"See the failures with `labelblocks jobs show {summary.job_id}`.", err=True)
     if summary.failed or summary.left_out:
         sys.exit(1)
-
-
-@actions_group.command("evaluate")
-@click.argument("name")
-@filter_options(include_disabled_default=True)
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Preview at most this many labeled samples.")
-@evaluation_options
-@pass_app
-def actions_evaluate(app: AppContext, name: str, limit: int | None, **kw: Any) -> None:
-    """Preview an action on labeled samples (a label, boxes or segments) and evaluate its
-    proposals against their labels, in one command (`actions preview` then `evaluate`).
-
-    \b
-    Example:
-      labelblocks actions evaluate guess --where reviewed=yes --group-by site
-    """
-    from ..actions import get_action
-    from ..filters import SampleFilter
-
-    action = get_action(app.store, name)
-    runner = _runner(app)
-    selected = runner.select(action)
-    evaluation = {k: kw.pop(k) for k in EVALUATION_OPTIONS}
-    given = filter_given(kw)
-    flt = build_filter(kw) if given else SampleFilter(include_disabled=True)
-    rows = app.store.scan(flt.model_copy(update={"ids": selected}), "label", "bounding_boxes", "structured_labels")
-    labeled = [sid for sid, label, boxes, segments in rows if label or boxes != "[]" or segments != "[]"]
-    if not labeled:
-        raise UsageError(f"action {name} selects no labeled samples{' matching the filters' if given else ''}: "
-                         "there is nothing to evaluate against")
-    as_json = evaluation["as_json"]
-    progress = Progress(not as_json)
-    try:
-        summary = runner.preview(action, ids=labeled[:limit] if limit else labeled, limit=None, on_progress=progress)
-    finally:
-        progress.close()
-    if not as_json:
-        click.echo(f"Preview job {summary.job_id}: {summary.total} labeled samples, {summary.failed} failed.")
-    run_and_print(app, summary.job_id, None, None, **evaluation)
 
 
 def _print_skips(summary: Any) -> None:

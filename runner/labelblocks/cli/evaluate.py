@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ._util import AppContext, build_filter, filter_given, filter_options, pass_app
+from ..errors import UsageError
+from ._util import AppContext, Progress, build_filter, filter_given, filter_options, pass_app
+from .actions import _runner, actions_group
 
 if TYPE_CHECKING:
     from ..filters import SampleFilter
@@ -155,6 +157,65 @@ def print_evaluation(doc: dict[str, Any]) -> None:
                 f1 += " [{:.2f}, {:.2f}]".format(*v["macroF1Interval"])
             click.echo(f"  {v['value']:<24} {v['samples']:>6} samples   accuracy {v['accuracy']:6.1%} "
                        f"[{lo:.0%}, {hi:.0%}]{f1}{small}")
+
+
+def suggested_parameters(app: AppContext, name: str) -> dict[int, tuple[dict[str, str], tuple[str, ...]]]:
+    """Per step, the parameters the latest evaluation of the action's jobs suggests."""
+    from ..store.evaluations import latest_for_action
+
+    found = latest_for_action(app.store, name)
+    if found is None:
+        raise UsageError(f"no job of action {name} has been evaluated: run `labelblocks actions evaluate {name}` "
+                         "(or `labelblocks evaluate JOB`) first")
+    job_id, _, doc = found
+    apply = doc.get("apply") or []
+    if not apply:
+        none = [t["key"] for t in doc.get("thresholds", []) if t.get("noSuggestion")]
+        why = (f": no recorded score finds a true one for {', '.join(none)}" if none else
+               "" if doc.get("thresholds") else ": it has no thresholds (its blocks recorded no scores)")
+        click.echo(f"The evaluation of job {job_id} suggests no change to action {name}{why}. Nothing changed.")
+        return {}
+    click.echo(f"From the evaluation of job {job_id}:")
+    return {int(a["step"]): ({str(k): str(v) for k, v in a["parameters"].items()}, ()) for a in apply}
+
+
+@actions_group.command("evaluate")
+@click.argument("name")
+@filter_options(include_disabled_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Preview at most this many labeled samples.")
+@evaluation_options
+@pass_app
+def actions_evaluate(app: AppContext, name: str, limit: int | None, **kw: Any) -> None:
+    """Preview an action on labeled samples (a label, boxes or segments) and evaluate its
+    proposals against their labels, in one command (`actions preview` then `evaluate`).
+
+    \b
+    Example:
+      labelblocks actions evaluate guess --where reviewed=yes --group-by site
+    """
+    from ..actions import get_action
+    from ..filters import SampleFilter
+
+    action = get_action(app.store, name)
+    runner = _runner(app)
+    selected = runner.select(action)
+    evaluation = {k: kw.pop(k) for k in EVALUATION_OPTIONS}
+    given = filter_given(kw)
+    flt = build_filter(kw) if given else SampleFilter(include_disabled=True)
+    rows = app.store.scan(flt.model_copy(update={"ids": selected}), "label", "bounding_boxes", "structured_labels")
+    labeled = [sid for sid, label, boxes, segments in rows if label or boxes != "[]" or segments != "[]"]
+    if not labeled:
+        raise UsageError(f"action {name} selects no labeled samples{' matching the filters' if given else ''}: "
+                         "there is nothing to evaluate against")
+    as_json = evaluation["as_json"]
+    progress = Progress(not as_json)
+    try:
+        summary = runner.preview(action, ids=labeled[:limit] if limit else labeled, limit=None, on_progress=progress)
+    finally:
+        progress.close()
+    if not as_json:
+        click.echo(f"Preview job {summary.job_id}: {summary.total} labeled samples, {summary.failed} failed.")
+    run_and_print(app, summary.job_id, None, None, **evaluation)
 
 
 def register(group: click.Group) -> None:
