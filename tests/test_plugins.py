@@ -85,7 +85,7 @@ def test_broken_plugin_reported_on_stderr_in_subprocess(broken_plugin: Path, fak
 def test_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LABELBLOCKS_LOAD_PLUGINS", "")
     names = [b["name"] for b in json.loads(_cli("blocks", "list", "--json").stdout)]
-    assert names == ["near-duplicates", "relabel"]
+    assert names == ["anomaly", "near-duplicates", "relabel"]
     plugins.reset()
     monkeypatch.setenv("LABELBLOCKS_LOAD_PLUGINS", "fakeblocks")
     names = [b["name"] for b in json.loads(_cli("blocks", "list", "--json").stdout)]

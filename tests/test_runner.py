@@ -290,7 +290,7 @@ def test_run_resumes_after_sigkill(ds: Cli, project: Path, tmp_path: Path) -> No
 
 def test_run_resumes_after_ctrl_c(ds: Cli, project: Path, tmp_path: Path) -> None:
     log = tmp_path / "calls.jsonl"
-    ds("actions", "create", "slow", "--step", "fake-labeler", "-p", "delay=0.4", "-p", "batch-size=1")
+    ds("actions", "create", "slow", "--step", "fake-labeler", "-p", "delay=1.0", "-p", "batch-size=1")
     env = {**os.environ, "FAKE_BLOCKS_LOG": str(log), "FAKE_TOKEN": "t-123456"}
     cmd = [sys.executable, "-m", "labelblocks", "--project", str(project), "actions", "run", "slow", "--json"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

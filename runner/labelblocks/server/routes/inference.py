@@ -36,7 +36,11 @@ class Refused(Exception):
         self.status, self.message = status, message
 
 
-def refused(e: Refused) -> JSONResponse:
+def refused(e: Exception) -> JSONResponse:
+    """The error answer of a refused request: its own status, 404 for what does not exist,
+    400 for any other bad input."""
+    if not isinstance(e, Refused):
+        e = Refused(404 if isinstance(e, NotFound) else 400, str(e))
     return JSONResponse({"success": False, "error": e.message, "message": e.message}, status_code=e.status)
 
 
@@ -109,12 +113,8 @@ async def _infer(request: Request, task: str) -> Any:
         models = pool(request)
         model = await run_in_threadpool(models.get, str(model_id))
         results = await run_in_threadpool(models.infer, model, images, who)
-    except Refused as e:
+    except (Refused, LabelblocksError) as e:
         return refused(e)
-    except NotFound as e:
-        return refused(Refused(404, str(e)))
-    except LabelblocksError as e:
-        return refused(Refused(400, str(e)))
     answers = [model.answer(r, task) if r.error is None else {"inference_id": r.inference_id, "error": r.error}
                for r in results]
     return answers if many else answers[0]
@@ -146,12 +146,8 @@ async def model_add(request: Request) -> Any:
         key_id(request, get_state(request), body)
         parse_model_id(str(body.get("model_id") or ""))
         await run_in_threadpool(pool(request).get, str(body["model_id"]))
-    except Refused as e:
+    except (Refused, LabelblocksError) as e:
         return refused(e)
-    except NotFound as e:
-        return refused(Refused(404, str(e)))
-    except LabelblocksError as e:
-        return refused(Refused(400, str(e)))
     return {"models": pool(request).registry()}
 
 
@@ -161,10 +157,8 @@ async def model_remove(request: Request) -> Any:
         body = await json_body(request)
         key_id(request, get_state(request), body)
         pool(request).remove(str(body.get("model_id") or ""))
-    except Refused as e:
+    except (Refused, LabelblocksError) as e:
         return refused(e)
-    except LabelblocksError as e:
-        return refused(Refused(400, str(e)))
     return {"models": pool(request).registry()}
 
 
@@ -190,12 +184,8 @@ async def infer_native(request: Request, project_id: int, action: str) -> Any:
         models = pool(request)
         model = await run_in_threadpool(models.get, model_id)
         [r] = await run_in_threadpool(models.infer, model, images[:1], who)
-    except Refused as e:
+    except (Refused, LabelblocksError) as e:
         return refused(e)
-    except NotFound as e:
-        return refused(Refused(404, str(e)))
-    except LabelblocksError as e:
-        return refused(Refused(400, str(e)))
     if r.error is not None:
         return JSONResponse({"success": False, "error": r.error, "inferenceId": r.inference_id}, status_code=422)
     return {"success": True, "inferenceId": r.inference_id, "model": model.model_id,
@@ -234,10 +224,8 @@ async def inference_metadata(request: Request, workspace: str) -> Any:
                 raise Refused(400, f"data[{i}].field_value: expected a text")
             items.append((ids, name, str(value)))
         await run_in_threadpool(log_store.tag, state.store, items)
-    except Refused as e:
+    except (Refused, LabelblocksError) as e:
         return refused(e)
-    except LabelblocksError as e:
-        return refused(Refused(400, str(e)))
     return {"status": "ok"}
 
 
