@@ -113,6 +113,11 @@ class ParametersFile(BaseModel):
         names += [n for n in self.info.required_env_variables if n not in names]
         return names
 
+    @property
+    def optional_secrets(self) -> set[str]:
+        """Secret items marked ``optional``: passed to the block when set, not required."""
+        return {p.param for p in self.parameters if p.type == "secret" and p.optional}
+
 
 def _read_json(path: Path, label: str) -> Any:
     try:

@@ -112,7 +112,8 @@ class Runner:
         chain: list[Any] = []
         for i, (step, res) in enumerate(zip(action.steps, resolved, strict=True), 1):
             reg = self.registry.get(step.block)
-            secrets = resolve_secrets(reg.cls.spec().secret_names, step.block)
+            spec = reg.cls.spec()
+            secrets = resolve_secrets(spec.secret_names, step.block, spec.optional_secrets)
             chain.append(_step_identity(reg, res))
             plans.append(StepPlan(i, reg, res, secrets, _sha(chain), _sha(chain[-1])[:32]))
         return plans

@@ -98,9 +98,9 @@ def get_secret(name: str) -> str | None:
     return os.environ.get(name) or _load().get(name)
 
 
-def resolve_secrets(names: Iterable[str], block: str) -> dict[str, str]:
+def resolve_secrets(names: Iterable[str], block: str, optional: Iterable[str] = ()) -> dict[str, str]:
     """The values of ``names`` (environment first, then the store). A missing one raises
-    MissingSecret naming the command that fixes it."""
+    MissingSecret naming the command that fixes it, unless it is ``optional``."""
     stored = _load()
     out: dict[str, str] = {}
     missing = []
@@ -108,7 +108,7 @@ def resolve_secrets(names: Iterable[str], block: str) -> dict[str, str]:
         v = os.environ.get(n) or stored.get(n)
         if v:
             out[n] = v
-        else:
+        elif n not in set(optional):
             missing.append(n)
     if missing:
         cmds = " and ".join(f"`labelblocks secrets set {n}`" for n in missing)

@@ -147,3 +147,39 @@ def make_clip(folder: Path, seed: int = 0, full_size: bool = False) -> Path:
                               tokenizer=AutoTokenizer.from_pretrained(folder))
     processor.save_pretrained(folder)
     return folder
+
+
+def make_vit(folder: Path, labels: tuple[str, ...] = ("cat", "dog", "bird", "car"), seed: int = 0) -> Path:
+    """A tiny ViT image classifier (32x32 input) with its image processor in ``folder``."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=8, num_labels=len(labels),
+                       id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    torch.manual_seed(seed)
+    ViTForImageClassification(config).eval().save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def make_yolos(folder: Path, labels: tuple[str, ...] = ("person", "bottle", "car"), seed: int = 0,
+               full_size: bool = False) -> Path:
+    """A tiny YOLOS detector (64x64 input, 10 detection tokens) with its image processor.
+    ``full_size``: YOLOS-small's architecture (512 px shortest edge) with random weights."""
+    import torch
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    kw = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    if full_size:
+        config = YolosConfig(hidden_size=384, num_attention_heads=6, intermediate_size=1536, image_size=[800, 1333],
+                             num_detection_tokens=100, **kw)
+        processor = YolosImageProcessor(size={"shortest_edge": 512, "longest_edge": 864})
+    else:
+        config = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             image_size=[64, 64], patch_size=16, num_detection_tokens=10, **kw)
+        processor = YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 64})
+    torch.manual_seed(seed)
+    YolosForObjectDetection(config).eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -1,0 +1,96 @@
+"""Pretrained block benchmark: a YOLOS-small-sized detector with random weights (the compute of
+the trained model; transformers builds it without a download) on N images (default 64,
+640x480): images/s of `labelblocks actions run` with the pretrained block, against
+transformers' object-detection pipeline called per image (target >= 2x) and against the bare
+batched forward on pixel tensors prepared beforehand (target >= 90%).
+
+Usage: python benchmarks/pretrained.py [--images 64] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from evaluate import cpu_flags
+
+from labelblocks.project import init_project
+
+
+def cli(project: Path, *args: str) -> None:
+    from labelblocks.cli import main as cli_main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli_main(["--project", str(project), *args], standalone_mode=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=8)
+    args = ap.parse_args()
+    print(f"CPU: {cpu_flags()}; {os.cpu_count()} cores")
+    work = Path(tempfile.mkdtemp(prefix="lb-bench-pretrained-"))
+    try:
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForObjectDetection, pipeline
+
+        from tests.blocks.tiny_models import make_yolos
+
+        model = make_yolos(work / "yolos", full_size=True)
+        rng = np.random.default_rng(0)
+        folder = work / "images"
+        folder.mkdir()
+        images = []
+        for i in range(args.images):
+            im = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+            im.save(folder / f"frame.{i:03d}.jpg", quality=90)
+            images.append(im)
+        project = init_project(work / "p")
+        cli(project, "upload", str(folder), "--no-label")
+        cli(project, "actions", "create", "det", "--step", "pretrained", "-p", f"model={model}", "-p",
+            "min-confidence=0.5", "-p", f"batch-size={args.batch_size}", "-p", "precision=fp32")
+        t = time.perf_counter()
+        cli(project, "actions", "preview", "det", "--limit", "1", "--no-cache")
+        one = time.perf_counter() - t
+        t = time.perf_counter()
+        cli(project, "actions", "run", "det", "--no-cache")
+        ours = (args.images - 1) / (time.perf_counter() - t - one)
+        pipe = pipeline("object-detection", model=str(model), threshold=0.5)
+        pipe(images[0])
+        t = time.perf_counter()
+        for im in images:
+            pipe(im)
+        per_image = args.images / (time.perf_counter() - t)
+        processor = AutoImageProcessor.from_pretrained(model, backend="pil")
+        net = AutoModelForObjectDetection.from_pretrained(model).eval()
+        batches = [processor(images=images[i : i + args.batch_size], return_tensors="pt")["pixel_values"]
+                   for i in range(0, args.images, args.batch_size)]
+        with torch.no_grad():
+            net(pixel_values=batches[0])
+            t = time.perf_counter()
+            for b in batches:
+                net(pixel_values=b)
+            bare = args.images / (time.perf_counter() - t)
+        print(f"pretrained (YOLOS-small size, fp32, batch {args.batch_size}), {args.images} images 640x480: "
+              f"actions run {ours:.2f} images/s (model load taken out: {one:.1f} s for it and one image)")
+        print(f"  pipeline per image {per_image:.2f} images/s: ratio {ours / per_image:.2f}x (target >= 2x)")
+        print(f"  bare batched forward {bare:.2f} images/s: {100 * ours / bare:.0f}% (target >= 90%)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

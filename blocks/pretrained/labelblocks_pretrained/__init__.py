@@ -1,0 +1,1 @@
+"""Image labeling with pretrained models: a labelblocks block distribution."""
