@@ -123,6 +123,12 @@ def _isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def default_sigint() -> None:
+    """A child's SIGINT back to the default (a process started in the background of a
+    non-interactive shell, as CI may start the tests, inherits SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def kill_when(proc: subprocess.Popen[bytes], project: Path, count_sql: str, at_least: int, timeout: float = 60) -> None:
     """SIGKILL ``proc`` as soon as ``count_sql`` counts ``at_least`` rows in the project's
     database (or after ``timeout`` seconds), and reap it."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Cli, make_audio, make_image
+from .conftest import Cli, default_sigint, make_audio, make_image
 
 
 def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -230,7 +230,8 @@ def test_ctrl_c_during_an_upload_exits_130_and_leaves_no_stray_file(cli: Cli, tm
     for i in range(600):
         make_image(tmp_path / "many" / f"x{i:04d}.png", size=(48, 48), seed=i)
     proc = subprocess.Popen([sys.executable, "-m", "labelblocks", "--project", str(cli.project), "upload",
-                             str(tmp_path / "many")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(tmp_path / "many")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     db = cli.project / ".labelblocks" / "project.db"
     deadline = time.time() + 60
     while time.time() < deadline:

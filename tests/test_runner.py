@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests import fake_blocks
 
-from .conftest import Cli, kill_when, make_image
+from .conftest import Cli, default_sigint, kill_when, make_image
 
 SECRET = "sk-planted-SECRET-4242-zz"
 
@@ -290,10 +290,11 @@ def test_run_resumes_after_sigkill(ds: Cli, project: Path, tmp_path: Path) -> No
 
 def test_run_resumes_after_ctrl_c(ds: Cli, project: Path, tmp_path: Path) -> None:
     log = tmp_path / "calls.jsonl"
-    ds("actions", "create", "slow", "--step", "fake-labeler", "-p", "delay=1.0", "-p", "batch-size=1")
+    ds("actions", "create", "slow", "--step", "fake-labeler", "-p", "delay=0.4", "-p", "batch-size=1")
     env = {**os.environ, "FAKE_BLOCKS_LOG": str(log), "FAKE_TOKEN": "t-123456"}
     cmd = [sys.executable, "-m", "labelblocks", "--project", str(project), "actions", "run", "slow", "--json"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.time() + 60
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
         time.sleep(0.05)
