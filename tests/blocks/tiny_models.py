@@ -166,15 +166,16 @@ def make_vit(folder: Path, labels: tuple[str, ...] = ("cat", "dog", "bird", "car
 def make_yolos(folder: Path, labels: tuple[str, ...] = ("person", "bottle", "car"), seed: int = 0,
                full_size: bool = False) -> Path:
     """A tiny YOLOS detector (64x64 input, 10 detection tokens) with its image processor.
-    ``full_size``: YOLOS-small's architecture (512 px shortest edge) with random weights."""
+    ``full_size``: YOLOS-small's architecture and preprocessing with random weights."""
     import torch
     from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
 
     kw = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
     if full_size:
         config = YolosConfig(hidden_size=384, num_attention_heads=6, intermediate_size=1536, image_size=[800, 1333],
+                             use_mid_position_embeddings=False,
                              num_detection_tokens=100, **kw)
-        processor = YolosImageProcessor(size={"shortest_edge": 512, "longest_edge": 864})
+        processor = YolosImageProcessor()  # YOLOS' own sizes: shortest edge 800, longest 1333
     else:
         config = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                              image_size=[64, 64], patch_size=16, num_detection_tokens=10, **kw)
