@@ -248,6 +248,22 @@ def test_hard_cases_come_back_as_proposals(served: tuple[Cli, Served, str, list[
     assert all(samples_after["boundingBoxes"] for samples_after in cli.json("samples", "list"))
 
 
+def test_a_single_block_served_as_a_model(cli: Cli, tmp_path: Path) -> None:
+    from labelblocks.server import BackgroundServer
+
+    img = make_image(tmp_path / "one.png", size=(64, 48))
+    cli("actions", "publish", "things", "--step", "fake-boxer", "-p", "label=thing")
+    assert cli.json("actions", "list") == []  # no action saved
+    cli("actions", "create", "taken", "--step", "fake-boxer")
+    assert "is a saved action" in cli("actions", "publish", "taken", "--step", "fake-boxer", expect=1).output
+    assert "no block named 'nope'" in cli("actions", "publish", "x", "--step", "nope", expect=1).output
+    key = cli.json("keys", "create")["key"]
+    with BackgroundServer(cli.project) as srv:
+        r = requests.post(srv.url.removesuffix("/v1") + "/infer/object_detection", timeout=60, json={
+            "api_key": key, "model_id": "things/1", "image": _b64(img)}).json()
+    assert [p["class"] for p in r["predictions"]] == ["thing"]
+
+
 def test_keep_images_low_confidence_only(cli: Cli, tmp_path: Path) -> None:
     from labelblocks.inference import parse_keep
 

@@ -407,11 +407,24 @@ def write_plot(rows: Sequence[Any], by: str | None, start: float, end: float, pa
     os.replace(tmp, path)
 
 
-def publish_action(store: Store, name: str) -> int:
-    """Freeze the saved action ``name`` as its next version."""
-    from .actions import get_action
+def publish_action(store: Store, name: str, block: str | None = None, params: dict[str, str] | None = None) -> int:
+    """Freeze the saved action ``name`` as its next version; or, with ``block``, that single
+    block with ``params`` as the model ``name`` (no action is saved)."""
+    from .actions import Action, Step, get_action, validate_steps
 
-    action = get_action(store, name)
+    if block is None:
+        return log_store.publish(store, name, get_action(store, name).to_json())
+    try:
+        get_action(store, name)
+    except NotFound:
+        pass
+    else:
+        raise InvalidInput(f"{name} is a saved action: publish it without --step, or name the model otherwise")
+    try:
+        action = Action(name=name, steps=[Step(block=block, parameters=params or {})])
+    except ValueError as e:
+        raise InvalidInput(f"model name {name!r}: {e}") from None
+    validate_steps(action, get_registry())
     return log_store.publish(store, name, action.to_json())
 
 

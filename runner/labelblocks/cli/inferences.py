@@ -33,18 +33,25 @@ def parse_since(text: str | None) -> float | None:
 
 @actions_group.command("publish")
 @click.argument("name")
+@click.option("--step", "block", default=None, metavar="BLOCK",
+              help="Publish this single block (with -p) as the model NAME, without saving an action.")
+@click.option("-p", "--param", "params", multiple=True, metavar="PARAM=VALUE", help="A parameter of --step's block.")
 @pass_app
-def actions_publish(app: AppContext, name: str) -> None:
+def actions_publish(app: AppContext, name: str, block: str | None, params: tuple[str, ...]) -> None:
     """Freeze the action's steps and parameters as its next model version, which `labelblocks
-    serve` answers inference requests with (model id NAME/VERSION).
+    serve` answers inference requests with (model id NAME/VERSION); or a single block with
+    its parameters (--step BLOCK -p ...).
 
     \b
-    Example:
+    Examples:
       labelblocks actions publish boxes        # then: POST /infer/object_detection, model_id boxes/1
+      labelblocks actions publish cats --step owlvit -p "prompt=a cat (cat, 0.3)"
     """
     from ..inference import publish_action
 
-    version = publish_action(app.store, name)
+    if params and block is None:
+        raise UsageError("-p goes with --step BLOCK (an action's parameters are its own: `actions set`)")
+    version = publish_action(app.store, name, block, parse_key_values(params, "-p") if block else None)
     click.echo(f"Published {name}/{version}: `labelblocks serve` answers it (model_id \"{name}/{version}\").")
 
 
