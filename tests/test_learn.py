@@ -205,3 +205,21 @@ def test_an_unreadable_file_fails_alone(tones: Cli, tmp_path: Path) -> None:
     assert "1 samples could not be read and were left out" in r.stderr
     out = tones.json("learn", "show", "1")
     assert out["trainingSamples"] == 40 and len(out["params"]["failed"]) == 1
+
+
+def test_a_jpeg_is_decoded_at_a_reduced_scale_never_below_the_models_size() -> None:
+    import io as _io
+
+    from PIL import Image
+
+    from labelblocks.media import open_image
+
+    buf = _io.BytesIO()
+    Image.new("RGB", (800, 600), (200, 30, 40)).save(buf, format="JPEG")
+    full = open_image(buf.getvalue())
+    small = open_image(buf.getvalue(), min_side=224)
+    assert full.size == (800, 600) and small.size == (400, 300)  # 1/2 scale: 1/4 would be under 224
+    assert small.getpixel((10, 10)) == pytest.approx(full.getpixel((10, 10)), abs=3)
+    png = _io.BytesIO()
+    Image.new("RGB", (800, 600)).save(png, format="PNG")
+    assert open_image(png.getvalue(), min_side=224).size == (800, 600)  # only JPEG has a cheaper scale

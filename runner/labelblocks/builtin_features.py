@@ -120,6 +120,13 @@ class ImageEmbedding(_TorchExtractor):
         self.processor = load_pretrained(partial(AutoImageProcessor.from_pretrained, backend="pil"),
                                          self.params["model"], "model")
         self.model = load_pretrained(AutoModel.from_pretrained, self.params["model"], "model").to(self.device).eval()
+        size = getattr(self.processor, "size", None)
+
+        def side(name: str) -> Any:
+            return size.get(name) if isinstance(size, dict) else getattr(size, name, None)
+
+        # what the processor resizes to: a JPEG is decoded at no smaller a scale
+        self.min_side = int(side("shortest_edge") or min(side("height") or 224, side("width") or 224))
 
     def embed(self, pixels: Any) -> Any:
         if hasattr(self.model, "get_image_features"):  # CLIP-like: the projected image features
@@ -134,7 +141,7 @@ class ImageEmbedding(_TorchExtractor):
 
     def prepare(self, batch: Sequence[bytes]) -> Any:
         """Decoded (in threads) and preprocessed: (per file the image or its error, pixels)."""
-        images = self.decode_all(batch, open_image)
+        images = self.decode_all(batch, partial(open_image, min_side=self.min_side))
         ok = [im for im in images if not isinstance(im, Exception)]
         pixels = self.processor(images=ok, return_tensors="pt")["pixel_values"] if ok else None
         return [e if isinstance(e, Exception) else None for e in images], pixels

@@ -146,13 +146,18 @@ def _probe_audio(data: bytes, ext: str) -> MediaInfo:
     )
 
 
-def open_image(data: bytes) -> Any:
+def open_image(data: bytes, min_side: int | None = None) -> Any:
     """Decode an image with EXIF orientation applied, as RGB (handles grayscale, palette,
-    RGBA and 16-bit images)."""
+    RGBA and 16-bit images). ``min_side``: a JPEG may be decoded at a reduced scale (its
+    DCT scaling: up to 8x cheaper) as long as both sides stay at least this long, for a model
+    that resizes it smaller anyway."""
     from PIL import Image, ImageOps
 
     _pillow()
-    img: Image.Image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    opened = Image.open(io.BytesIO(data))
+    if min_side and opened.format == "JPEG":
+        opened.draft("RGB", (min_side, min_side))
+    img: Image.Image = ImageOps.exif_transpose(opened)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         import numpy as np
 
