@@ -594,20 +594,17 @@ def coco_stats(items: Sequence[Item], truth: Boxes, pred: Boxes, classes: Sequen
     return [max(0.0, float(v)) for v in e.stats[: len(COCO_NAMES)]]
 
 
-def box_confusion(truth: Boxes, pred: Boxes, matched: np.ndarray, n_classes: int, n_images: int,
-                  image_group: np.ndarray | None = None, n_groups: int = 1) -> np.ndarray:
-    """Confusion matrices [group, truth, prediction] with a background row and column
-    (index ``n_classes``) from a class-agnostic matching."""
+def box_confusion(truth: Boxes, pred: Boxes, matched: np.ndarray, n_classes: int) -> np.ndarray:
+    """The confusion matrix [truth, prediction] with a background row and column (index
+    ``n_classes``) from a class-agnostic matching."""
     k = n_classes + 1
-    g_t = np.zeros(len(truth), np.int64) if image_group is None else image_group[truth.image]
-    g_p = np.zeros(len(pred), np.int64) if image_group is None else image_group[pred.image]
     is_m = matched >= 0
-    cells = [g_p[is_m] * k * k + truth.cls[matched[is_m]] * k + pred.cls[is_m],
-             g_p[~is_m] * k * k + n_classes * k + pred.cls[~is_m]]
     hit = np.zeros(len(truth), dtype=bool)
     hit[matched[is_m]] = True
-    cells.append(g_t[~hit] * k * k + truth.cls[~hit] * k + n_classes)
-    return np.bincount(np.concatenate(cells), minlength=n_groups * k * k).reshape(n_groups, k, k).astype(float)
+    cells = np.concatenate((truth.cls[matched[is_m]] * k + pred.cls[is_m],  # matched: truth -> prediction
+                            n_classes * k + pred.cls[~is_m],  # a prediction matching nothing
+                            truth.cls[~hit] * k + n_classes))  # a true box nothing matched
+    return np.bincount(cells, minlength=k * k).reshape(k, k).astype(float)
 
 
 def box_report(cm: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
@@ -752,7 +749,7 @@ def evaluate_boxes(items: Sequence[Item], added: Sequence[list[dict[str, Any]]],
     predictions = [{"sampleId": it.id, "startMs": 0.0, "endMs": 0.0, "prediction": "",
                     "predictionCorrect": f1_list[i] == 1.0, "f1Score": f1_list[i],
                     "boundingBoxes": [xywh01(b, it) for b in p_lists[i]]} for i, it in enumerate(imgs)]
-    cm = box_confusion(truth, pred, matched, k, len(imgs))[0]
+    cm = box_confusion(truth, pred, matched, k)
     stats = coco_stats(imgs, truth, pred, classes)
     measured = {"confusionMatrix": cm.tolist(), "report": box_report(cm, classes), "accuracy": stats[1],
                 "additionalMetrics": [{"name": n, "value": f"{v:.3f}", "fullPrecisionValue": v}
@@ -767,7 +764,7 @@ def evaluate_boxes(items: Sequence[Item], added: Sequence[list[dict[str, Any]]],
         t.image, p.image = remap[t.image], remap[p.image]
         m = matched[in_p]
         m = np.where(m >= 0, np.cumsum(in_t)[np.maximum(m, 0)] - 1, -1)
-        g_cm = box_confusion(t, p, m, k, int(idx.size))[0]
+        g_cm = box_confusion(t, p, m, k)
         group_stats = coco_stats([imgs[i] for i in idx], t, p, classes)
         return {"mAP50": group_stats[1], "mAP50Interval": Map50(truth, pred, matched50, k, idx).interval(),
                 "mAP": group_stats[0], "confusionMatrix": g_cm.tolist(), "report": box_report(g_cm, classes)}

@@ -10,7 +10,9 @@ the batch's answers leaves.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
+import json
 import queue
 import threading
 import time
@@ -61,8 +63,6 @@ def image_sample(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, index: int = 1
     if ext is None:
         raise InvalidInput(f"unsupported image format {fmt or 'unknown'}")
     info = probe(data, "image" + ext, max_pixels)
-    import hashlib
-
     return Sample(id=index, filename=f"inference{ext}", chart_type="image", width=info.width, height=info.height,
                   media_type=info.media_type, content_hash=hashlib.sha256(data).hexdigest())
 
@@ -103,8 +103,7 @@ class LoadedModel:
     """A model: its blocks set up once, and a worker thread that answers batches."""
 
     def __init__(self, store: Store, model_id: str,
-                 on_logged: Callable[[list[dict[str, Any]], list[Result]], None],
-                 max_delay: float = 0.005, learned: Callable[[int], Any] | None = None) -> None:
+                 on_logged: Callable[[list[dict[str, Any]], list[Result]], None], max_delay: float = 0.005) -> None:
         from .runner import Runner
 
         name, version = parse_model_id(model_id)
@@ -115,6 +114,7 @@ class LoadedModel:
         self.plans = runner.plan(self.action)
         self.blocks: list[Block] = []
         self.contexts: list[BlockContext] = []
+        self.args = [dict(plan.resolved.values) for plan in self.plans]
         for plan in self.plans:
             cls = plan.block.cls
             if cls.executor != "inprocess":
@@ -124,18 +124,17 @@ class LoadedModel:
                 raise InvalidInput(f"model {self.model_id}: block {cls.name} does not take images")
             block = cls()
             context = BlockContext(secrets=dict(plan.secrets), preview=False, cache_dir=store.root / "cache",
-                                   learned=learned or runner._learned)
-            block.setup(dict(plan.resolved.values), context)
+                                   learned=runner.learned)
+            block.setup(self.args[len(self.blocks)], context)
             self.blocks.append(block)
             self.contexts.append(context)
         # classification where every block labels single-label images; boxes otherwise
         single = all("images_single_label" in p.block.cls.operates_on() for p in self.plans)
         self.task = CLASSIFICATION if single else OBJECT_DETECTION
-        self.batch_size = max(1, self.blocks[0].batch_size(dict(self.plans[0].resolved.values)))
+        self.batch_size = max(1, self.blocks[0].batch_size(self.args[0]))
         self.class_ids: dict[str, int] = {}
         self.store, self.on_logged, self.max_delay = store, on_logged, max_delay
         self.queue: queue.Queue[_Pending | None] = queue.Queue()
-        self.last_used = time.monotonic()
         self.batches: list[int] = []  # sizes of the batches run (the last 1000)
         self.worker = threading.Thread(target=self._work, name=f"labelblocks-model-{self.model_id}", daemon=True)
         self.worker.start()
@@ -148,7 +147,6 @@ class LoadedModel:
         return self.class_ids.setdefault(name, len(self.class_ids))
 
     def submit(self, sample: Sample, data: bytes, key_id: int | None) -> Future[Result]:
-        self.last_used = time.monotonic()
         fut: Future[Result] = Future()
         self.queue.put(_Pending(sample, data, key_id, fut))
         return fut
@@ -206,13 +204,13 @@ class LoadedModel:
         results = [Result(s.model_copy(update={"id": i + 1}), d) for i, (s, d) in enumerate(items)]
         current = [r.sample for r in results]
         changes: list[list[SampleChange]] = [[] for _ in results]
-        for block, plan, context in zip(self.blocks, self.plans, self.contexts, strict=True):
+        for block, plan, args, context in zip(self.blocks, self.plans, self.args, self.contexts, strict=True):
             live = [i for i, r in enumerate(results) if r.error is None]
             if not live:
                 break
             inputs = [SampleInput(current[i], functools.partial(bytes, results[i].data)) for i in live]
             context.records.clear()
-            outs = label_batch(block, inputs, dict(plan.resolved.values), context)
+            outs = label_batch(block, inputs, args, context)
             for i, out in zip(live, outs, strict=True):
                 if isinstance(out, SampleChange):
                     changes[i].append(out)
@@ -231,8 +229,8 @@ class LoadedModel:
     def _row(self, r: Result, key_id: int | None, now: float) -> dict[str, Any]:
         classes = r.classes()
         return {"id": r.inference_id, "created_at": now, "model": self.model_id, "latency_ms": r.latency_ms,
-                "error": r.error, "classes": _json([c for c, _ in classes]),
-                "confidences": _json([round(c, 6) for _, c in classes]), "width": r.sample.width,
+                "error": r.error, "classes": json.dumps([c for c, _ in classes]),
+                "confidences": json.dumps([round(c, 6) for _, c in classes]), "width": r.sample.width,
                 "height": r.sample.height, "content_hash": r.sample.content_hash, "media_type": r.sample.media_type,
                 "key_id": key_id, "image_kept": False,
                 "change": r.change.model_dump_json(by_alias=True, exclude_none=True) if r.change else "{}"}
@@ -252,12 +250,6 @@ class LoadedModel:
         preds = [{"class": c, "class_id": self.class_id(c), "confidence": conf} for c, conf in classes]
         top = preds[0] if preds else {"class": "", "confidence": 0.0}
         return {**base, "predictions": preds, "top": top["class"], "confidence": top["confidence"]}
-
-
-def _json(v: Any) -> str:
-    import json
-
-    return json.dumps(v)
 
 
 class ModelPool:

@@ -148,6 +148,13 @@ class AnomalyModel:
         sq = (z * z).sum(axis=1)[:, None] - 2.0 * (z @ self.centers.T) + (self.centers**2).sum(axis=1)[None, :]
         return (np.sqrt(np.maximum(sq, 0.0)) - self.max_error[None, :]).min(axis=1)
 
+    def window_scores(self, per_sample: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Each sample's windows' scores (``per_sample``: [windows, dim] each), scored in one pass."""
+        if not per_sample:
+            return []
+        flat = self.scores(np.concatenate(per_sample))
+        return np.split(flat, np.cumsum([len(v) for v in per_sample])[:-1])
+
     def sample_scores(self, per_sample: Sequence[np.ndarray]) -> np.ndarray:
         """Each sample's score (the largest of its windows'), scored in one pass."""
         if not per_sample:
@@ -257,10 +264,7 @@ def anomaly_metadata(model: AnomalyModel, train_scores: np.ndarray, valid: Seque
 
     suggested = float(np.percentile(train_scores, SUGGEST_PERCENTILE))
     how = f"the {SUGGEST_PERCENTILE:g}th percentile of the {len(train_scores)} training samples' scores"
-    counts = [len(v) for _, v in valid]
-    flat = model.scores(np.concatenate([v for _, v in valid])) if valid else np.zeros(0)
-    ends = np.cumsum(counts)
-    scores = {sid: flat[e - n : e] for (sid, _), n, e in zip(valid, counts, ends, strict=True)}
+    scores = dict(zip([sid for sid, _ in valid], model.window_scores([v for _, v in valid]), strict=True))
     labeled = [sid for sid, _ in valid if info.get(sid, (None, None))[0]]
     truth = {sid: (ANOMALY if info[sid][0] == anomaly_label else NORMAL) for sid in labeled}
     if any(t == ANOMALY for t in truth.values()) and any(t == NORMAL for t in truth.values()):
@@ -324,10 +328,7 @@ class LoadedAnomaly:
         """Per (sample id, content hash): its windows' scores; and the failures."""
         got = compute_features(self.store, self.extractor(), rows)
         ids = list(got.vectors)
-        counts = [len(got.vectors[sid]) for sid in ids]
-        flat = self.model.scores(np.concatenate([got.vectors[sid] for sid in ids])) if ids else np.zeros(0)
-        ends = np.cumsum(counts)
-        return {sid: flat[e - n : e] for sid, n, e in zip(ids, counts, ends, strict=True)}, got.failed
+        return dict(zip(ids, self.model.window_scores([got.vectors[sid] for sid in ids]), strict=True)), got.failed
 
 
 def load(store: Store, learn_id: int) -> LoadedAnomaly:

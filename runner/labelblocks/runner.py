@@ -94,7 +94,7 @@ class Runner:
         self.registry = registry
         self._models: dict[int, Any] = {}
 
-    def _learned(self, learn_id: int) -> Any:
+    def learned(self, learn_id: int) -> Any:
         """A learned model of the project (loaded once per runner), for blocks that score with one."""
         if learn_id not in self._models:
             from .learn import load
@@ -334,7 +334,7 @@ class Runner:
         # steps (the step's cache key)
         cache_key = plan.key[:32]
         job_store.record_step(self.store, job_id, plan.index, cache_key)
-        executor = make_executor(self.store, job_id, plan, kind == "preview", all_secrets, self._learned)
+        executor = make_executor(self.store, job_id, plan, kind == "preview", all_secrets, self.learned)
         out = StepWriter(self.store, job_id, plan.index, all_secrets)
         try:  # what was computed is kept, also when stopped by Ctrl-C or too many failures
             bs = executor.batch_size(len(todo))

@@ -14,8 +14,6 @@ import hmac
 import os
 import secrets
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,11 +194,3 @@ def install(app: FastAPI, store: Store) -> None:
         return HTMLResponse("<!doctype html><title>Refused</title><p>Refused: the request did not carry this "
                             "session's CSRF token. Reload the page and try again.</p>", status_code=403)
 
-
-def now() -> float:
-    return time.time()
-
-
-def chunks(seq: list[Any], n: int) -> Iterator[list[Any]]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
