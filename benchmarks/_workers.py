@@ -1,6 +1,7 @@
-"""What the model-block benchmarks share: each measurement runs in its own process (so its
+"""What the benchmarks share: each model-block measurement runs in its own process (so its
 peak memory is its own), and `labelblocks actions run` is timed in-process with the block's
-model loading (``setup``) measured apart."""
+model loading (``setup``) measured apart; the CPU's flags; the CLI in-process; samples seeded
+straight into the store's tables."""
 
 from __future__ import annotations
 
@@ -14,6 +15,40 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+
+def cpu_flags() -> str:
+    """The CPU's flags that decide bf16's speed (benchmarks print them)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
+    except (OSError, IndexError):
+        return "unknown"
+    return ", ".join(f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags.split()) or "none"
+
+
+def cli_in_process(project: Path, *args: str) -> None:
+    """`labelblocks --project PROJECT ARGS...` in this process, its output dropped (an error
+    exits, as the command does)."""
+    from labelblocks.cli import main as cli_main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli_main(["--project", str(project), *args], standalone_mode=False)
+
+
+def insert_samples(db: Path, rows: Any, width: int, height: int) -> None:
+    """Untimed: image samples ``(id, label, boxes JSON, content hash)`` straight into the
+    store's tables (the store's own insert validates every box one by one)."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    now = time.time()
+    with con:
+        con.executemany(
+            "INSERT INTO samples (id, filename, category, label, bounding_boxes, structured_labels, is_disabled, "
+            "chart_type, media_type, ext, width, height, content_hash, created_at, updated_at) "
+            "VALUES (?, ?, 'training', ?, ?, '[]', 0, 'image', 'image/png', '.png', ?, ?, ?, ?, ?)",
+            ((i, f"img{i}.png", label, boxes, width, height, h, now, now) for i, label, boxes, h in rows))
+    con.close()
 
 
 def peak_mb() -> float:

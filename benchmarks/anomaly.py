@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from evaluate import cpu_flags
+from _workers import cpu_flags, insert_samples
 
 from labelblocks.blocks import BlockContext, SampleInput
 from labelblocks.builtin_blocks import Anomaly
@@ -51,16 +51,8 @@ def seed(project: Path, n: int, key: str) -> None:
     Gaussian blobs in 512 dimensions."""
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 3, (40, DIM)).astype(np.float32)
-    db = project / ".labelblocks" / "project.db"
-    con = sqlite3.connect(db)
-    now = time.time()
-    with con:
-        con.executemany(
-            "INSERT INTO samples (id, filename, category, label, bounding_boxes, structured_labels, is_disabled, "
-            "chart_type, media_type, ext, width, height, content_hash, created_at, updated_at) "
-            "VALUES (?, ?, 'training', NULL, '[]', '[]', 0, 'image', 'image/png', '.png', 64, 64, ?, ?, ?)",
-            ((i, f"img{i}.png", f"{i:064x}", now, now) for i in range(1, n + 1)))
-    con.close()
+    insert_samples(project / ".labelblocks" / "project.db", ((i, None, "[]", f"{i:064x}") for i in range(1, n + 1)),
+                   64, 64)
     with open_store(project) as store:
         for start in range(0, n, 20_000):
             ids = range(start + 1, min(n, start + 20_000) + 1)

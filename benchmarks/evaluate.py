@@ -23,16 +23,19 @@ import contextlib
 import io
 import json
 import os
-import platform
 import shutil
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _workers import cpu_flags, insert_samples
 
 from labelblocks.project import init_project, open_store
 from labelblocks.store import jobs as job_store
@@ -42,26 +45,11 @@ SITES = [f"site{i}" for i in range(10)]
 W, H = 640, 480
 
 
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    return ", ".join(have) or "no AVX2"
-
-
 def _insert_samples(db: Path, n: int, rows: Any) -> None:
-    """Untimed: ``n`` samples straight into the store's tables (the store's own insert would
-    validate 1,000,000 boxes one by one)."""
+    """Untimed: ``n`` samples straight into the store's tables, with a site each."""
+    insert_samples(db, ((i, label, boxes, "0" * 64) for i, label, boxes in rows), W, H)
     con = sqlite3.connect(db)
-    now = time.time()
     with con:
-        con.executemany(
-            "INSERT INTO samples (id, filename, category, label, bounding_boxes, structured_labels, is_disabled, "
-            "chart_type, media_type, ext, width, height, content_hash, created_at, updated_at) "
-            "VALUES (?, ?, 'training', ?, ?, '[]', 0, 'image', 'image/png', '.png', ?, ?, ?, ?, ?)",
-            ((i, f"img{i}.png", label, boxes, W, H, "0" * 64, now, now) for i, label, boxes in rows))
         con.executemany("INSERT INTO sample_metadata (sample_id, key, value) VALUES (?, 'site', ?)",
                         ((i, SITES[i % len(SITES)]) for i in range(1, n + 1)))
     con.close()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import io
 import os
 import shutil
@@ -34,17 +33,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from evaluate import cpu_flags
+from _workers import cli_in_process as cli
+from _workers import cpu_flags
 
 from labelblocks.project import init_project, open_store
 from labelblocks.store.keys import create_key
-
-
-def cli(project: Path, *args: str) -> None:
-    from labelblocks.cli import main as cli_main
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        cli_main(["--project", str(project), *args], standalone_mode=False)
 
 
 def serve(project: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:

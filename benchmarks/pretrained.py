@@ -10,8 +10,6 @@ Usage: python benchmarks/pretrained.py [--images 64] [--batch-size 8]
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import shutil
 import sys
@@ -24,16 +22,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from evaluate import cpu_flags
+from _workers import cli_in_process as cli
+from _workers import cpu_flags
 
 from labelblocks.project import init_project
-
-
-def cli(project: Path, *args: str) -> None:
-    from labelblocks.cli import main as cli_main
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        cli_main(["--project", str(project), *args], standalone_mode=False)
 
 
 def main() -> None:
