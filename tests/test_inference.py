@@ -173,6 +173,8 @@ def test_bad_input_is_refused_and_not_logged(served: tuple[Cli, Served, str, lis
         ({"api_key": key, "model_id": "boxes/1", "image": {"type": "url", "value": "http://x"}}, 400, "base64"),
         ({"api_key": "ei_wrong", "model_id": "boxes/1", "image": _b64(images[0])}, 401, "API key"),
         ({"model_id": "boxes/1", "image": _b64(images[0])}, 401, "API key"),
+        ({"api_key": key, "model_id": ["boxes/1"], "image": _b64(images[0])}, 400, "model_id"),
+        ({"api_key": key, "model_id": "boxes/" + "9" * 30, "image": _b64(images[0])}, 400, "the version is a number"),
     ]
     for body, status, message in cases:
         r = requests.post(url, json=body, timeout=60)

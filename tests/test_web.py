@@ -321,3 +321,28 @@ def test_review_command_prints_a_one_time_link(cli: Cli) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_bad_requests_get_a_json_4xx(site: tuple[Cli, str, str, BackgroundServer]) -> None:
+    """Huge ids, broken JSON, wrong types and the wrong kind of file: a 4xx in JSON, never a 500."""
+    cli, base, key, _ = site
+    cli("actions", "create", "rename", "--step", "relabel", "-p", "mapping=square -> box")
+    job = cli.json("actions", "preview", "rename", "--limit", "2")["jobId"]
+    s = requests.Session()
+    s.post(f"{base}/signin", data={"key": key, "next": "/"}, timeout=30)
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', s.get(f"{base}/", timeout=30).text)[1]  # type: ignore[index]
+    huge = "9" * 30
+    token = {"X-CSRF-Token": csrf}
+    cases = [("GET", f"/jobs/{huge}", {}), ("GET", f"/samples/{huge}", {}), ("GET", f"/media/{huge}", {}),
+             ("POST", f"/jobs/{huge}/apply", {"data": {"csrf": csrf}}),
+             ("POST", f"/jobs/{job}/review", {"headers": {**token, "content-type": "application/json"},
+                                              "data": b"{broken"}),
+             ("POST", f"/jobs/{job}/review", {"headers": token, "json": [1]}),
+             ("POST", f"/jobs/{job}/review", {"headers": token, "json": {"sampleIds": ["a"], "decision": "accepted"}}),
+             ("POST", f"/jobs/{job}/review", {"headers": token, "json": {"sampleIds": [1], "decision": "maybe"}})]
+    page = s.get(f"{base}/", timeout=30).text
+    image = re.search(r"/thumbs/([0-9a-f]{64})\.jpg", page)[1]  # type: ignore[index]
+    cases.append(("GET", f"/waveforms/{image}.png", {}))  # an image is not audio
+    for method, path, kw in cases:
+        r = s.request(method, base + path, timeout=30, allow_redirects=False, **kw)
+        assert 400 <= r.status_code < 500 and r.json()["success"] is False, (path, r.status_code, r.text)

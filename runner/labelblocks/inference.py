@@ -29,7 +29,7 @@ from .blocks import Block, BlockContext, SampleInput
 from .errors import InvalidInput, NotFound
 from .executors.inprocess import label_batch
 from .media import MAX_IMAGE_PIXELS, probe
-from .model import Sample, SampleChange, compose
+from .model import MAX_INT, Sample, SampleChange, compose
 from .plugins import get_registry
 from .store import Store
 from .store import inferences as log_store
@@ -40,10 +40,12 @@ _FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF"
 
 def parse_model_id(model_id: str) -> tuple[str, int | None]:
     """``ACTION/VERSION`` (or ``ACTION``: its latest version)."""
-    name, _, version = str(model_id).strip().partition("/")
+    if not isinstance(model_id, str):
+        raise InvalidInput(f"model_id: expected ACTION/VERSION, got {type(model_id).__name__}")
+    name, _, version = model_id.strip().partition("/")
     if not name:
         raise InvalidInput(f"model_id: expected ACTION/VERSION, got {model_id!r}")
-    if version and not version.isdigit():
+    if version and (not version.isdigit() or int(version) > MAX_INT):
         raise InvalidInput(f"model_id: the version is a number (ACTION/VERSION), got {model_id!r}")
     return name, int(version) if version else None
 

@@ -110,8 +110,9 @@ async def _infer(request: Request, task: str) -> Any:
         model_id = body.get("model_id")
         if not model_id:
             raise Refused(400, "model_id: expected ACTION/VERSION (see GET /model/registry)")
+        parse_model_id(model_id)
         models = pool(request)
-        model = await run_in_threadpool(models.get, str(model_id))
+        model = await run_in_threadpool(models.get, model_id)
         results = await run_in_threadpool(models.infer, model, images, who)
     except (Refused, LabelblocksError) as e:
         return refused(e)
@@ -144,8 +145,8 @@ async def model_add(request: Request) -> Any:
     try:
         body = await json_body(request)
         key_id(request, get_state(request), body)
-        parse_model_id(str(body.get("model_id") or ""))
-        await run_in_threadpool(pool(request).get, str(body["model_id"]))
+        parse_model_id(body.get("model_id") or "")
+        await run_in_threadpool(pool(request).get, body["model_id"])
     except (Refused, LabelblocksError) as e:
         return refused(e)
     return {"models": pool(request).registry()}
@@ -156,7 +157,9 @@ async def model_remove(request: Request) -> Any:
     try:
         body = await json_body(request)
         key_id(request, get_state(request), body)
-        pool(request).remove(str(body.get("model_id") or ""))
+        model_id = body.get("model_id") or ""
+        parse_model_id(model_id)
+        pool(request).remove(model_id)
     except (Refused, LabelblocksError) as e:
         return refused(e)
     return {"models": pool(request).registry()}

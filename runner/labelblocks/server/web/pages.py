@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 
+from ...api.state import JobId, SampleId, json_body
 from ...errors import InvalidInput, LabelblocksError, NotFound
 from ...filters import SampleFilter, check_categories, from_shorthand, parse_metadata_json
 from ...model import MAX_INT, Sample, check_text, compose
@@ -151,7 +152,7 @@ def dataset(request: Request, session: Signed, q: str = "", filter_json: str = "
 
 
 @router.get("/samples/{sample_id}")
-def sample_page(request: Request, session: Signed, sample_id: Annotated[int, ...], error: str = "",
+def sample_page(request: Request, session: Signed, sample_id: SampleId, error: str = "",
                 field: str = "") -> HTMLResponse:
     store = api_state(request).store
     s = store.get_sample(sample_id)
@@ -159,7 +160,7 @@ def sample_page(request: Request, session: Signed, sample_id: Annotated[int, ...
 
 
 @router.post("/samples/{sample_id}/metadata")
-async def edit_metadata(request: Request, session: Signed, sample_id: int) -> Response:
+async def edit_metadata(request: Request, session: Signed, sample_id: SampleId) -> Response:
     form = await request.form()
     await require_csrf(request, session, form)
     store = api_state(request).store
@@ -218,7 +219,7 @@ def waveform(request: Request, session: Signed, content_hash: str) -> Response:
 
 
 @router.get("/media/{sample_id}")
-def media(request: Request, session: Signed, sample_id: int) -> Response:
+def media(request: Request, session: Signed, sample_id: SampleId) -> Response:
     """The sample's file as uploaded (audio plays from it; Range requests are answered)."""
     store = api_state(request).store
     s = store.get_sample(sample_id)
@@ -335,7 +336,7 @@ async def task_events(request: Request, session: Signed, task_id: str) -> Stream
 
 
 @router.get("/jobs/{job_id}")
-def job_page(request: Request, session: Signed, job_id: Annotated[int, ...],
+def job_page(request: Request, session: Signed, job_id: JobId,
              offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
              columns: Annotated[int, Query(ge=1, le=12)] = 4, per: Annotated[int, Query(ge=1, le=200)] = JOB_PAGE,
              applied: int = -1, left: str = "") -> HTMLResponse:
@@ -373,12 +374,16 @@ def job_page(request: Request, session: Signed, job_id: Annotated[int, ...],
 
 
 @router.post("/jobs/{job_id}/review")
-async def review(request: Request, session: Signed, job_id: int) -> dict[str, Any]:
+async def review(request: Request, session: Signed, job_id: JobId) -> dict[str, Any]:
     """``{"sampleIds": [...], "decision": "accepted" | "rejected" | null}`` (JSON, with the
     X-CSRF-Token header)."""
     await require_csrf(request, session)
-    body = await request.json()
-    ids = [int(i) for i in body.get("sampleIds", [])]
+    body = await json_body(request)
+    ids, decision = body.get("sampleIds", []), body.get("decision")
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise InvalidInput("sampleIds: expected a list of sample ids")
+    if decision is not None and decision not in reviews.DECISIONS:
+        raise InvalidInput(f"decision: expected one of {', '.join(reviews.DECISIONS)} or null, got {decision!r}")
     store = api_state(request).store
     if job_store.get_job(store, job_id) is None:
         raise NotFound(f"no job {job_id}")
@@ -386,12 +391,12 @@ async def review(request: Request, session: Signed, job_id: int) -> dict[str, An
     unknown = [i for i in ids if i not in known]
     if unknown:
         raise InvalidInput(f"samples {unknown[:10]} are not part of job {job_id}")
-    reviews.decide(store, job_id, ids, body.get("decision"))
+    reviews.decide(store, job_id, ids, decision)
     return {"success": True, "decisions": reviews.decisions(store, job_id)}
 
 
 @router.post("/jobs/{job_id}/apply")
-async def apply_accepted(request: Request, session: Signed, job_id: int) -> Response:
+async def apply_accepted(request: Request, session: Signed, job_id: JobId) -> Response:
     """Apply exactly the accepted samples, through the same path as `proposals apply`."""
     from ...actions import get_action
     from ...apply import apply_job
@@ -418,7 +423,7 @@ async def apply_accepted(request: Request, session: Signed, job_id: int) -> Resp
 
 
 @router.get("/jobs/{job_id}/report")
-def report(request: Request, session: Signed, job_id: int) -> Response:
+def report(request: Request, session: Signed, job_id: JobId) -> Response:
     """The job's evaluation as the HTML report (`labelblocks evaluate --report`), made again
     with what its stored evaluation selected, into the project's data folder."""
     from ...evaluate import run_evaluation

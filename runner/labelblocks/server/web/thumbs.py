@@ -59,7 +59,10 @@ def waveform_png(store: Store, folder: Path, content_hash: str) -> Path:
     import numpy as np
     from PIL import Image, ImageDraw
 
-    audio, _ = read_audio(_blob(store, content_hash))
+    try:
+        audio, _ = read_audio(_blob(store, content_hash))
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"not audio: {e}") from None
     w, h = WAVE_SIZE
     im = Image.new("RGB", (w, h), (248, 248, 250))
     draw = ImageDraw.Draw(im)
