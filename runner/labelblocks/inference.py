@@ -388,8 +388,8 @@ def write_plot(rows: Sequence[Any], by: str | None, start: float, end: float, pa
         idx = np.clip(np.digitize(t, bins) - 1, 0, len(bins) - 2)
         counts = np.bincount(idx, minlength=len(bins) - 1)
         sums = np.bincount(idx, weights=conf, minlength=len(bins) - 1)
-        a.plot(centers, counts, label=name)
-        b.plot(centers, np.where(counts > 0, sums / np.maximum(counts, 1), np.nan), label=name)
+        a.plot(centers, counts, marker=".", label=name)  # markers: a lone busy bin shows too
+        b.plot(centers, np.where(counts > 0, sums / np.maximum(counts, 1), np.nan), marker="o", label=name)
     a.set_ylabel("requests")
     b.set_ylabel("average best confidence")
     a.legend(fontsize=8)

@@ -121,13 +121,15 @@ def group_plot(doc: dict[str, Any], group: dict[str, Any], index: int, folder: P
     return name
 
 
-def curve_plot(curve: Any, index: int, folder: Path, pngs: dict[str, bytes]) -> str:
+def curve_plot(curve: Any, index: int, folder: Path, pngs: dict[str, bytes], suggested: bool = True) -> str:
+    """The curve, with its suggestion marked (``suggested`` False: the item has none)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.plot(curve.recall, curve.precision, marker=".", markersize=3)
-    at = curve.thresholds.index(curve.suggested)
-    ax.plot([curve.recall[at]], [curve.precision[at]], "o", color="crimson",
-            label=f"suggested threshold {curve.suggested:.3f}")
+    ax.plot(curve.recall, curve.precision, marker=".", markersize=3, label="over the recorded scores")
+    if suggested:
+        at = curve.thresholds.index(curve.suggested)
+        ax.plot([curve.recall[at]], [curve.precision[at]], "o", color="crimson",
+                label=f"suggested threshold (keeps scores from {curve.suggested:.3f})")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
@@ -232,7 +234,8 @@ def _write(store: Store, ev: Evaluation, folder: Path) -> None:
     confusion_plot(doc, folder, pngs)
     parts = [f"<h1>Evaluation of job {doc['jobId']}</h1>",
              f"<p>{doc['samples']} samples ({html.escape(doc['task'])}), compared with "
-             f"{html.escape(doc['comparedWith'])}. Created {html.escape(str(doc.get('created', '')))}.</p>"]
+             f"{html.escape(doc['comparedWith'])}."
+             + (f" Created {html.escape(str(doc['created']))}." if doc.get("created") else "") + "</p>"]
     if doc["task"] == "boxes":
         figures = "".join(f"<tr><td>{html.escape(m['name'])}</td><td>{m['fullPrecisionValue']:.3f}</td></tr>"
                           for m in item["additionalMetrics"])
@@ -251,8 +254,8 @@ def _write(store: Store, ev: Evaluation, folder: Path) -> None:
         parts.append("<h2>Score thresholds</h2>")
         by_key = {t["key"]: t for t in doc["thresholds"]}
         for i, curve in enumerate(ev.curves):
-            name = curve_plot(curve, i + 1, folder, pngs)
             t = by_key.get(curve.key, {})
+            name = curve_plot(curve, i + 1, folder, pngs, suggested=not t.get("noSuggestion"))
             how = f"<code>{html.escape(t['command'])}</code>" if t.get("command") else ""
             parts.append(f"<figure>{_img(pngs, name, curve.key)}<figcaption>{html.escape(curve.key)}: "
                          f"{html.escape(t.get('suggestedValueText', ''))} {how}</figcaption></figure>")
