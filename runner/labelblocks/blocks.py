@@ -194,6 +194,18 @@ class Block:
         return ""
 
     @classmethod
+    def prepare_run(cls) -> dict[str, str]:
+        """Called once when a step of this block is planned to run, before any sample is
+        touched: make ready what the block needs (an organization's block fetches its verified
+        copy). Returns the secrets the block receives from elsewhere than the user's own (an
+        organization's), by name; the runner resolves the others as usual.
+
+        Returns:
+            Secret values by environment variable name (by default none).
+        """
+        return {}
+
+    @classmethod
     def estimate(cls, samples: Sequence[Sample], args: Mapping[str, Any]) -> CostEstimate:
         """What labeling ``samples`` would cost; only for blocks that declare
         ``can_estimate``. Must send nothing."""

@@ -164,6 +164,7 @@ def add_to_registry(registry: BlockRegistry, store: Store) -> BlockRegistry:
 
     reg = BlockRegistry()
     reg.blocks = dict(registry.blocks)
+    reg.resolvers = list(registry.resolvers)
     for cls, version in external_classes(store):
         if cls.name in reg.blocks:
             continue  # a plugin's block of that name wins; `blocks add` refuses such names

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import Any
@@ -66,6 +67,8 @@ class RegisteredBlock:
 class BlockRegistry:
     def __init__(self) -> None:
         self.blocks: dict[str, RegisteredBlock] = {}
+        # consulted for a name no block has (an organization block's NAME@VERSION)
+        self.resolvers: list[Callable[[str], RegisteredBlock | None]] = []
 
     def register(self, cls: Any, plugin: str, version: str) -> None:
         if not isinstance(cls, type) or not issubclass(cls, Block):
@@ -89,6 +92,10 @@ class BlockRegistry:
         try:
             return self.blocks[name]
         except KeyError:
+            for resolve in self.resolvers:
+                found = resolve(name)
+                if found is not None:
+                    return found
             known = ", ".join(sorted(self.blocks)) or "none"
             raise NotFound(f"no block named {name!r} (installed blocks: {known}; see `labelblocks blocks list`)") from None
 

@@ -113,7 +113,9 @@ class Runner:
         for i, (step, res) in enumerate(zip(action.steps, resolved, strict=True), 1):
             reg = self.registry.get(step.block)
             spec = reg.cls.spec()
-            secrets = resolve_secrets(spec.secret_names, step.block, spec.optional_secrets)
+            provided = reg.cls.prepare_run()
+            secrets = {**resolve_secrets([n for n in spec.secret_names if n not in provided], step.block,
+                                         spec.optional_secrets), **provided}
             chain.append(_step_identity(reg, res))
             plans.append(StepPlan(i, reg, res, secrets, _sha(chain), _sha(chain[-1])[:32]))
         return plans

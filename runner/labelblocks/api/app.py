@@ -38,13 +38,14 @@ def create_api_app(store: Store, project_dir: Path, limits: Limits | None = None
     app.state.lb = state
     app.add_middleware(BodyLimit, limits=state.limits)
     app.add_middleware(ErrorShape)
-    _add_error_handlers(app)
+    add_error_handlers(app)
     for router in (*routers, *ROUTERS):
         app.include_router(router)
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def add_error_handlers(app: FastAPI) -> None:
+    """Answer labelblocks' errors, invalid requests and HTTP errors in the protocol's JSON shape."""
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error(exc.status, exc.message)

@@ -22,7 +22,6 @@ class LoopbackServer:
         import uvicorn
 
         self.app = app
-        self.state: ServerState = app.state.lb
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", port))
@@ -31,6 +30,12 @@ class LoopbackServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="labelblocks-api", daemon=True)
+
+    @property
+    def state(self) -> ServerState:
+        """The project's server state (for an app made by :func:`create_api_app`)."""
+        state: ServerState = self.app.state.lb
+        return state
 
     @property
     def host(self) -> str:

@@ -74,16 +74,18 @@ def _register() -> None:
         jobs,
         learn,
         metadata,
+        org,
         project,
         proposals,
+        registry,
         samples,
         server,
         split,
         upload,
     )
 
-    for mod in (demo, project, upload, samples, metadata, split, export, blocks, actions, jobs, proposals, evaluate,
-                learn, inferences, server):
+    for mod in (demo, project, upload, samples, metadata, split, export, blocks, registry, actions, jobs, proposals,
+                evaluate, learn, inferences, server, org):
         mod.register(main)
 
 

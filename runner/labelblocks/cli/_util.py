@@ -47,11 +47,11 @@ class AppContext:
         return self._store
 
     def registry(self, need_project: bool = True) -> BlockRegistry:
-        """The installed blocks plus the project's external blocks (outside a project, with
-        ``need_project=False``: the installed blocks only)."""
+        """The installed blocks plus the project's external and organization blocks (outside a
+        project, with ``need_project=False``: the installed blocks only)."""
         from ..errors import ProjectNotFound
-        from ..external_blocks import add_to_registry
         from ..plugins import get_registry
+        from ..registry.project import project_registry
 
         try:
             store = self.store
@@ -59,7 +59,7 @@ class AppContext:
             if need_project:
                 raise
             return get_registry()
-        return add_to_registry(get_registry(), store)
+        return project_registry(store)
 
     def close(self) -> None:
         if self._store is not None:

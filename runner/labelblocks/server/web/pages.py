@@ -251,7 +251,7 @@ def action_page(request: Request, session: Signed, name: str, error: str = "") -
 
 def _start(request: Request, name: str, kind: str, limit: int | None) -> Task:
     from ...actions import get_action
-    from ...plugins import get_registry
+    from ...registry.project import project_registry
     from ...runner import Runner
 
     store = api_state(request).store
@@ -266,7 +266,7 @@ def _start(request: Request, name: str, kind: str, limit: int | None) -> Task:
 
     def work() -> None:
         try:
-            runner = Runner(store, get_registry())
+            runner = Runner(store, project_registry(store))
             if kind == "preview":
                 summary = runner.preview(action, limit=limit, on_progress=progress)
             else:
