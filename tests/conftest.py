@@ -123,6 +123,20 @@ def _isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def fake_docker(tmp_path: Path, images: dict[str, dict]) -> tuple[Path, Path]:
+    """A `docker` command (tests/external_blocks/fake_docker.py) in a new bin folder; (that
+    folder, the log of its calls)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "docker.jsonl"
+    config = tmp_path / "docker.json"
+    config.write_text(json.dumps({"log": str(log), "images": images}))
+    launcher = bin_dir / "docker"
+    launcher.write_text(f"#!/bin/sh\nexec {sys.executable} {REPO / 'tests' / 'external_blocks' / 'fake_docker.py'} {config} \"$@\"\n")
+    launcher.chmod(0o755)
+    return bin_dir, log
+
+
 def default_sigint() -> None:
     """A child's SIGINT back to the default (a process started in the background of a
     non-interactive shell, as CI may start the tests, inherits SIGINT ignored)."""

@@ -17,7 +17,7 @@ import pytest
 from labelblocks.builtin_blocks import Relabel
 from labelblocks.external_blocks import dockerfile_command
 
-from .conftest import Cli, kill_when, make_image
+from .conftest import Cli, fake_docker, kill_when, make_image
 
 BLOCKS = Path(__file__).parent / "external_blocks"
 TOKEN = "py-block-TOKEN-secret-98765"
@@ -139,20 +139,8 @@ def test_shell_block_direct_writes_are_staged_until_applied(ds: Cli, project: Pa
     assert all(s["metadata"]["seen_by"] == "sh" for s in after.values())
 
 
-def _fake_docker(tmp_path: Path, images: dict[str, dict]) -> tuple[Path, Path]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "docker.jsonl"
-    config = tmp_path / "docker.json"
-    config.write_text(json.dumps({"log": str(log), "images": images}))
-    launcher = bin_dir / "docker"
-    launcher.write_text(f"#!/bin/sh\nexec {sys.executable} {BLOCKS / 'fake_docker.py'} {config} \"$@\"\n")
-    launcher.chmod(0o755)
-    return bin_dir, log
-
-
 def test_image_block_runs_through_docker_run(ds: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bin_dir, log = _fake_docker(tmp_path, {"registry.example/copier:1": {
+    bin_dir, log = fake_docker(tmp_path, {"registry.example/copier:1": {
         "command": [sys.executable, "main.py"], "cwd": str(BLOCKS / "py_block")}})
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     ds("blocks", "add", "--image", "registry.example/copier:1", "--parameters", str(BLOCKS / "py_block" / "parameters.json"),
@@ -180,7 +168,7 @@ def test_image_block_runs_through_docker_run(ds: Cli, tmp_path: Path, monkeypatc
 def test_runner_image_serves_as_a_bundled_block(ds: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The runner's own image (entry point `labelblocks`) runs an installed block as a
     container block: `docker run ... labelblocks blocks run relabel <protocol argv>`."""
-    bin_dir, log = _fake_docker(tmp_path, {"labelblocks:test": {
+    bin_dir, log = fake_docker(tmp_path, {"labelblocks:test": {
         "command": [sys.executable, "-m", "labelblocks"], "cwd": str(tmp_path)}})
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     spec = tmp_path / "relabel.json"

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from labelblocks.registry.pack import pack_folder, read_archive
 from labelblocks.registry.scaffold import LANGUAGES, OPERATES_ON, init_block
 from labelblocks.server.org_app import create_org_app
 
-from .conftest import Cli, make_audio, make_image
+from .conftest import Cli, fake_docker, make_audio, make_image
 
 # --- scaffolding -------------------------------------------------------------------------------------
 
@@ -183,8 +184,8 @@ def free_port() -> int:
 class OrgServer:
     """`labelblocks org serve` in a subprocess."""
 
-    def __init__(self, folder: Path, log: Path) -> None:
-        self.folder, self.log = folder, log
+    def __init__(self, folder: Path, log: Path, path: str | None = None) -> None:
+        self.folder, self.log, self.path = folder, log, path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -192,7 +193,8 @@ class OrgServer:
     def start(self) -> OrgServer:
         out = self.log.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "labelblocks", "org", "serve", "--dir", str(self.folder),
-                                      "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT)
+                                      "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PATH": self.path or os.environ["PATH"]})
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
@@ -280,6 +282,8 @@ def test_two_projects_run_a_pushed_block_with_its_org_secret(org: tuple[OrgServe
     assert {m["block_version"] for m in _metadata(a)} == {"2"}
     a("actions", "run", "tag-v1")
     assert {(m["block_version"], m["tag"]) for m in _metadata(a)} == {("1", "pinned")}
+    r = a("actions", "create", "tag-v9", "--step", "tagger@9", expect=1)
+    assert "organization block tagger (acme) has no version 9 (versions: 1, 2" in r.output
     jobs = a.json("jobs", "list")
     ran = [a.json("jobs", "show", str(j["id"]))["definition"]["steps"][0]["version"] for j in jobs]
     assert any(v.startswith("acme@2+") for v in ran) and any(v.startswith("acme@1+") for v in ran)
@@ -308,7 +312,11 @@ def test_bindings_read_the_organization_and_roles_hold(org: tuple[OrgServer, str
     server, admin, member = org
     engineer = Cli(tmp_path / "nowhere")
     block = _block(tmp_path / "tagger")
-    engineer("blocks", "push", str(block), "--org", server.url, "--key", admin, "--env", "MY_TOKEN=tok-abcdefghijkl")
+    r = engineer("blocks", "push", str(block), "--org", server.url, "--key", admin, "--env", "MY_TOKEN=tok-abcdefghijkl",
+                 expect=1)
+    assert "expected KEY=@FILE" in r.output and "tok-abcdefghijkl" not in r.output
+    (tmp_path / "token").write_text("tok-abcdefghijkl")
+    engineer("blocks", "push", str(block), "--org", server.url, "--key", admin, "--env", f"MY_TOKEN=@{tmp_path / 'token'}")
     org_id = requests.get(server.url + "/v1/api/organizations", headers={"x-api-key": member}).json()[
         "organizations"][0]["id"]
     api = ei.OrganizationBlocksApi(ei.ApiClient(ei.Configuration(host=server.url + "/v1",
@@ -506,3 +514,90 @@ def test_unreachable_or_wrong_organization_is_a_clear_error(cli: Cli, tmp_path: 
     r = cli("blocks", "push", str(_block(tmp_path / "b")), expect=1)
     assert "which organization?" in r.output
 
+
+
+def test_push_builds_an_image_where_a_docker_engine_answers(tmp_path: Path) -> None:
+    """The organization builds the pushed folder's image and the push streams its log; a
+    failing build keeps nothing."""
+    cli = Cli(tmp_path / "nowhere")
+    admin = cli.json("org", "init", str(tmp_path / "org"))["adminKey"]
+    bin_dir, calls = fake_docker(tmp_path, {})
+    server = OrgServer(tmp_path / "org", tmp_path / "org.log", path=f"{bin_dir}:{os.environ['PATH']}").start()
+    try:
+        block = _block(tmp_path / "tagger", env=())
+        r = cli("blocks", "push", str(block), "--org", server.url, "--key", admin)
+        assert "build: Step 3/3 : ENTRYPOINT" in r.stderr and "Built the container image" in r.stdout
+        got = requests.get(server.url + "/v1/api/organizations", headers={"x-api-key": admin}).json()
+        base = f"{server.url}/v1/api/organizations/{got['organizations'][0]['id']}/transformation"
+        listed = requests.get(base, headers={"x-api-key": admin}).json()["transformationBlocks"]
+        image = listed[0]["dockerContainer"]
+        assert image.startswith("labelblocks-org-") and "/tagger:" in image
+        assert [c["argv"][:3] for c in map(json.loads, calls.read_text().splitlines())][-1] == ["build", "-t", image]
+        (block / "Dockerfile").write_text((block / "Dockerfile").read_text() + "RUN false\n")
+        r = cli("blocks", "push", str(block), "--org", server.url, "--key", admin, expect=1)
+        assert "docker build failed" in r.output and "returned a non-zero code" in r.output
+        assert [v["version"] for v in requests.get(base, headers={"x-api-key": admin}).json()[
+            "transformationBlocks"][0]["versions"]] == [1]
+        assert len(list((tmp_path / "org" / ".labelblocks-org" / "archives").iterdir())) == 1
+    finally:
+        server.stop()
+
+
+def test_a_pushed_typescript_block_is_prepared_and_run_by_a_project(org: tuple[OrgServer, str, str],
+                                                                    tmp_path: Path) -> None:
+    """A TypeScript block is pushed without node_modules or its build; the project installs
+    and builds its copy (as the Dockerfile does) before running it."""
+    server, admin, member = org
+    engineer = Cli(tmp_path / "nowhere")
+    engineer("blocks", "init", str(tmp_path / "ts-tagger"), "--language", "typescript", "--operates-on", "other")
+    pushed = engineer.json("blocks", "push", str(tmp_path / "ts-tagger"), "--org", server.url, "--key", admin)
+    assert pushed["files"] == 7  # parameters.json, main.ts, package.json, tsconfig.json, Dockerfile, README, ignore
+    a = _project(tmp_path, "site-a")
+    a("org", "attach", server.url, "--key", member)
+    a("actions", "create", "tag", "--step", "ts-tagger", "-p", "label=x")
+    a("actions", "run", "tag")
+    assert {m["labeled_by"] for m in _metadata(a)} == {"ts-tagger"}
+    copy = next((a.project / ".labelblocks" / "org-blocks").glob("*/ts-tagger-v1-*"))
+    assert (copy / "build" / "main.js").exists() and (copy / "node_modules" / "edge-impulse-api").is_dir()
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/transformation/99999999999999999999999", None),
+    ("GET", "/transformation/-1", None),
+    ("GET", "/transformation/7/versions/0/download", None),
+    ("POST", "/transformation", "[1, 2]"),
+    ("POST", "/transformation", '{"name": "x", "dockerContainer": "", "parameters": []}'),
+    ("POST", "/transformation", '{"name": "x", "dockerContainer": "i:1", "parameters": {"a": 1}}'),
+    ("POST", "/uploads", '{"name": "x", "sha256": "zz", "size": 10}'),
+    ("POST", "/uploads", '{"name": "../x", "sha256": "' + "0" * 64 + '", "size": 10}'),
+    ("POST", "/uploads", '{"name": "x", "sha256": "' + "0" * 64 + '", "size": 1e30}'),
+    ("POST", "/uploads", "{oops"),
+    ("PUT", "/uploads/nope?offset=0", "x"),
+    ("PUT", "/uploads/nope?offset=99999999999999999999999", "x"),
+    ("POST", "/uploads/nope/finalize", '{"blockId": 99999999999999999999999}'),
+    ("POST", "/transformation/1/environment", '{"attachmentId": true}'),
+    ("PUT", "/transformation/1/secrets/BAD-NAME", '{"value": "x"}'),
+])
+def test_org_routes_answer_bad_requests_with_4xx(org_api: tuple[str, dict[str, str], Path], method: str, path: str,
+                                                 body: str | None) -> None:
+    base, headers, _ = org_api
+    r = requests.request(method, base + path, headers={**headers, "content-type": "application/json"}, data=body)
+    assert 400 <= r.status_code < 500 and r.json()["success"] is False, (r.status_code, r.text)
+
+
+def test_bindings_add_an_image_block(org_api: tuple[str, dict[str, str], Path]) -> None:
+    """The protocol's own request adds a block that is a container image (it runs where Docker does)."""
+    base, headers, data_dir = org_api
+    org_id = int(base.rsplit("/", 1)[1])
+    api = ei.OrganizationBlocksApi(ei.ApiClient(ei.Configuration(host=base.split("/api/")[0],
+                                                                 api_key={"ApiKeyAuthentication": headers["x-api-key"]})))
+    made = api.add_organization_transformation_block(org_id, ei.AddOrganizationTransformationBlockRequest.from_dict({
+        "name": "image-block", "dockerContainer": "ghcr.io/acme/block:1", "indMetadata": False,
+        "description": "d", "cliArguments": "", "additionalMountPoints": [], "operatesOn": "standalone",
+        "parameters": [{"name": "P", "param": "p", "type": "string", "value": "v"}],
+        "environmentVariables": [{"key": "ENDPOINT_KEY", "value": "s3cr3t-value-1234"}],
+        "aiActionsOperatesOn": ["images_object_detection"]}))
+    block = api.get_organization_transformation_block(org_id, made.id).transformation_block
+    assert (block.docker_container, block.ai_actions_operates_on) == ("ghcr.io/acme/block:1", ["images_object_detection"])
+    assert [(e.key, e.value) for e in block.environment_variables] == [("ENDPOINT_KEY", None)]
+    assert b"s3cr3t-value-1234" not in b"".join(f.read_bytes() for f in data_dir.rglob("*") if f.is_file())

@@ -3,7 +3,9 @@
 ``docker run [--rm] [--init] [--name N] [--network N] [-v A:B[:ro]] [-e NAME]... IMAGE ARGS...``
 records its arguments, then runs the program the test assigned to IMAGE with ARGS, giving it
 only the variables named with -e (values from its own environment), as docker does.
-``docker kill NAME`` is recorded too. Its settings come from the JSON file named in
+``docker kill NAME`` and ``docker info`` are recorded too; ``docker build -t TAG DIR`` prints a
+step per line of DIR's Dockerfile (a ``RUN false`` line fails it) and ``docker image inspect``
+knows the configured images. Its settings come from the JSON file named in
 FAKE_DOCKER_CONFIG, baked into the generated launcher (the runner passes docker no other
 variables): ``{"log": path, "images": {image: {"command": [...], "cwd": dir}}}``.
 """
@@ -19,8 +21,21 @@ def main(config_path: str, argv: list[str]) -> int:
         config = json.load(f)
     with open(config["log"], "a") as f:
         f.write(json.dumps({"argv": argv, "env": sorted(os.environ)}) + "\n")
-    if not argv or argv[0] != "run":
+    if argv and argv[0] == "build":  # docker build -t TAG DIR: a step per Dockerfile line
+        tag, folder = argv[argv.index("-t") + 1], argv[-1]
+        with open(os.path.join(folder, "Dockerfile")) as f:
+            lines = f.read().splitlines()
+        for n, line in enumerate(lines, 1):
+            print(f"Step {n}/{len(lines)} : {line}", flush=True)
+            if line.startswith("RUN false"):
+                print("The command '/bin/sh -c false' returned a non-zero code: 1", flush=True)
+                return 1
+        print(f"Successfully tagged {tag}", flush=True)
         return 0
+    if argv[:2] == ["image", "inspect"]:
+        return 0 if argv[2] in config["images"] else 1
+    if not argv or argv[0] != "run":
+        return 0  # docker info, docker kill
     names: list[str] = []
     i = 1
     while i < len(argv) and argv[i].startswith("-"):

@@ -31,7 +31,7 @@ def org_init(directory: Path, name: str, as_json: bool) -> None:
 
     \b
     Example:
-      labelblocks org init ~/acme-org --name acme
+      ADMIN=$(labelblocks org init ~/acme-org --name acme)
       labelblocks org serve --dir ~/acme-org --port 4900
     """
     from ..registry.org import init_org
@@ -42,9 +42,10 @@ def org_init(directory: Path, name: str, as_json: bool) -> None:
     if as_json:
         print_json(info)
         return
-    click.echo(f"Organization {info['name']} (id {info['id']}) in {info['folder']}")
-    click.echo(f"Admin key (shown once, keep it safe): {key}")
-    click.echo(f"Next: labelblocks org serve --dir {info['folder']}")
+    click.echo(key)
+    click.echo(f"Organization {info['name']} (id {info['id']}) made in {info['folder']}. Above is its first admin "
+               "key, shown only now: store it somewhere safe.", err=True)
+    click.echo(f"Next: labelblocks org serve --dir {info['folder']}", err=True)
 
 
 @org_group.command("serve")
@@ -110,7 +111,7 @@ def org_keys_create(name: str, role: str, org_dir: str | None, as_json: bool) ->
 
     \b
     Example:
-      labelblocks org keys create alice --role admin
+      KEY=$(labelblocks org keys create alice --role admin)
     """
     from ..registry.org import Organization, find_org
     from ..store.organizations import create_org_key
@@ -120,7 +121,9 @@ def org_keys_create(name: str, role: str, org_dir: str | None, as_json: bool) ->
     if as_json:
         print_json({**record.to_json(), "key": key})
         return
-    click.echo(f"Created {role} key {record.name} (id {record.id}). Shown once: {key}")
+    click.echo(key)
+    click.echo(f"Created {role} key {record.name} (id {record.id}). It is shown only now: store it somewhere safe.",
+               err=True)
 
 
 @org_keys.command("list")

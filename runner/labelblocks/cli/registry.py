@@ -71,18 +71,20 @@ def blocks_init(directory: Path, language: str, operates_on: str, name: str | No
 
 
 def _env_values(items: tuple[str, ...]) -> dict[str, str]:
-    """--env KEY=VALUE or KEY=@FILE (the file's text, trailing newline removed)."""
+    """--env KEY=@FILE: the file's text, trailing newline removed (a value itself is never
+    taken from the command line, where shells and process listings keep it)."""
     out: dict[str, str] = {}
     for item in items:
         k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise InvalidInput(f"--env {item!r}: expected KEY=VALUE or KEY=@FILE")
-        if v.startswith("@"):
-            try:
-                v = Path(v[1:]).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as e:
-                raise InvalidInput(f"--env {k}: cannot read {v[1:]}: {e.strerror or e}") from None
-        out[k] = v
+        if not sep or not k or not v.startswith("@") or len(v) < 2:
+            raise InvalidInput(f"--env {k or item}: expected KEY=@FILE (the value in a file; a secret on the command "
+                               "line would stay in your shell's history)")
+        try:
+            out[k] = Path(v[1:]).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as e:
+            raise InvalidInput(f"--env {k}: cannot read {v[1:]}: {e.strerror or e}") from None
+        if not out[k]:
+            raise InvalidInput(f"--env {k}: {v[1:]} is empty")
     return out
 
 
@@ -91,7 +93,7 @@ def _env_values(items: tuple[str, ...]) -> dict[str, str]:
 @ORG_OPTION
 @KEY_OPTION
 @click.option("--name", help="The block's name in the organization (default: from parameters.json).")
-@click.option("--env", "env_items", multiple=True, metavar="KEY=VALUE|KEY=@FILE",
+@click.option("--env", "env_items", multiple=True, metavar="KEY=@FILE",
               help="A secret of the block (its requiredEnvVariables), kept encrypted by the organization (repeat).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
@@ -143,7 +145,8 @@ def blocks_push(app: AppContext, directory: Path, org_url: str | None, key: str 
                 advance(done - sent[0])
                 sent[0] = done
 
-            result = client.push(packed, block_name, block_id, env, on_progress)
+            result = client.push(packed, block_name, block_id, env, on_progress,
+                                 on_log=None if as_json else lambda line: click.echo(f"build: {line}", err=True))
     finally:
         packed.path.unlink(missing_ok=True)
     write_identity(folder, {"organizationId": org["id"], "organization": org["name"], "url": client.display,
@@ -158,7 +161,7 @@ def blocks_push(app: AppContext, directory: Path, org_url: str | None, key: str 
     click.echo(f"Pushed {result['name']} version {result['version']} to {org['name']} ({len(packed.files)} files, "
                f"{packed.size:,} bytes, sha256 {str(result['sha256'])[:12]}…)")
     if result["build"] == "image":
-        click.echo(result["buildLog"])
+        click.echo(f"Built the container image {result['image']}; projects with a Docker engine run it.")
     else:
         click.echo("No Docker engine on the organization's server: the block runs as its folder and command.")
     if result.get("secretsSet"):

@@ -123,9 +123,10 @@ class OrgClient:
     # --- pushing -------------------------------------------------------------------------------
 
     def push(self, packed: Packed, name: str, block_id: int | None, env: Mapping[str, str],
-             on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+             on_progress: Callable[[int, int], None] | None = None,
+             on_log: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Upload ``packed`` in chunks (a failed chunk is retried from what the server has)
-        and finalize it as the next version of ``name``."""
+        and finalize it as the next version of ``name``; the build's log streams to ``on_log``."""
         up = self._call("POST", f"{self.prefix}/uploads", json={"name": name, "sha256": packed.sha256,
                                                                  "size": packed.size})
         uid, chunk = up["uploadId"], int(up.get("chunkSize") or CHUNK)
@@ -149,8 +150,18 @@ class OrgClient:
                     sent = int(self._call("GET", f"{self.prefix}/uploads/{uid}")["received"])
                 if on_progress:
                     on_progress(sent, packed.size)
-        return dict(self._call("POST", f"{self.prefix}/uploads/{uid}/finalize",
-                               json={"blockId": block_id, "env": dict(env)}, timeout=max(self.timeout, 3600)))
+        r = self._call("POST", f"{self.prefix}/uploads/{uid}/finalize", json={"blockId": block_id, "env": dict(env)},
+                       headers={"accept": "application/x-ndjson"}, stream=True, timeout=(self.timeout, 3600))
+        for raw in r.iter_lines():
+            item = json.loads(raw) if raw else {}
+            if "log" in item:
+                if on_log:
+                    on_log(str(item["log"]))
+            elif item.get("success") is False:
+                raise Refused(400, f"the organization refused: {item.get('error')}")
+            elif item.get("success"):
+                return dict(item)
+        raise Unreachable(f"the organization at {self.display} closed the push before answering: push again")
 
     # --- downloading ---------------------------------------------------------------------------
 

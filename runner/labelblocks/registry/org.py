@@ -277,9 +277,11 @@ class Organization:
                 raise InvalidInput(f"sha256 mismatch: the push announced {upload.sha256}, the bytes received hash "
                                    f"to {got}; push again")
             spec, doc, command = read_archive(part)
-            for k in env:
+            for k, v in env.items():
                 if not _ENV_NAME.match(k):
                     raise InvalidInput(f"secret name {k!r}: expected an environment variable name")
+                if not v:
+                    raise InvalidInput(f"secret {k}: the value is empty")
             if not command:
                 raise InvalidInput("the block has no Dockerfile with an ENTRYPOINT or CMD: it says how the block runs")
             log_lines: list[str] = []

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotFound
 from ..external_blocks import ExternalBlock, add_to_registry
 from ..plugins import BlockRegistry, RegisteredBlock, get_registry
 from ..secrets import get_secret, remove_secret, set_secret
@@ -245,8 +245,13 @@ def add_org_blocks(registry: BlockRegistry, store: Store, links: list[OrgLink]) 
         if not base or not ver.isdigit() or base not in index:
             return None
         link, block = index[base]
-        version = next((v for v in block.get("versions") or [] if int(v["version"]) == int(ver)), None)
-        return _register(store, link, block, version, name) if version else None
+        versions = block.get("versions") or []
+        version = next((v for v in versions if int(v["version"]) == int(ver)), None)
+        if version is None:
+            raise NotFound(f"organization block {base} ({link.name}) has no version {ver} (versions: "
+                           f"{', '.join(str(v['version']) for v in versions) or 'none'}; see `labelblocks blocks "
+                           f"versions {base}`)")
+        return _register(store, link, block, version, name)
 
     registry.resolvers.append(pinned)
 

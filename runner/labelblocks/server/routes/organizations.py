@@ -11,16 +11,24 @@ for an attached project.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import queue
+import threading
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, StreamingResponse
 
-from ...api.state import ApiError, json_body
-from ...registry.org import CHUNK, Organization, transformation_json, version_json
+from ...api.state import MAX_INT, ApiError, json_body
+from ...errors import LabelblocksError
+from ...registry.org import CHUNK, Organization, Pushed, transformation_json, version_json
 from ...store.organizations import OrgKey
 
 router = APIRouter(tags=["organizations"])
+log = logging.getLogger("labelblocks.org")
 PREFIX = "/v1/api/organizations/{organization_id}"
 
 
@@ -43,7 +51,7 @@ def member(request: Request, org: Org) -> OrgKey:
 Member = Annotated[OrgKey, Depends(member)]
 
 
-def checked_org(organization_id: int, org: Org, _key: Member) -> int:
+def checked_org(organization_id: Annotated[int, PathParam(ge=0, le=MAX_INT)], org: Org, _key: Member) -> int:
     if organization_id != org.info.id:
         raise ApiError(404, f"no organization {organization_id}: this server serves organization {org.info.id}")
     return organization_id
@@ -51,6 +59,18 @@ def checked_org(organization_id: int, org: Org, _key: Member) -> int:
 
 OrgId = Annotated[int, Depends(checked_org)]
 Body = Annotated[dict[str, Any], Depends(json_body)]
+BlockId = Annotated[int, PathParam(ge=0, le=MAX_INT)]
+Version = Annotated[int, PathParam(ge=1, le=MAX_INT)]
+
+
+def _id_field(body: dict[str, Any], name: str, what: str) -> int | None:
+    """An id in a JSON body: absent or null is None; anything but a non-negative integer is a 400."""
+    v = body.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_INT:
+        raise ApiError(400, f"{name}: expected {what}")
+    return v
 
 
 def _org_json(org: Organization) -> dict[str, Any]:
@@ -95,25 +115,25 @@ def add_block(org: Org, _id: OrgId, key: Member, body: Body) -> dict[str, Any]:
 
 
 @router.get(PREFIX + "/transformation/{transformation_id}")
-def get_block(org: Org, _id: OrgId, transformation_id: int) -> dict[str, Any]:
+def get_block(org: Org, _id: OrgId, transformation_id: BlockId) -> dict[str, Any]:
     block = org.block(transformation_id)
     return {"success": True, "transformationBlock": transformation_json(block, org.secret_names_of(block.id))}
 
 
 @router.delete(PREFIX + "/transformation/{transformation_id}")
-def remove_block(org: Org, _id: OrgId, key: Member, transformation_id: int) -> dict[str, Any]:
+def remove_block(org: Org, _id: OrgId, key: Member, transformation_id: BlockId) -> dict[str, Any]:
     org.remove_block(key, transformation_id)
     return {"success": True}
 
 
 @router.get(PREFIX + "/transformation/{transformation_id}/versions")
-def list_versions(org: Org, _id: OrgId, transformation_id: int) -> dict[str, Any]:
+def list_versions(org: Org, _id: OrgId, transformation_id: BlockId) -> dict[str, Any]:
     block = org.block(transformation_id)
     return {"success": True, "name": block.name, "versions": [version_json(v) for v in block.versions]}
 
 
 @router.get(PREFIX + "/transformation/{transformation_id}/versions/{version}/download")
-def download(org: Org, _id: OrgId, transformation_id: int, version: int) -> FileResponse:
+def download(org: Org, _id: OrgId, transformation_id: BlockId, version: Version) -> FileResponse:
     """A version's tar.gz (its sha256 checked again first, and sent in ``x-sha256``)."""
     path, ver = org.archive(transformation_id, version)
     return FileResponse(path, media_type="application/gzip", headers={"x-sha256": ver.sha256 or ""},
@@ -121,14 +141,14 @@ def download(org: Org, _id: OrgId, transformation_id: int, version: int) -> File
 
 
 @router.get(PREFIX + "/transformation/{transformation_id}/secrets")
-def secret_names(org: Org, _id: OrgId, key: Member, transformation_id: int) -> dict[str, Any]:
+def secret_names(org: Org, _id: OrgId, key: Member, transformation_id: BlockId) -> dict[str, Any]:
     """The names of the block's secrets (values are never returned)."""
     org.require_admin(key, "listing a block's secrets")
     return {"success": True, "secrets": org.secret_names(key, transformation_id)}
 
 
 @router.put(PREFIX + "/transformation/{transformation_id}/secrets/{name}")
-def set_secret(org: Org, _id: OrgId, key: Member, transformation_id: int, name: str, body: Body) -> dict[str, Any]:
+def set_secret(org: Org, _id: OrgId, key: Member, transformation_id: BlockId, name: str, body: Body) -> dict[str, Any]:
     value = body.get("value")
     if not isinstance(value, str):
         raise ApiError(400, "value: expected the secret's text")
@@ -137,10 +157,10 @@ def set_secret(org: Org, _id: OrgId, key: Member, transformation_id: int, name: 
 
 
 @router.post(PREFIX + "/transformation/{transformation_id}/environment")
-def sealed_environment(org: Org, _id: OrgId, key: Member, transformation_id: int, body: Body) -> dict[str, Any]:
+def sealed_environment(org: Org, _id: OrgId, key: Member, transformation_id: BlockId, body: Body) -> dict[str, Any]:
     """The block's secrets sealed for an attached project (only it can open them)."""
-    attachment = body.get("attachmentId")
-    if not isinstance(attachment, int) or isinstance(attachment, bool):
+    attachment = _id_field(body, "attachmentId", "the project's attachment id")
+    if attachment is None:
         raise ApiError(400, "attachmentId: expected the project's attachment id")
     return {"success": True, "sealed": org.sealed_environment(key, transformation_id, attachment)}
 
@@ -176,25 +196,49 @@ def upload_state(org: Org, _id: OrgId, key: Member, upload_id: str) -> dict[str,
 
 @router.put(PREFIX + "/uploads/{upload_id}")
 async def upload_chunk(request: Request, org: Org, _id: OrgId, key: Member, upload_id: str,
-                       offset: Annotated[int, Query(ge=0)]) -> dict[str, Any]:
+                       offset: Annotated[int, Query(ge=0, le=MAX_INT)]) -> dict[str, Any]:
     """Append the body at ``offset`` (what arrived so far)."""
     data = await request.body()
     have = await asyncio.to_thread(org.write_chunk, key, upload_id[:64], offset, data)
     return {"success": True, "received": have}
 
 
-@router.post(PREFIX + "/uploads/{upload_id}/finalize")
-def finalize(org: Org, _id: OrgId, key: Member, upload_id: str, body: Body) -> dict[str, Any]:
+@router.post(PREFIX + "/uploads/{upload_id}/finalize", response_model=None)
+def finalize(request: Request, org: Org, _id: OrgId, key: Member, upload_id: str,
+             body: Body) -> dict[str, Any] | StreamingResponse:
     """Check the archive and record it as the block's next version; ``env`` sets its secrets.
-    Answers with the new version and the build's log (an image is built where a Docker engine
-    answers; otherwise the block runs as its folder and command)."""
-    block_id = body.get("blockId")
+    An image is built where a Docker engine answers (otherwise the block runs as its folder
+    and command). With ``Accept: application/x-ndjson`` the build's log streams as it is
+    written, one ``{"log": line}`` per line, then ``{"success": true, ...}`` or the error."""
+    block_id = _id_field(body, "blockId", "the block's id, or null for a new block")
     env = body.get("env") or {}
-    if block_id is not None and (not isinstance(block_id, int) or isinstance(block_id, bool)):
-        raise ApiError(400, "blockId: expected the block's id, or null for a new block")
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise ApiError(400, "env: expected an object of secret names to values")
-    pushed = org.finalize(key, upload_id[:64], block_id, env)
+    if "application/x-ndjson" not in request.headers.get("accept", ""):
+        return _pushed(org.finalize(key, upload_id[:64], block_id, env))
+    lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def work() -> None:
+        try:
+            pushed = org.finalize(key, upload_id[:64], block_id, env, on_log=lambda line: lines.put({"log": line}))
+            lines.put(_pushed(pushed))
+        except LabelblocksError as e:
+            lines.put({"success": False, "error": str(e)})
+        except Exception as e:  # the stream has started: the error goes in it
+            log.exception("finalizing upload %s", upload_id)
+            lines.put({"success": False, "error": f"internal error ({type(e).__name__}): see the server's log"})
+        finally:
+            lines.put(None)
+
+    def stream() -> Iterator[bytes]:
+        threading.Thread(target=work, name="labelblocks-push", daemon=True).start()
+        while (item := lines.get()) is not None:
+            yield json.dumps(item).encode() + b"\n"
+
+    return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+
+def _pushed(pushed: Pushed) -> dict[str, Any]:
     return {"success": True, "id": pushed.block.id, "name": pushed.block.name, "version": pushed.version.version,
             "sha256": pushed.version.sha256, "build": pushed.build, "buildLog": pushed.build_log,
-            "secretsSet": pushed.secrets_set}
+            "image": pushed.version.image, "secretsSet": pushed.secrets_set}
