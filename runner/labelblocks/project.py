@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from .errors import InvalidInput, ProjectNotFound
-from .store import DB_NAME, Store
+from .store import BLOB_CACHE, BLOB_CONFIG, DB_NAME, Store
+from .store.blobs import open_blob_store
 
 DATA_DIR = ".labelblocks"
 ENV_VAR = "LABELBLOCKS_PROJECT"
 
 
-def init_project(directory: Path | str) -> Path:
-    """Create a project in ``directory`` (created if missing). Returns the project folder.
+def init_project(directory: Path | str, blobs: str | None = None) -> Path:
+    """Create a project in ``directory`` (created if missing), its media in ``blobs`` (an
+    fsspec URL such as ``s3://bucket/prefix``) when given. Returns the project folder.
     Initialising an existing project is an error, so nothing is ever overwritten."""
     d = Path(directory).resolve()
     if d.exists() and not d.is_dir():
@@ -21,6 +24,12 @@ def init_project(directory: Path | str) -> Path:
     data = d / DATA_DIR
     if (data / DB_NAME).exists():
         raise InvalidInput(f"{d} is already a labelblocks project")
+    if blobs:
+        if "@" in blobs.split("://", 1)[-1].split("/", 1)[0]:
+            raise InvalidInput("--blobs: put credentials in the environment (AWS_ACCESS_KEY_ID, ...), not in the URL")
+        data.mkdir(parents=True, exist_ok=True)
+        open_blob_store(blobs, data / BLOB_CACHE)  # a clear error now for an unknown protocol or a missing driver
+        (data / BLOB_CONFIG).write_text(json.dumps({"url": blobs}), encoding="utf-8")
     with Store.open(data, create=True):
         pass
     return d

@@ -25,8 +25,8 @@ from .constants import UPLOAD_CATEGORIES
 from .errors import InvalidInput
 from .media import MAX_IMAGE_PIXELS, MediaInfo, probe
 from .model import BoundingBox, StructuredLabel, parse_boxes, parse_json, parse_structured_labels
-from .store import NewSample, Store
-from .store.blobs import BlobStore
+from .store import NewSample, Store, blob_store
+from .store.blobs import BlobStore, RemoteBlobStore
 
 INFO_FILE = "info.labels"
 BOXES_FILE = "bounding_boxes.labels"
@@ -144,14 +144,14 @@ class _Prepared:
     error: str | None = None
 
 
-_BLOB_STORES: dict[str, BlobStore] = {}
+_BLOB_STORES: dict[str, BlobStore | RemoteBlobStore] = {}
 
 
-def _prepare(blob_root: str, item: UploadItem, max_pixels: int = MAX_IMAGE_PIXELS) -> _Prepared:
+def _prepare(data_root: str, item: UploadItem, max_pixels: int = MAX_IMAGE_PIXELS) -> _Prepared:
     """Read, validate, hash and store one file's blob. Runs in a worker (thread or process)."""
-    blobs = _BLOB_STORES.get(blob_root)
+    blobs = _BLOB_STORES.get(data_root)
     if blobs is None:
-        blobs = _BLOB_STORES.setdefault(blob_root, BlobStore(Path(blob_root)))
+        blobs = _BLOB_STORES.setdefault(data_root, blob_store(Path(data_root)))
     try:
         check_name(item.name)
         data = item.read()
@@ -167,8 +167,8 @@ def _prepare(blob_root: str, item: UploadItem, max_pixels: int = MAX_IMAGE_PIXEL
 
 
 def _prepare_chunk(args: tuple[str, list[UploadItem], int]) -> list[_Prepared]:
-    blob_root, items, max_pixels = args
-    return [_prepare(blob_root, it, max_pixels) for it in items]
+    data_root, items, max_pixels = args
+    return [_prepare(data_root, it, max_pixels) for it in items]
 
 
 def _check_labels_fit(item: UploadItem, info: MediaInfo) -> None:
@@ -201,7 +201,7 @@ def _prepared_stream(store: Store, items: list[UploadItem | Outcome], workers: i
     processes (decoding is CPU-bound); in-memory uploads in threads. Every blob a worker wrote
     is added to ``written`` once the stream ends, however it ends (the caller removes those no
     sample references when the upload fails)."""
-    root = str(store.blobs.root)
+    root = str(store.root)  # workers open the project's blob store from its data folder
     files = [it for it in items if isinstance(it, UploadItem)]
     use_processes = workers > 1 and len(files) >= 4 * _CHUNK and all(it.data is None for it in files)
     chunks = [files[i : i + _CHUNK] for i in range(0, len(files), _CHUNK)]

@@ -11,21 +11,26 @@ from ._util import AppContext, pass_app, print_json
 
 @click.command("init")
 @click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--blobs", metavar="URL", help="Keep the media in this fsspec location (s3://bucket/prefix, gs://..., "
+              "a shared folder) instead of DIRECTORY/.labelblocks/blobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def init(directory: Path, as_json: bool) -> None:
+def init(directory: Path, blobs: str | None, as_json: bool) -> None:
     """Create a project in DIRECTORY (default: the current folder).
 
-    The project is a SQLite database and a content-addressed blob folder in DIRECTORY/.labelblocks.
+    The project is a SQLite database and a content-addressed blob folder in
+    DIRECTORY/.labelblocks; with --blobs the media live in a bucket (credentials and the
+    endpoint come from the environment, e.g. AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL).
 
     \b
-    Example:
+    Examples:
       labelblocks init my-dataset
+      labelblocks init team-dataset --blobs s3://datasets/team
     """
     from ..project import DATA_DIR, init_project
 
-    d = init_project(directory)
+    d = init_project(directory, blobs=blobs)
     if as_json:
-        print_json({"project": str(d), "data": str(d / DATA_DIR)})
+        print_json({"project": str(d), "data": str(d / DATA_DIR), "blobs": blobs or str(d / DATA_DIR / "blobs")})
     else:
         click.echo(f"Created a labelblocks project in {d}")
 
@@ -49,19 +54,19 @@ def gc_cmd(app: AppContext, dry_run: bool, min_age: float, as_json: bool) -> Non
       labelblocks gc --min-age 0
     """
     orphans = app.store.orphan_blobs(min_age)
-    size = sum(n for _, n in orphans)
+    size = sum(f.size for f in orphans)
     if not dry_run:
-        for path, _ in orphans:
-            path.unlink(missing_ok=True)
+        for f in orphans:
+            app.store.blobs.delete(f.location)
     if as_json:
         print_json({"removed": 0 if dry_run else len(orphans), "wouldRemove": len(orphans) if dry_run else 0,
-                    "bytes": size, "files": [str(p) for p, _ in orphans]})
+                    "bytes": size, "files": [f.location for f in orphans]})
         return
     verb = "Would remove" if dry_run else "Removed"
     click.echo(f"{verb} {len(orphans)} unreferenced file{'s' if len(orphans) != 1 else ''} ({size / 1e6:.1f} MB).")
     if dry_run:
-        for path, n in orphans:
-            click.echo(f"  {path} ({n} bytes)")
+        for f in orphans:
+            click.echo(f"  {f.location} ({f.size} bytes)")
 
 
 def register(group: click.Group) -> None:

@@ -48,11 +48,13 @@ from ..model import (
     StructuredLabel,
     normalise_structured_labels,
 )
-from .blobs import BlobStore
+from .blobs import BlobStore, RemoteBlobStore, StoredFile, open_blob_store
 from .schema import MIGRATIONS, current_version, sample_metadata, samples, schema_migrations
 
 DB_NAME = "project.db"
 BLOB_DIR = "blobs"
+BLOB_CONFIG = "blobs.json"  # in the data folder when the blobs live elsewhere: {"url": ...}
+BLOB_CACHE = "blob-cache"  # local copies of remote blobs
 
 
 @dataclass(kw_only=True)
@@ -136,13 +138,27 @@ def _id_in(column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
     return column.in_(select(each.c.value))  # type: ignore[no-any-return]
 
 
+
+def blob_store(root: Path) -> BlobStore | RemoteBlobStore:
+    """The blob store of the project data folder ``root``: its ``blobs`` folder, or the
+    location its ``blobs.json`` names (``labelblocks init --blobs URL``)."""
+    config = root / BLOB_CONFIG
+    if not config.exists():
+        return BlobStore(root / BLOB_DIR)
+    try:
+        url = json.loads(config.read_text(encoding="utf-8"))["url"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InvalidInput(f"cannot read {config}: {e}") from None
+    return open_blob_store(str(url), root / BLOB_CACHE)
+
+
 class Store:
     """A project's samples. Open with :meth:`open`; use as a context manager or call close()."""
 
     def __init__(self, root: Path, engine: Engine) -> None:
         self.root = root
         self.engine = engine
-        self.blobs = BlobStore(root / BLOB_DIR)
+        self.blobs = blob_store(root)
         self._write_lock = threading.RLock()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -159,7 +175,7 @@ class Store:
             return cls._open_read_only(root, db)
         root.mkdir(parents=True, exist_ok=True)
         if create:
-            BlobStore(root / BLOB_DIR).create_shards()
+            blob_store(root).create_shards()
         engine = create_engine(f"sqlite:///{db}", future=True)
         event.listen(engine, "connect", _set_sqlite_pragmas)
         # take manual control of transactions so that BEGIN IMMEDIATE is used
@@ -658,16 +674,15 @@ class Store:
                 md[sid][k] = v
         return [_row_to_sample(r, md[r.id]) for r in rows]
 
-    def orphan_blobs(self, min_age: float) -> list[tuple[Path, int]]:
-        """Files in the blob folder that no sample references, older than ``min_age`` seconds:
+    def orphan_blobs(self, min_age: float) -> list[StoredFile]:
+        """Files in the blob store that no sample references, older than ``min_age`` seconds:
         blobs left by a process killed between writing a blob and committing its sample, and
-        temporary files of interrupted writes. (path, size) each. Younger files are spared: an
-        upload in progress writes its blobs before it commits."""
+        temporary files of interrupted writes. Younger files are spared: an upload in progress
+        writes its blobs before it commits."""
         with self._read() as conn:
             used = {r[0] for r in conn.execute(select(samples.c.content_hash).distinct())}
         cutoff = time.time() - min_age
-        return [(path, st.st_size) for h, path, st in self.blobs.files()
-                if h not in used and st.st_mtime <= cutoff]
+        return [f for f in self.blobs.files() if f.hash not in used and f.mtime <= cutoff]
 
     def existing_files(self, files: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         """The (content hash, file name) pairs among ``files`` that a sample has already."""
