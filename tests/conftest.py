@@ -3,12 +3,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +73,77 @@ class Cli:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    return init_project(tmp_path / "proj")
+def project(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A new project: on SQLite, or (parametrized "postgresql" by a module's
+    :func:`both_dialects`) in a new database of the session's PostgreSQL server."""
+    database = None
+    if getattr(request, "param", "sqlite") == "postgresql":
+        database = request.getfixturevalue("postgres_database")
+    return init_project(tmp_path / "proj", database=database)
+
+
+def both_dialects(metafunc: pytest.Metafunc) -> None:
+    """A module's ``pytest_generate_tests``: its tests that use a project run on SQLite and on
+    PostgreSQL."""
+    if "project" in metafunc.fixturenames:
+        metafunc.parametrize("project", ["sqlite", "postgresql"], indirect=True)
+
+
+def _postgres_bin() -> Path:
+    try:
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+        if (Path(out) / "initdb").exists():
+            return Path(out)
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        raise RuntimeError("PostgreSQL is not installed: `apt-get install postgresql` (.ci/run does)")
+    return found[-1].parent
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server from the Debian binaries, on loopback, for the session; its URL
+    without a database."""
+    import shutil
+    import socket
+    import tempfile
+
+    bindir = _postgres_bin()
+    folder = Path(tempfile.mkdtemp(prefix="labelblocks-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(folder, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(folder / "db"), "-A", "trust", "-U", "postgres",
+                    "--no-sync"], check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(folder / "db"), "-l", str(folder / "log"), "-w",
+                    "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off "
+                    "-c synchronous_commit=off -c full_page_writes=off", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(folder / "db"), "-m", "immediate", "stop"],
+                       capture_output=True, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_DATABASES = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str) -> str:
+    """A new, empty database on the session's PostgreSQL server; its URL."""
+    import psycopg
+
+    name = f"t{os.getpid()}_{next(_DATABASES)}"
+    with psycopg.connect(postgres_server.replace("+psycopg", "") + "/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{postgres_server}/{name}"
 
 
 @pytest.fixture
@@ -143,16 +211,42 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+class ProjectSQL:
+    """A project's database for a test's own queries, on either dialect (``?`` placeholders);
+    each query sees what was committed when it runs."""
+
+    def __init__(self, project: Path) -> None:
+        self.store = open_store(project)
+
+    def execute(self, sql: str, params: Any = ()) -> _Rows:
+        from labelblocks.store.dialect import run
+
+        with self.store.engine.connect() as conn:
+            return _Rows([tuple(r) for r in run(conn, sql, tuple(params)).fetchall()])
+
+
+class _Rows(list):  # type: ignore[type-arg]
+    def fetchone(self) -> Any:
+        return self[0] if self else None
+
+    def fetchall(self) -> list[Any]:
+        return list(self)
+
+
+def project_sql(project: Path) -> ProjectSQL:
+    return ProjectSQL(project)
+
+
 def kill_when(proc: subprocess.Popen[bytes], project: Path, count_sql: str, at_least: int, timeout: float = 60) -> None:
     """SIGKILL ``proc`` as soon as ``count_sql`` counts ``at_least`` rows in the project's
     database (or after ``timeout`` seconds), and reap it."""
-    db = project / DATA_DIR / "project.db"
+    db = project_sql(project)
     deadline = time.time() + timeout
     while time.time() < deadline:
         time.sleep(0.1)
-        if sqlite3.connect(db).execute(count_sql).fetchone()[0] >= at_least:
+        if db.execute(count_sql).fetchone()[0] >= at_least:
             break
-    os.kill(proc.pid, signal.SIGKILL)
+    proc.kill()
     proc.wait()
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests import fake_blocks
 
-from .conftest import Cli, default_sigint, kill_when, make_image
+from .conftest import Cli, both_dialects, default_sigint, kill_when, make_image, project_sql
 
 SECRET = "sk-planted-SECRET-4242-zz"
 
@@ -265,11 +265,10 @@ def test_run_resumes_after_sigkill(ds: Cli, project: Path, tmp_path: Path) -> No
     cmd = [sys.executable, "-m", "labelblocks", "--project", str(project), "actions", "run", "slow", "--json"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     kill_when(proc, project, "SELECT count(*) FROM proposals", 2)
-    db = project / ".labelblocks" / "project.db"
     first = [json.loads(line) for line in log.read_text().splitlines()]
     done_before = {i for c in first for i in c["ids"]}
     assert 0 < len(done_before) < 6
-    con = sqlite3.connect(db)
+    con = project_sql(project)
     assert con.execute("SELECT status FROM jobs").fetchone()[0] == "running"
     # no sample is half-applied: nothing was applied yet
     assert con.execute("SELECT count(*) FROM samples WHERE label IS NOT NULL").fetchone()[0] == 0
@@ -302,7 +301,7 @@ def test_run_resumes_after_ctrl_c(ds: Cli, project: Path, tmp_path: Path) -> Non
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Interrupted: run the same command again to resume." in err
-    con = sqlite3.connect(project / ".labelblocks" / "project.db")
+    con = project_sql(project)
     assert con.execute("SELECT status FROM jobs").fetchone()[0] == "interrupted"
     assert con.execute("SELECT count(*) FROM samples WHERE label IS NOT NULL").fetchone()[0] == 0
     # every batch the block finished before the interrupt was written (the last call, cut
@@ -336,7 +335,7 @@ def test_results_carry_the_revision_of_the_sample_they_came_from(ds: Cli, projec
     hold for any revision of their samples and are reused even after a change."""
     from labelblocks.store.jobs import ANY_REVISION
 
-    con = sqlite3.connect(project / ".labelblocks" / "project.db")
+    con = project_sql(project)
 
     def stored_revisions(job: int) -> dict[int, float]:
         return dict(con.execute("SELECT sample_id, revision FROM proposals WHERE job_id = ?", (job,)))
@@ -431,7 +430,7 @@ def test_stored_texts_pass_through_json_into_sqlite_exactly(rows: list[tuple[str
 
     con = sqlite3.connect(":memory:")
     con.execute("CREATE TABLE proposals (job_id, sample_id, step, change, record, revision)")
-    con.execute(INSERT_TEXT_ROWS, (7, 2, json.dumps([(i, *r) for i, r in enumerate(rows)])))
+    con.execute(INSERT_TEXT_ROWS.sqlite, (7, 2, json.dumps([(i, *r) for i, r in enumerate(rows)])))
     back = con.execute("SELECT job_id, step, change, record, revision FROM proposals ORDER BY sample_id").fetchall()
     assert back == [(7, 2, *r) for r in rows]
 
@@ -489,7 +488,7 @@ def test_apply_in_many_chunks_with_a_sample_deleted(ds: Cli, project: Path, monk
         assert "score" not in s["boundingBoxes"][0]
         assert s["metadata"]["ai-labeled"] == "true" and s["metadata"]["labeled_by"] == "fake-boxer"
     assert "5 applied, 1 discarded" in ds("jobs", "show", str(job)).output
-    con = sqlite3.connect(project / ".labelblocks" / "project.db")
+    con = project_sql(project)
     assert con.execute("SELECT count(*) FROM job_applied WHERE job_id = ?", (job,)).fetchone()[0] == 3
 
 
@@ -497,7 +496,7 @@ def test_applying_no_change_keeps_the_sample_untouched(ds: Cli, project: Path) -
     """A proposal that changes nothing is applied (the job counts it) without writing the
     sample, so its revision, and the results cached for it, stay valid."""
     ds("actions", "create", "noop", "--step", "relabel", "-p", "mapping=dog -> wolf")
-    con = sqlite3.connect(project / ".labelblocks" / "project.db")
+    con = project_sql(project)
     before = con.execute("SELECT id, updated_at FROM samples ORDER BY id").fetchall()
     job = ds.json("actions", "preview", "noop", "--limit", "6")["jobId"]
     ds("proposals", "apply", str(job))
@@ -649,3 +648,7 @@ def test_batch_gc_of_steps_in_several_threads_restores_when_the_last_ends() -> N
     t.join(10)
     assert seen == [tuned, tuned] and tuned != (before, switch)
     assert (gc.get_threshold(), sys.getswitchinterval()) == (before, switch)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    both_dialects(metafunc)

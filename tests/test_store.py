@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text as sa_text
 
 from labelblocks.errors import InvalidInput
 from labelblocks.model import BoundingBox, SampleChange, compose
@@ -26,9 +27,11 @@ from labelblocks.store.external_blocks import (
 from labelblocks.store.jobs import ANY_REVISION, ROWS
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store.open(tmp_path / DATA_DIR, create=True) as s:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """Five samples in a new store, on each dialect."""
+    url = request.getfixturevalue("postgres_database") if request.param == "postgresql" else None
+    with Store.open(tmp_path / DATA_DIR, create=True, url=url) as s:
         s.add_samples([NewSample(filename=f"s{i}.png", category="training", content_hash=f"{i:064d}",
                                  media_type="image/png", ext=".png", width=8, height=6, metadata={"site": "A"})
                        for i in range(5)])
@@ -159,7 +162,9 @@ def test_discarding_drops_proposals_and_pending_samples(store: Store) -> None:
 def test_keys_are_stored_hashed_verified_and_revoked(store: Store) -> None:
     rec, key = key_store.create_key(store, "laptop")
     assert key.startswith("ei_") and rec.prefix == key[:10]
-    assert key not in (store.root / "project.db").read_bytes().decode("latin-1")
+    with store.engine.connect() as conn:
+        stored = " ".join(str(v) for row in conn.execute(sa_text("SELECT * FROM api_keys")) for v in row)
+    assert key not in stored and key_store.hash_key(key) in stored
     found = key_store.verify_key(store, key)
     assert found is not None and found.id == rec.id
     for bad in (None, "", "nope", key + "x", "ei_" + "0" * 64):

@@ -13,22 +13,27 @@ from ._util import AppContext, pass_app, print_json
 @click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--blobs", metavar="URL", help="Keep the media in this fsspec location (s3://bucket/prefix, gs://..., "
               "a shared folder) instead of DIRECTORY/.labelblocks/blobs.")
+@click.option("--database", metavar="URL", envvar="LABELBLOCKS_DATABASE_URL",
+              help="Keep the tables on this PostgreSQL server (postgresql+psycopg://USER@HOST:PORT/DB, no password: "
+                   "give it in LABELBLOCKS_DATABASE_PASSWORD) instead of a SQLite file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def init(directory: Path, blobs: str | None, as_json: bool) -> None:
+def init(directory: Path, blobs: str | None, database: str | None, as_json: bool) -> None:
     """Create a project in DIRECTORY (default: the current folder).
 
     The project is a SQLite database and a content-addressed blob folder in
     DIRECTORY/.labelblocks; with --blobs the media live in a bucket (credentials and the
-    endpoint come from the environment, e.g. AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL).
+    endpoint come from the environment, e.g. AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL), with
+    --database the tables on a PostgreSQL server. The folder remembers both.
 
     \b
     Examples:
       labelblocks init my-dataset
-      labelblocks init team-dataset --blobs s3://datasets/team
+      labelblocks init team-dataset --blobs s3://datasets/team \\
+          --database postgresql+psycopg://labeler@db:5432/team
     """
     from ..project import DATA_DIR, init_project
 
-    d = init_project(directory, blobs=blobs)
+    d = init_project(directory, blobs=blobs, database=database)
     if as_json:
         print_json({"project": str(d), "data": str(d / DATA_DIR), "blobs": blobs or str(d / DATA_DIR / "blobs")})
     else:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    literal,
     not_,
     or_,
     select,
@@ -49,9 +50,12 @@ from ..model import (
     normalise_structured_labels,
 )
 from .blobs import BlobStore, RemoteBlobStore, StoredFile, open_blob_store
-from .schema import MIGRATIONS, current_version, sample_metadata, samples, schema_migrations
+from .dialect import Dialects, group_concat, is_postgres, json_ids, run
+from .schema import MIGRATIONS, current_version, metadata, sample_metadata, samples, schema_migrations
 
 DB_NAME = "project.db"
+DB_CONFIG = "database.json"  # a project on a database server: {"url": ...}, never with a password
+_PG_WRITE_LOCK = "SELECT pg_advisory_xact_lock(7468001)"  # one writer at a time, as SQLite's BEGIN IMMEDIATE
 BLOB_DIR = "blobs"
 BLOB_CONFIG = "blobs.json"  # in the data folder when the blobs live elsewhere: {"url": ...}
 BLOB_CACHE = "blob-cache"  # local copies of remote blobs
@@ -100,6 +104,7 @@ def _sqlite_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+_PG_TYPES = {"is_disabled": "BOOLEAN"}  # a column a JSON text is cast to in PostgreSQL (TEXT otherwise)
 _HAS_NUL = "\\u0000"  # how json.dumps writes a NUL character (or, harmlessly, a backslash before "u0000")
 
 
@@ -134,9 +139,15 @@ def _id_in(column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
         return false()
     if len(ids) <= _IDS_AS_PARAMETERS:
         return column.in_(ids)  # type: ignore[no-any-return]
-    each = func.json_each(json.dumps(list(ids))).table_valued("value")
-    return column.in_(select(each.c.value))  # type: ignore[no-any-return]
+    return column.op("IN", is_comparison=True)(json_ids(literal(json.dumps(list(ids)))))  # type: ignore[no-any-return]
 
+
+
+def _read_url(config: Path) -> str:
+    try:
+        return str(json.loads(config.read_text(encoding="utf-8"))["url"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InvalidInput(f"cannot read {config}: {e}") from None
 
 
 def blob_store(root: Path) -> BlobStore | RemoteBlobStore:
@@ -164,10 +175,17 @@ class Store:
     # --- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, root: Path | str, create: bool = False) -> Store:
+    def open(cls, root: Path | str, create: bool = False, url: str | None = None,
+             password: str | None = None) -> Store:
         """Open the project data folder ``root`` (the ``.labelblocks`` folder), applying
-        migrations. ``create`` makes the folder if it does not exist."""
+        migrations. ``create`` makes the folder if it does not exist. The tables are in the
+        SQLite file in the folder, or on the database server ``url`` (a PostgreSQL URL without
+        its password; with ``create`` the folder remembers it), which ``password`` opens."""
         root = Path(root)
+        if url is None and (root / DB_CONFIG).exists():
+            url = _read_url(root / DB_CONFIG)
+        if url is not None:
+            return cls._open_server(root, url, create, password)
         db = root / DB_NAME
         if not db.exists() and not create:
             raise NotFound(f"no labelblocks database at {db}")
@@ -183,6 +201,38 @@ class Store:
         event.listen(engine, "begin", _sqlite_begin)
         store = cls(root, engine)
         store.migrate()
+        return store
+
+    @classmethod
+    def _open_server(cls, root: Path, url: str, create: bool, password: str | None) -> Store:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise InvalidInput(f"database URL {url!r}: expected postgresql+psycopg://USER@HOST:PORT/DATABASE") from None
+        if parsed.password:
+            raise InvalidInput("the database URL holds a password: leave it out, and give it in "
+                               "LABELBLOCKS_DATABASE_PASSWORD (or `labelblocks secrets set LABELBLOCKS_DATABASE_PASSWORD`)")
+        if parsed.get_backend_name() != "postgresql":
+            raise InvalidInput(f"database URL {parsed.render_as_string()}: expected a PostgreSQL URL "
+                               "(postgresql+psycopg://USER@HOST:PORT/DATABASE)")
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        if create:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = root / f".{DB_CONFIG}.{os.getpid()}"
+            tmp.write_text(json.dumps({"url": parsed.render_as_string()}), encoding="utf-8")
+            os.replace(tmp, root / DB_CONFIG)
+            blob_store(root).create_shards()
+        engine = create_engine(parsed.set(password=password) if password else parsed, pool_pre_ping=True, future=True)
+        store = cls(root, engine)
+        try:
+            store.migrate()
+        except Exception:
+            engine.dispose()
+            raise
         return store
 
     @classmethod
@@ -219,6 +269,13 @@ class Store:
         """Apply pending migrations, each in its own transaction. Returns the schema version."""
         with self.transaction() as conn:
             version = current_version(conn)
+            if version == 0 and is_postgres(conn):
+                # a new PostgreSQL database starts at the latest schema (the steps before it
+                # rebuilt SQLite files that PostgreSQL never had); later steps apply to both
+                metadata.create_all(conn)
+                now = time.time()
+                conn.execute(insert(schema_migrations), [{"version": v, "applied_at": now} for v, _ in MIGRATIONS])
+                return MIGRATIONS[-1][0]
         for v, fn in MIGRATIONS:
             if v <= version:
                 continue
@@ -238,6 +295,8 @@ class Store:
         sleeps in growing steps, which under many concurrent writers (the HTTP API) costs far
         more than the writes. Other processes still wait through SQLite's busy timeout."""
         with self._write_lock, self.engine.connect().execution_options(lb_write=True) as conn, conn.begin():
+            if is_postgres(conn):
+                conn.exec_driver_sql(_PG_WRITE_LOCK)
             yield conn
 
     @contextmanager
@@ -467,12 +526,17 @@ class Store:
         its rows as JSON in SQLite (json_each), without a round trip per row. A sample that
         does not exist raises NotFound (and the caller's transaction rolls back)."""
         now = time.time()
+        pg = is_postgres(conn)
         for cols, payload, n in prepared.updates:
             # the column names come from the fixed set in prepare_changes
             if _HAS_NUL in payload:  # SQLite's ->> would cut a text at its NUL: these rows go one by one
                 sets = "".join(f"{c} = ?, " for c in cols)
-                updated = conn.exec_driver_sql(f"UPDATE samples SET {sets}updated_at = ? WHERE id = ?",
-                                               [(*row[1:], now, row[0]) for row in json.loads(payload)]).rowcount
+                updated = run(conn, f"UPDATE samples SET {sets}updated_at = ? WHERE id = ?",
+                              [(*row[1:], now, row[0]) for row in json.loads(payload)]).rowcount
+            elif pg:
+                sets = "".join(f"{c} = CAST(j.value->>{i} AS {_PG_TYPES.get(c, 'TEXT')}), " for i, c in enumerate(cols, 1))
+                updated = run(conn, f"UPDATE samples SET {sets}updated_at = ? FROM json_array_elements(CAST(? AS json)) "
+                                    "AS j(value) WHERE samples.id = CAST(j.value->>0 AS BIGINT)", (now, payload)).rowcount
             else:
                 sets = "".join(f"{c} = j.value->>{i}, " for i, c in enumerate(cols, 1))
                 updated = conn.exec_driver_sql(
@@ -484,14 +548,17 @@ class Store:
                 missing = [sid for sid in ids if sid not in known]
                 raise NotFound(f"no sample with id {', '.join(map(str, missing[:10]))}")
         if prepared.metadata_ids is not None:
-            conn.exec_driver_sql("DELETE FROM sample_metadata WHERE sample_id IN (SELECT value FROM json_each(?))",
-                                 (prepared.metadata_ids,))
+            conn.execute(delete(sample_metadata).where(
+                _id_in(sample_metadata.c.sample_id, json.loads(prepared.metadata_ids))))
         if prepared.metadata_rows is not None and _HAS_NUL in prepared.metadata_rows:
-            conn.exec_driver_sql("INSERT INTO sample_metadata (sample_id, key, value) VALUES (?, ?, ?)",
-                                 [tuple(row) for row in json.loads(prepared.metadata_rows)])
+            run(conn, "INSERT INTO sample_metadata (sample_id, key, value) VALUES (?, ?, ?)",
+                [tuple(row) for row in json.loads(prepared.metadata_rows)])
         elif prepared.metadata_rows is not None:
-            conn.exec_driver_sql("INSERT INTO sample_metadata (sample_id, key, value) "
-                                 "SELECT value->>0, value->>1, value->>2 FROM json_each(?)", (prepared.metadata_rows,))
+            run(conn, Dialects(
+                "INSERT INTO sample_metadata (sample_id, key, value) SELECT value->>0, value->>1, value->>2 "
+                "FROM json_each(?)",
+                "INSERT INTO sample_metadata (sample_id, key, value) SELECT CAST(value->>0 AS BIGINT), value->>1, "
+                "value->>2 FROM json_array_elements(CAST(? AS json)) AS value"), (prepared.metadata_rows,))
 
     def audio_ids(self, ids: Sequence[int]) -> set[int]:
         """The audio samples among ``ids`` (the others are images)."""
@@ -511,7 +578,7 @@ class Store:
         lo, hi = min(ids), max(ids)
         if hi - lo < 4 * len(ids):  # dense: one range scan beats long IN lists
             wanted = set(ids)
-            rows = conn.exec_driver_sql("SELECT id, updated_at FROM samples WHERE id BETWEEN ? AND ?", (lo, hi))
+            rows = run(conn, "SELECT id, updated_at FROM samples WHERE id BETWEEN ? AND ?", (lo, hi))
             for sid, rev in rows.cursor.fetchall():
                 if sid in wanted:
                     out[sid] = rev
@@ -610,7 +677,7 @@ class Store:
     def metadata_values(self, key: str) -> dict[int, str]:
         """{sample id: value} of every sample that has metadata ``key``."""
         with self._read() as conn:
-            cur = conn.exec_driver_sql("SELECT sample_id, value FROM sample_metadata WHERE key = ?", (key,)).cursor
+            cur = run(conn, "SELECT sample_id, value FROM sample_metadata WHERE key = ?", (key,)).cursor
             return dict(cur.fetchall())
 
     def select_ids(self, f: SampleFilter, limit: int | None = None, offset: int = 0) -> list[int]:
@@ -622,7 +689,7 @@ class Store:
         if offset:
             q = q.offset(offset)
         with self._read() as conn:
-            text = conn.execute(select(func.group_concat(q.subquery().c.id))).scalar_one()
+            text = conn.execute(select(group_concat(q.subquery().c.id))).scalar_one()
         return sorted(map(int, text.split(","))) if text else []
 
     def count(self, f: SampleFilter | None = None) -> int:

@@ -25,28 +25,51 @@ from sqlalchemy import Connection, and_, delete, insert, select, update
 
 from ..model import Sample, SampleChange, compose
 from . import PreparedChanges, Store
+from .dialect import Dialects, run, upsert
 from .schema import job_applied, job_samples, job_steps, jobs, pack_ids, proposals, step_inputs, unpack_ids
 
 # (sample id, change, record JSON, revision) rows, serialised in one call for SQLite's json_each
 # (a float goes through JSON exactly: tests/test_runner.py checks the round trip)
 # (a revision of None: ANY_REVISION)
 ROWS = TypeAdapter(list[tuple[int, SampleChange, str | None, float | None]])
-_INSERT_ROWS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
-                "SELECT ?, value->>0, ?, value->1, value->>2, coalesce(value->>3, ?) FROM json_each(?)")
+_UPSERT_PROPOSAL = " ON CONFLICT (job_id, sample_id, step) DO UPDATE SET change = excluded.change, " \
+    "record = excluded.record, revision = excluded.revision"
+_INSERT_ROWS = Dialects(
+    "INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
+    "SELECT ?, value->>0, ?, value->1, value->>2, coalesce(value->>3, ?) FROM json_each(?)",
+    "INSERT INTO proposals (job_id, sample_id, step, change, record, revision) "
+    "SELECT ?, CAST(value->>0 AS BIGINT), ?, CAST(value->1 AS TEXT), value->>2, "
+    "coalesce(CAST(value->>3 AS DOUBLE PRECISION), ?) FROM json_array_elements(CAST(? AS json)) AS value"
+    + _UPSERT_PROPOSAL)
 # the revision of a result that holds for every revision of its sample: the block never looked at
 # the sample (sample revisions are timestamps, never negative)
 ANY_REVISION = -1.0
 STALE_ERROR = ("the sample changed since job {job} proposed this change, which would overwrite that: "
                "left as it is (preview again to see the change for the sample as it is now)")
-INSERT_TEXT_ROWS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
-                     "SELECT ?, value->>0, ?, value->>1, value->>2, value->>3 FROM json_each(?)")  # texts as strings
-_INSERT_TEXTS = ("INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
-                 "VALUES (?, ?, ?, ?, ?, ?)")
-_INSERT_FAILED = ("INSERT OR REPLACE INTO job_samples (job_id, sample_id, status, failed_step, error) "
-                  "VALUES (?, ?, 'failed', ?, ?)")
-_INSERT_DISCARDED = ("INSERT OR REPLACE INTO job_samples (job_id, sample_id, status, failed_step, error) "
-                     "VALUES (?, ?, 'discarded', NULL, ?)")
-_COUNT_ALIVE = "SELECT count(*) FROM samples WHERE id IN (SELECT value FROM json_each(?))"
+INSERT_TEXT_ROWS = Dialects(  # texts as strings
+    "INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) "
+    "SELECT ?, value->>0, ?, value->>1, value->>2, value->>3 FROM json_each(?)",
+    "INSERT INTO proposals (job_id, sample_id, step, change, record, revision) "
+    "SELECT ?, CAST(value->>0 AS BIGINT), ?, value->>1, value->>2, CAST(value->>3 AS DOUBLE PRECISION) "
+    "FROM json_array_elements(CAST(? AS json)) AS value" + _UPSERT_PROPOSAL)
+_INSERT_TEXTS = Dialects(
+    "INSERT OR REPLACE INTO proposals (job_id, sample_id, step, change, record, revision) VALUES (?, ?, ?, ?, ?, ?)",
+    "INSERT INTO proposals (job_id, sample_id, step, change, record, revision) VALUES (?, ?, ?, ?, ?, ?)"
+    + _UPSERT_PROPOSAL)
+_UPSERT_JOB_SAMPLE = " ON CONFLICT (job_id, sample_id) DO UPDATE SET status = excluded.status, " \
+    "failed_step = excluded.failed_step, error = excluded.error"
+_INSERT_FAILED = Dialects(
+    "INSERT OR REPLACE INTO job_samples (job_id, sample_id, status, failed_step, error) VALUES (?, ?, 'failed', ?, ?)",
+    "INSERT INTO job_samples (job_id, sample_id, status, failed_step, error) VALUES (?, ?, 'failed', ?, ?)"
+    + _UPSERT_JOB_SAMPLE)
+_INSERT_DISCARDED = Dialects(
+    "INSERT OR REPLACE INTO job_samples (job_id, sample_id, status, failed_step, error) "
+    "VALUES (?, ?, 'discarded', NULL, ?)",
+    "INSERT INTO job_samples (job_id, sample_id, status, failed_step, error) VALUES (?, ?, 'discarded', NULL, ?)"
+    + _UPSERT_JOB_SAMPLE)
+_COUNT_ALIVE = Dialects(
+    "SELECT count(*) FROM samples WHERE id IN (SELECT value FROM json_each(?))",
+    "SELECT count(*) FROM samples WHERE id IN (SELECT CAST(json_array_elements_text(CAST(? AS json)) AS BIGINT))")
 
 # the job's samples in an id range that changed since its steps computed their proposals from
 # them (a proposal without a revision, or one that holds for any, is never stale); a range scan
@@ -215,18 +238,18 @@ def left_out(store: Store, job_id: int) -> tuple[list[int], list[int]]:
     changed: list[int] = []
     deleted: list[int] = []
     with store.engine.connect() as conn:
-        rows = conn.exec_driver_sql("SELECT j.sample_id, s.id IS NOT NULL FROM job_samples j "
-                                    "LEFT JOIN samples s ON s.id = j.sample_id "
-                                    "WHERE j.job_id = ? AND j.status = 'discarded' ORDER BY j.sample_id", (job_id,))
-        for sid, alive in rows:
-            (changed if alive else deleted).append(int(sid))
+        rows = run(conn, "SELECT j.sample_id, s.id IS NOT NULL FROM job_samples j "
+                         "LEFT JOIN samples s ON s.id = j.sample_id "
+                         "WHERE j.job_id = ? AND j.status = 'discarded' ORDER BY j.sample_id", (job_id,))
+        for row in rows:
+            (changed if row[1] else deleted).append(int(row[0]))
     return changed, deleted
 
 
 def discarded_count(store: Store, job_id: int) -> int:
     """How many of the job's samples were left out (discarded, or deleted or changed before apply)."""
     with store.engine.connect() as conn:
-        return int(conn.exec_driver_sql("SELECT count(*) FROM job_samples WHERE job_id = ? AND status = 'discarded'",
+        return int(run(conn, "SELECT count(*) FROM job_samples WHERE job_id = ? AND status = 'discarded'",
                                         (job_id,)).scalar_one())
 
 
@@ -248,8 +271,7 @@ def discard_job(store: Store, job_id: int) -> int:
 def record_step(store: Store, job_id: int, step: int, cache_key: str) -> None:
     """Remember step ``step``'s cache key: its results are reusable by later jobs of that key."""
     with store.transaction() as conn:
-        conn.execute(job_steps.insert().prefix_with("OR REPLACE").values(job_id=job_id, step=step,
-                                                                         cache_key=cache_key))
+        upsert(conn, job_steps, [{"job_id": job_id, "step": step, "cache_key": cache_key}])
 
 
 def has_proposals(store: Store, job_id: int) -> bool:
@@ -326,11 +348,11 @@ def write_step_results(store: Store, job_id: int, step: int, computed: Sequence[
             conn.execute(insert(step_inputs), [{"step_key": k, "input_key": ik, "job_id": job_id, "step": step,
                                                 "sample_id": sid} for k, sid, ik in inputs])
         if computed:
-            conn.exec_driver_sql(_INSERT_ROWS, (job_id, step, ANY_REVISION, "[" + ",".join(computed) + "]"))
+            run(conn, _INSERT_ROWS, (job_id, step, ANY_REVISION, "[" + ",".join(computed) + "]"))
         if texts:  # one statement too: no row-by-row round trips through the GIL
-            conn.exec_driver_sql(INSERT_TEXT_ROWS, (job_id, step, json.dumps(list(texts))))
+            run(conn, INSERT_TEXT_ROWS, (job_id, step, json.dumps(list(texts))))
         if failed:
-            conn.exec_driver_sql(_INSERT_FAILED, [(job_id, sid, step, error) for sid, error in failed])
+            run(conn, _INSERT_FAILED, [(job_id, sid, step, error) for sid, error in failed])
 
 
 def stage_proposal(store: Store, job_id: int, sample_id: int, step: int, change: SampleChange,
@@ -344,7 +366,7 @@ def stage_proposal(store: Store, job_id: int, sample_id: int, step: int, change:
                 proposals.c.job_id == job_id, proposals.c.sample_id == sample_id, proposals.c.step == step))).first()
             if row is not None:
                 change = compose([load_change(row[0]), change])
-        conn.exec_driver_sql(_INSERT_TEXTS, (job_id, sample_id, step, change_json(change), None, revision))
+        run(conn, _INSERT_TEXTS, (job_id, sample_id, step, change_json(change), None, revision))
 
 
 # --- reading proposals ----------------------------------------------------------------------------
@@ -375,7 +397,7 @@ def proposal_texts(store: Store, job_id: int, ids: Sequence[int] | None = None,
         params += [min(ids), max(ids)]
     wanted = set(ids) if ids is not None else None
     with store.engine.connect() as conn:
-        rows = conn.exec_driver_sql(sql + " ORDER BY sample_id, step", tuple(params)).cursor.fetchall()
+        rows = run(conn, sql + " ORDER BY sample_id, step", tuple(params)).cursor.fetchall()
     out: dict[int, list[str]] = {}
     for sid, text in rows:
         if wanted is None or sid in wanted:
@@ -449,7 +471,7 @@ def stale_samples(store: Store, job_id: int, ids: Sequence[int], conn: Connectio
     if conn is None:
         with store.engine.connect() as own:
             return stale_samples(store, job_id, ids, own)
-    found = {r[0] for r in conn.exec_driver_sql(_STALE, (job_id, min(ids), max(ids), ANY_REVISION))}
+    found = {r[0] for r in run(conn, _STALE, (job_id, min(ids), max(ids), ANY_REVISION))}
     return found.intersection(ids) if found else found
 
 
@@ -463,13 +485,13 @@ def apply_chunk(store: Store, job_id: int, chunk: list[int], writes: list[tuple[
     Returns how many samples were applied."""
     with store.transaction() as conn:
         # under the write lock: none of the samples disappears or changes now
-        alive_n = conn.exec_driver_sql(_COUNT_ALIVE, (json.dumps(chunk),)).scalar_one()
+        alive_n = run(conn, _COUNT_ALIVE, (json.dumps(chunk),)).scalar_one()
         stale = stale_samples(store, job_id, chunk, conn)
         if alive_n != len(chunk) or prepared.count != len(writes) or stale:  # deleted or changed since
             alive = store.revisions(chunk, conn)
             left_out = [(job_id, i, "the sample was deleted") for i in chunk if i not in alive]
             left_out += [(job_id, i, STALE_ERROR.format(job=job_id)) for i in sorted(stale)]
-            conn.exec_driver_sql(_INSERT_DISCARDED, left_out)
+            run(conn, _INSERT_DISCARDED, left_out)
             keep = alive.keys() - stale
             chunk = [sid for sid in chunk if sid in keep]
             prepared = store.prepare_changes([it for it in writes if it[0] in keep], conn)

@@ -13,6 +13,7 @@ from sqlalchemy import and_, delete, insert, select
 
 from ..errors import NotFound
 from . import Store
+from .dialect import run
 from .schema import features, learn_blocks, pack_ids, unpack_ids
 
 
@@ -77,7 +78,7 @@ def cached_features(store: Store, key: str, hashes: Sequence[str]) -> dict[str, 
             chunk = wanted[start : start + 500]
             sql = (f"SELECT content_hash, windows, dim, data FROM features WHERE extractor_key = ? "
                    f"AND content_hash IN ({', '.join('?' * len(chunk))})")
-            for h, windows, dim, data in conn.exec_driver_sql(sql, (key, *chunk)).cursor.fetchall():
+            for h, windows, dim, data in run(conn, sql, (key, *chunk)).cursor.fetchall():
                 out[h] = np.frombuffer(data, dtype=np.float32).reshape(windows, dim)
     return out
 

@@ -14,12 +14,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, Connection, and_, case, func, select
+from sqlalchemy import ColumnElement, Connection, and_, case, func, literal, select, update
 
 from ..errors import InvalidInput
 from ..model import CATEGORIES
 from . import Store
-from .schema import pack_ids, samples, split_runs, unpack_ids
+from .dialect import group_concat, json_ids, run
+from .schema import pack_ids, sample_metadata, samples, split_runs, unpack_ids
 
 SEP = "\x1f"  # joins a text column's values in one aggregate (far cheaper than a Python row per sample)
 _CATEGORY_CODE = case({c: i for i, c in enumerate(CATEGORIES)}, value=samples.c.category, else_=0)
@@ -44,8 +45,8 @@ def scan(conn: Connection, where: ColumnElement[bool],
     (an index may have driven the scan), and with ``labels`` the labels ('' for none) joined by
     SEP in scan order: one aggregate each. None for an empty selection."""
     texts = (_LABEL,) if labels else ()
-    row = conn.execute(select(func.group_concat(samples.c.id), func.group_concat(_CATEGORY_CODE),
-                              *(func.group_concat(t, SEP) for t in texts)).where(where)).one()
+    row = conn.execute(select(group_concat(samples.c.id), group_concat(_CATEGORY_CODE),
+                              *(group_concat(t, SEP) for t in texts)).where(where)).one()
     if row[0] is None:
         return None
     ids = _ints(row[0])
@@ -67,14 +68,15 @@ def unlabeled_boxes(conn: Connection, where: ColumnElement[bool]) -> list[tuple[
 def key_column(conn: Connection, key: str) -> tuple[np.ndarray | None, Sequence[str]]:
     """(sample ids, values) of metadata ``key`` over the whole project; (None, []) when no
     sample has it."""
-    sid_text, value_text = conn.exec_driver_sql(
-        "SELECT group_concat(sample_id), group_concat(value, ?) FROM sample_metadata WHERE key = ?", (SEP, key)).one()
+    sid_text, value_text = conn.execute(
+        select(group_concat(sample_metadata.c.sample_id), group_concat(sample_metadata.c.value, SEP))
+        .where(sample_metadata.c.key == key)).one()
     if sid_text is None:
         return None, []
     sids = _ints(sid_text)
     value_col: Sequence[str] = value_text.split(SEP)
     if len(value_col) != len(sids):  # a value with the separator in it: read them row by row
-        rows = conn.exec_driver_sql("SELECT sample_id, value FROM sample_metadata WHERE key = ?", (key,)).cursor.fetchall()
+        rows = run(conn, "SELECT sample_id, value FROM sample_metadata WHERE key = ?", (key,)).cursor.fetchall()
         sids = np.array([r[0] for r in rows], dtype=np.int64)
         value_col = [r[1] for r in rows]
     return sids, value_col
@@ -97,9 +99,8 @@ def write_split(conn: Connection, moves: Mapping[str, list[int]], expected: int,
     written = 0
     for cat, ids in moves.items():
         if ids:
-            written += conn.exec_driver_sql(
-                "UPDATE samples SET category = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?))",
-                (cat, now, json.dumps(ids))).rowcount
+            written += conn.execute(update(samples).where(samples.c.id.op("IN", is_comparison=True)(
+                json_ids(literal(json.dumps(ids))))).values(category=cat, updated_at=now)).rowcount
     if written != expected:  # raising rolls the transaction back
         raise InvalidInput(f"{expected - written} of the samples to move were deleted meanwhile: "
                            "nothing was written; run the split again")
