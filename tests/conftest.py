@@ -72,12 +72,17 @@ class Cli:
         return json.loads(r.stdout)
 
 
+# the dialect of projects of tests that do not choose (LABELBLOCKS_TEST_DIALECT=postgresql runs the
+# whole suite's projects on PostgreSQL)
+DIALECT = os.environ.get("LABELBLOCKS_TEST_DIALECT", "sqlite")
+
+
 @pytest.fixture
 def project(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     """A new project: on SQLite, or (parametrized "postgresql" by a module's
     :func:`both_dialects`) in a new database of the session's PostgreSQL server."""
     database = None
-    if getattr(request, "param", "sqlite") == "postgresql":
+    if getattr(request, "param", DIALECT) == "postgresql":
         database = request.getfixturevalue("postgres_database")
     return init_project(tmp_path / "proj", database=database)
 
@@ -217,6 +222,12 @@ class ProjectSQL:
 
     def __init__(self, project: Path) -> None:
         self.store = open_store(project)
+
+    def __enter__(self) -> ProjectSQL:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
 
     def execute(self, sql: str, params: Any = ()) -> _Rows:
         from labelblocks.store.dialect import run

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pytest
 from labelblocks.builtin_blocks import Relabel
 from labelblocks.external_blocks import dockerfile_command
 
-from .conftest import Cli, fake_docker, kill_when, make_image
+from .conftest import Cli, fake_docker, kill_when, make_image, project_sql
 
 BLOCKS = Path(__file__).parent / "external_blocks"
 TOKEN = "py-block-TOKEN-secret-98765"
@@ -243,7 +242,7 @@ def test_external_step_resumes_after_sigkill(ds: Cli, project: Path, tmp_path: P
     cmd = [sys.executable, "-m", "labelblocks", "--project", str(project), "actions", "run", "slow", "--json"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     kill_when(proc, project, "SELECT count(*) FROM proposals WHERE step = 2", 2)
-    con = sqlite3.connect(project / ".labelblocks" / "project.db")
+    con = project_sql(project)
     finished = {i for (i,) in con.execute("SELECT sample_id FROM proposals WHERE step = 2")}
     assert 2 <= len(finished) < 6
     assert con.execute("SELECT count(*) FROM samples WHERE label IS NOT NULL").fetchone()[0] == 0

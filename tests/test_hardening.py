@@ -30,7 +30,7 @@ from labelblocks.server import BackgroundServer, JobScope
 from labelblocks.store import Store
 from labelblocks.store.blobs import BlobStore
 
-from .conftest import Cli, blob_files, make_audio, make_image
+from .conftest import Cli, blob_files, make_audio, make_image, project_sql
 
 # --- fixtures -------------------------------------------------------------------------------------
 
@@ -67,8 +67,8 @@ def _post(server: BackgroundServer, path: str, key: str | None, headers: dict[st
 
 
 def _db_state(project: Path) -> tuple[Any, ...]:
-    """Everything a write could change, read with plain sqlite3."""
-    with sqlite3.connect(project / DATA_DIR / "project.db") as db:
+    """Everything a write could change, read with the test's own queries."""
+    with project_sql(project) as db:
         return (db.execute("SELECT * FROM samples ORDER BY id").fetchall(),
                 db.execute("SELECT * FROM sample_metadata ORDER BY sample_id, key").fetchall(),
                 db.execute("SELECT * FROM proposals ORDER BY job_id, sample_id, step").fetchall())

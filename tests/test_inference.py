@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import Cli, make_image
+from .conftest import Cli, make_image, project_sql
 
 SDK_VERSION = "1.8.3"
 SEED = """
@@ -220,7 +219,7 @@ def test_concurrent_requests_are_batched(served: tuple[Cli, Served, str, list[Pa
     # every acknowledged inference is in the log, even after a SIGKILL
     s.proc.send_signal(signal.SIGKILL)
     s.proc.wait(timeout=30)
-    db = sqlite3.connect(cli.project / ".labelblocks" / "project.db")
+    db = project_sql(cli.project)
     logged = {r[0] for r in db.execute("SELECT id FROM inferences WHERE model = 'count/1'")}
     assert set(acked) <= logged
 

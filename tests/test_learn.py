@@ -14,7 +14,7 @@ import pytest
 
 from labelblocks.server import BackgroundServer
 
-from .conftest import Cli, kill_when, make_image
+from .conftest import Cli, kill_when, make_image, project_sql
 
 RATE = 8000
 
@@ -186,9 +186,8 @@ def test_training_resumes_after_a_kill(cli: Cli, tmp_path: Path) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_when(proc, cli.project, "SELECT count(*) FROM features", 64)
     assert proc.returncode != 0 and cli.json("learn", "list") == []  # nothing half-stored
-    import sqlite3
 
-    done = sqlite3.connect(cli.project / ".labelblocks" / "project.db").execute(
+    done = project_sql(cli.project).execute(
         "SELECT count(*) FROM features").fetchone()[0]
     assert 64 <= done < 400
     out = cli.json("learn", "anomaly", "--features", "audio-spectral", "-f", "window-ms=250", "--clusters", "4")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Cli, default_sigint, make_audio, make_image
+from .conftest import Cli, default_sigint, make_audio, make_image, project_sql
 
 
 def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -232,18 +232,18 @@ def test_ctrl_c_during_an_upload_exits_130_and_leaves_no_stray_file(cli: Cli, tm
     proc = subprocess.Popen([sys.executable, "-m", "labelblocks", "--project", str(cli.project), "upload",
                              str(tmp_path / "many")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=default_sigint)
-    db = cli.project / ".labelblocks" / "project.db"
+    db = project_sql(cli.project)
     deadline = time.time() + 60
     while time.time() < deadline:
         time.sleep(0.02)
         try:
-            if sqlite3.connect(db).execute("SELECT count(*) FROM samples").fetchone()[0] >= 1:
+            if db.execute("SELECT count(*) FROM samples").fetchone()[0] >= 1:
                 break
         except sqlite3.OperationalError:
             pass
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    n = sqlite3.connect(db).execute("SELECT count(*) FROM samples").fetchone()[0]
+    n = db.execute("SELECT count(*) FROM samples").fetchone()[0]
     print(f"interrupted after {n} of 600 samples, exit {proc.returncode}")
     if n < 600:  # interrupted before the end (else the upload won the race: nothing to check)
         assert proc.returncode == 130 and "Interrupted" in err and "Traceback" not in err

@@ -652,3 +652,20 @@ def test_batch_gc_of_steps_in_several_threads_restores_when_the_last_ends() -> N
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     both_dialects(metafunc)
+
+
+def test_two_actions_run_at_once_both_finish(ds: Cli, project: Path, tmp_path: Path) -> None:
+    """Two processes run different actions on one project at the same time (writers take turns,
+    on either dialect): both finish and nothing either wrote is lost."""
+    ds("actions", "create", "labels", "--step", "fake-labeler", "-p", "delay=0.05", "-p", "batch-size=1")
+    ds("actions", "create", "boxes", "--step", "fake-boxer", "-p", "label=thing")
+    env = {**os.environ, "FAKE_TOKEN": "t-123456"}
+    procs = [subprocess.Popen([sys.executable, "-m", "labelblocks", "--project", str(project), "actions", "run", name,
+                               "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("labels", "boxes")]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert json.loads(out)["failed"] == 0
+    for s in ds.json("samples", "list"):
+        assert s["label"] == f"L-{s['filename'][:-4]}" and [b["label"] for b in s["boundingBoxes"]] == ["thing"]

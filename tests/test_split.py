@@ -3,7 +3,6 @@ metadata statistics."""
 
 from __future__ import annotations
 
-import sqlite3
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from labelblocks.project import open_store
 from labelblocks.split import SplitData, SplitOptions, assign
 from labelblocks.store import NewSample
 
-from .conftest import Cli
+from .conftest import Cli, project_sql
 
 
 def seed_samples(project: Path, rows: list[dict[str, Any]]) -> None:
@@ -45,7 +44,7 @@ def videos(n_videos: int, seed: int = 0, start: int = 0, n_labels: int = 5) -> l
 
 
 def categories(project: Path) -> dict[int, str]:
-    con = sqlite3.connect(project / ".labelblocks" / "project.db")
+    con = project_sql(project)
     return dict(con.execute("SELECT id, category FROM samples"))
 
 
@@ -128,7 +127,7 @@ def test_a_filtered_split_reads_what_a_row_by_row_reader_reads(project: Path) ->
                 BoundingBox(label=lab, x=0, y=0, width=2, height=2) for lab in ("dog", "cat", "dog")]))])
         f = SampleFilter(metadata=[MetadataCondition(key="site", values=["site1"])])
         data = load(store, f, SplitOptions(keep_together=["video_file"], stratify_keys=["site"]))
-    con = sqlite3.connect(project / ".labelblocks" / "project.db")
+    con = project_sql(project)
     want = con.execute("SELECT s.id, s.label, s.bounding_boxes, m.value FROM samples s JOIN sample_metadata m "
                        "ON m.sample_id = s.id AND m.key = 'video_file' JOIN sample_metadata t ON t.sample_id = s.id "
                        "AND t.key = 'site' AND t.value = 'site1' ORDER BY s.id").fetchall()
@@ -147,7 +146,7 @@ def test_dry_run_writes_nothing_and_prints_the_table(cli: Cli, project: Path) ->
     for word in ("train", "validation", "test", "label0", "site", "site1", "Would place"):
         assert word in r.stdout
     assert set(categories(project).values()) == {"training"}
-    with sqlite3.connect(project / ".labelblocks" / "project.db") as con:
+    with project_sql(project) as con:
         assert con.execute("SELECT count(*) FROM split_runs").fetchone()[0] == 0
     # the real run prints the same table
     real = cli("split", "--keep-together", "video_file", "--stratify-key", "site")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from labelblocks.uploads import label_from_filename, split_category
 
-from .conftest import Cli, blob_files, make_audio, make_image
+from .conftest import Cli, blob_files, make_audio, make_image, project_sql
 
 
 def test_upload_folder_with_metadata_infers_labels(cli: Cli, images, tmp_path: Path) -> None:
@@ -255,14 +255,14 @@ def test_upload_interrupted_by_sigkill_leaves_only_whole_samples(tmp_path: Path,
     cmd = [sys.executable, "-m", "labelblocks", "--project", str(project), "upload", str(folder),
            "--metadata", "batch=one", "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = project / ".labelblocks" / "project.db"
+    db = project_sql(project)
     import sqlite3
 
     deadline = time.time() + 60
     while time.time() < deadline:
         time.sleep(0.05)
         try:
-            n = sqlite3.connect(db).execute("SELECT count(*) FROM samples").fetchone()[0]
+            n = db.execute("SELECT count(*) FROM samples").fetchone()[0]
         except sqlite3.OperationalError:
             continue
         if n > 0 or proc.poll() is not None:
@@ -274,7 +274,7 @@ def test_upload_interrupted_by_sigkill_leaves_only_whole_samples(tmp_path: Path,
     while _processes_mentioning(str(project)) and time.time() < deadline:
         time.sleep(0.1)
     assert _processes_mentioning(str(project)) == []
-    con = sqlite3.connect(db)
+    con = db
     n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
     # every committed sample is whole: its metadata row and its blob exist
     assert con.execute("SELECT count(*) FROM sample_metadata WHERE key='batch'").fetchone()[0] == n
@@ -286,4 +286,4 @@ def test_upload_interrupted_by_sigkill_leaves_only_whole_samples(tmp_path: Path,
     out = json.loads(r.stdout)
     assert out["added"] + out["duplicates"] == 1500
     assert out["duplicates"] == n
-    assert sqlite3.connect(db).execute("SELECT count(*) FROM samples").fetchone()[0] == 1500
+    assert db.execute("SELECT count(*) FROM samples").fetchone()[0] == 1500
