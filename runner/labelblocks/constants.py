@@ -11,4 +11,4 @@ UPLOAD_CATEGORIES = ("training", "validation", "testing", "split")
 MAX_IMAGE_PIXELS = 178_956_970
 
 # what `labelblocks export` writes
-EXPORT_FORMATS = ("info",)
+EXPORT_FORMATS = ("info", "coco", "yolo")

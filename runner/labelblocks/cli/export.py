@@ -14,25 +14,32 @@ from ._util import AppContext, build_filter, filter_options, pass_app, print_jso
 @click.command("export")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="info", show_default=True,
-              help="info: the files plus the protocol's info.labels.")
+              help="info: the files plus the protocol's info.labels; coco: images/ and annotations.json; yolo: "
+                   "images/ and labels/ per split, data.yaml (images only, for both).")
 @filter_options(include_disabled_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
 def export_cmd(app: AppContext, directory: Path, fmt: str, as_json: bool, **kw: Any) -> None:
     """Export samples (all, or those matching the filters) into a new folder.
 
-    `labelblocks upload --info-file DIR/info.labels` reads the export back into an identical dataset.
+    `labelblocks upload --info-file DIR/info.labels` (or `--coco DIR/annotations.json`, or
+    `--yolo DIR/data.yaml`) reads the export back into an identical dataset: what COCO and
+    YOLO cannot hold (labels, metadata, categories) travels in their extra fields.
 
     \b
-    Example:
+    Examples:
       labelblocks export ../paris-export --where site=Paris
+      labelblocks export ../detector-data --format yolo --has reviewed
     """
     from ..export import export_info
+    from ..formats import export_coco, export_yolo
 
     f = build_filter(kw)
     store = app.store
-    with progress(store.count(f), "Exporting", enabled=not as_json) as bar:
-        n = export_info(store, directory, f, on_progress=bar)
+    write = {"info": export_info, "coco": export_coco, "yolo": export_yolo}[fmt]
+    total = store.count(f.model_copy(update={"data_type": "image"}) if fmt != "info" else f)
+    with progress(total, "Exporting", enabled=not as_json) as bar:
+        n = write(store, directory, f, on_progress=bar)
     if as_json:
         print_json({"exported": n, "directory": str(directory.resolve()), "format": fmt})
     else:

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 @click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE", help="Metadata for every file (repeatable).")
 @click.option("--info-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The protocol's info.labels: files (relative to it) with labels, metadata and boxes.")
+@click.option("--coco", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A COCO annotation file: its images (relative to it, or --images) with their boxes.")
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Where --coco's image paths start (default: the COCO file's folder).")
+@click.option("--yolo", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A YOLO dataset's data.yaml: each split's images with their labels/ boxes.")
 @click.option("--disallow-duplicates", is_flag=True, help="Skip files whose content is already in the project.")
 @click.option("--allow-duplicates", is_flag=True,
               help="Add a file even when one of the same content and name is in the project already "
@@ -36,8 +42,9 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="Print the per-file results as JSON.")
 @pass_app
 def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, label: str | None, no_label: bool,
-               metadata: tuple[str, ...], info_file: Path | None, disallow_duplicates: bool, allow_duplicates: bool,
-               max_pixels: int, as_json: bool) -> None:
+               metadata: tuple[str, ...], info_file: Path | None, coco: Path | None, images_dir: Path | None,
+               yolo: Path | None, disallow_duplicates: bool, allow_duplicates: bool, max_pixels: int,
+               as_json: bool) -> None:
     """Upload images (PNG, JPEG, ...) and audio (WAV, FLAC, OGG) from files and folders.
 
     Folders are walked. Labels come from --label, else from the file name's leading
@@ -49,12 +56,16 @@ def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, l
     Examples:
       labelblocks upload photos/ --metadata site=Paris --category split
       labelblocks upload --info-file dataset/info.labels
+      labelblocks upload --coco coco/annotations.json --images coco/val2017
+      labelblocks upload --yolo yolo-dataset/data.yaml
       labelblocks upload clips/*.wav --label noise --json
     """
     from ..uploads import INFER, items_from_info_file, items_from_paths, upload
 
-    if not paths and info_file is None:
-        raise UsageError("nothing to upload: give files or folders, or --info-file FILE")
+    if not paths and info_file is None and coco is None and yolo is None:
+        raise UsageError("nothing to upload: give files or folders, or --info-file, --coco or --yolo FILE")
+    if images_dir is not None and coco is None:
+        raise UsageError("--images goes with --coco")
     if label is not None and no_label:
         raise UsageError("--label and --no-label cannot be used together")
     md = parse_key_values(metadata, "--metadata")
@@ -63,6 +74,17 @@ def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, l
     sources: list[Any] = []
     if info_file is not None:
         sources.append(items_from_info_file(info_file, md, category))
+    if coco is not None:
+        from ..formats import items_from_coco
+
+        coco_items, notes = items_from_coco(coco, images_dir, md, category)
+        sources.append(coco_items)
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+    if yolo is not None:
+        from ..formats import items_from_yolo
+
+        sources.append(items_from_yolo(yolo, md, category))
     if paths:
         sources.append(items_from_paths(paths, category or "training", lab, md))
     items = list(itertools.chain.from_iterable(sources))

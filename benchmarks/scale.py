@@ -1,0 +1,181 @@
+"""The store on PostgreSQL, against its floor on the same server.
+
+1. The runner benchmark on PostgreSQL: preview, then apply, a no-op block over N samples
+   (default 100,000), against the same changes written by one batched statement per phase
+   (psycopg's executemany of the proposal INSERTs, then of the label UPDATEs) in one
+   transaction. Target: <= 2x in each phase, as on SQLite.
+2. A filtered page of `samples list` (50 samples with metadata site=site3, and with a metadata
+   key present) at M samples (default 1,000,000). Target: <= 50 ms.
+
+The Ray engine's figures are not measured: the engine is not built.
+
+A PostgreSQL server is started from the Debian binaries (as the tests do) unless --server URL
+names one (postgresql+psycopg://USER@HOST:PORT, trust or PGPASSWORD authentication).
+
+Usage: python benchmarks/scale.py [--samples 100000] [--page-samples 1000000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from labelblocks.actions import Action, Step, save_action
+from labelblocks.filters import MetadataCondition, SampleFilter
+from labelblocks.model import SampleChange
+from labelblocks.plugins import get_plugins
+from labelblocks.project import init_project, open_store
+from labelblocks.runner import Runner
+from labelblocks.store import NewSample
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _workers import cpu_flags
+
+from runner import _Plugin  # the runner benchmark's no-op block
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        raise SystemExit("PostgreSQL is not installed (apt-get install postgresql), or pass --server URL")
+    bindir = found[-1].parent
+    folder = Path(tempfile.mkdtemp(prefix="lb-bench-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(folder / "db"), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(folder / "db"), "-l", str(folder / "log"), "-w", "-o",
+                    f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(folder / "db"), "-m", "fast", "stop"],
+                       capture_output=True, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def new_database(server: str, name: str) -> str:
+    with psycopg.connect(server.replace("+psycopg", "") + "/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{server}/{name}"
+
+
+def seed(project: Path, n: int) -> None:
+    with open_store(project) as store:
+        for start in range(0, n, 20_000):
+            store.add_samples([NewSample(filename=f"s{i}.png", category="training", content_hash="0" * 64,
+                                         media_type="image/png", ext=".png", width=8, height=8,
+                                         metadata={"site": f"site{i % 10}", **({"reviewed": "yes"} if i % 7 == 0 else {})})
+                               for i in range(start, min(n, start + 20_000))])
+
+
+def floor(url: str, statement: str, rows: list[tuple[Any, ...]], cleanup: str | None = None) -> float:
+    with psycopg.connect(url.replace("+psycopg", "")) as conn:
+        t = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(statement, rows)
+        dt = time.perf_counter() - t
+        if cleanup:
+            conn.execute(cleanup)
+            conn.commit()
+    return dt
+
+
+def runner_phase(server: str, n: int, repeats: int) -> None:
+    url = new_database(server, "bench_runner")
+    project = init_project(Path(tempfile.mkdtemp(prefix="lb-bench-scale-")) / "p", database=url)
+    seed(project, n)
+    plugins = get_plugins()
+    plugins.pm.register(_Plugin(), name="bench")
+    plugins._registry = None
+    registry = plugins.registry()
+    med = statistics.median
+    ours_prev, ours_apply, floors_prev, floors_apply = [], [], [], []
+    with open_store(project) as store:
+        ids = store.select_ids(SampleFilter())
+        action = Action(name="bench", steps=[Step(block="bench-noop")], cache_unchanged_steps=False)
+        save_action(store, action)
+        runner = Runner(store, registry)
+        change = SampleChange(label="bench").model_dump_json(by_alias=True, exclude_none=True)
+        for _ in range(repeats):  # alternated, so that both sides see the same machine
+            floors_prev.append(floor(url, "INSERT INTO proposals (job_id, sample_id, step, change, record, revision) "
+                                          "VALUES (999999, %s, 1, %s, NULL, NULL)", [(i, change) for i in ids],
+                                     "DELETE FROM proposals WHERE job_id = 999999"))
+            t = time.perf_counter()
+            summary = runner.preview(action, limit=None, use_cache=False)
+            ours_prev.append(time.perf_counter() - t)
+            floors_apply.append(floor(url, "UPDATE samples SET label = %s, updated_at = %s WHERE id = %s",
+                                      [("bench", time.time(), i) for i in ids], "UPDATE samples SET label = NULL"))
+            t = time.perf_counter()
+            assert runner.apply(summary.job_id) == n
+            ours_apply.append(time.perf_counter() - t)
+            with psycopg.connect(url.replace("+psycopg", "")) as conn:
+                conn.execute("UPDATE samples SET label = NULL")
+    print(f"runner on PostgreSQL, {n} samples, no-op block; medians of {repeats} alternated runs")
+    for phase, ours, theirs, what in (("preview", ours_prev, floors_prev, "INSERT"),
+                                      ("apply", ours_apply, floors_apply, "UPDATE")):
+        print(f"  {phase:<8} runner {n / med(ours):9.0f} samples/s ({med(ours):.2f} s); executemany {what} "
+              f"{n / med(theirs):9.0f} samples/s ({med(theirs):.2f} s); ratio {med(ours) / med(theirs):.2f}x "
+              "(target <= 2x)")
+
+
+def page_phase(server: str, n: int, repeats: int) -> None:
+    url = new_database(server, "bench_page")
+    project = init_project(Path(tempfile.mkdtemp(prefix="lb-bench-scale-")) / "p", database=url)
+    t = time.perf_counter()
+    seed(project, n)
+    print(f"a filtered page at {n} samples on PostgreSQL (seeded in {time.perf_counter() - t:.0f} s)")
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("ANALYZE")
+    filters = {"site=site3": SampleFilter(metadata=[MetadataCondition(key="site", values=["site3"])]),
+               "has reviewed": SampleFilter(metadata=[MetadataCondition(key="reviewed")]),
+               "site=site3, last page": SampleFilter(metadata=[MetadataCondition(key="site", values=["site3"])])}
+    with open_store(project) as store:
+        for name, f in filters.items():
+            offset = n // 10 - 50 if "last" in name else 0
+            times = []
+            for _ in range(max(repeats, 5)):
+                t = time.perf_counter()
+                page = store.list_samples(f, limit=50, offset=offset)
+                times.append(time.perf_counter() - t)
+            assert len(page) == 50
+            print(f"  {name:<22} 50 samples in {statistics.median(times) * 1000:6.1f} ms (target <= 50 ms)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=100_000)
+    ap.add_argument("--page-samples", type=int, default=1_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--server", help="a PostgreSQL server's URL (default: start one from the Debian binaries)")
+    args = ap.parse_args()
+    print(f"CPU: {cpu_flags()}")
+    with contextlib.ExitStack() as stack:
+        server = args.server or stack.enter_context(postgres())
+        runner_phase(server, args.samples, args.repeats)
+        page_phase(server, args.page_samples, args.repeats)
+    print("Ray engine: not built, so not measured")
+
+
+if __name__ == "__main__":
+    main()
