@@ -11,8 +11,9 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import insert, select, update
 
@@ -66,17 +67,36 @@ def list_keys(store: Store) -> list[ApiKey]:
 
 def revoke_key(store: Store, ident: str) -> ApiKey:
     """Revoke a key by its id, its name or its shown prefix."""
-    matches = [k for k in list_keys(store) if ident in (str(k.id), k.name, k.prefix)]
-    if not matches:
-        raise NotFound(f"no API key {ident!r}: see `labelblocks keys list`")
-    if len(matches) > 1:
-        raise InvalidInput(f"{ident!r} names {len(matches)} keys: revoke by id ({', '.join(str(k.id) for k in matches)})")
-    k = matches[0]
+    k = pick_key(list_keys(store), ident, "API key", "`labelblocks keys list`")
     if k.revoked_at is None:
         k.revoked_at = time.time()
         with store.transaction() as conn:
             conn.execute(update(api_keys).where(api_keys.c.id == k.id).values(revoked_at=k.revoked_at))
     return k
+
+
+class _Named(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def prefix(self) -> str: ...
+
+
+K = TypeVar("K", bound=_Named)
+
+
+def pick_key(keys: Sequence[K], ident: str, what: str, listing: str) -> K:
+    """The one key of ``keys`` that ``ident`` names by id, name or shown prefix."""
+    matches = [k for k in keys if ident in (str(k.id), k.name, k.prefix)]
+    if not matches:
+        raise NotFound(f"no {what} {ident!r}: see {listing}")
+    if len(matches) > 1:
+        raise InvalidInput(f"{ident!r} names {len(matches)} keys: revoke by id ({', '.join(str(k.id) for k in matches)})")
+    return matches[0]
 
 
 def verify_key(store: Store, key: str | None) -> ApiKey | None:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..errors import InvalidInput, NotFound
 from . import Store
-from .keys import KEY_PREFIX, hash_key, new_key
+from .keys import KEY_PREFIX, hash_key, new_key, pick_key
 from .schema import (
     org_attachments,
     org_block_copies,
@@ -101,12 +101,7 @@ def list_org_keys(store: Store) -> list[OrgKey]:
 
 def revoke_org_key(store: Store, ident: str) -> OrgKey:
     """Revoke a key by its id, name or shown prefix."""
-    matches = [k for k in list_org_keys(store) if ident in (str(k.id), k.name, k.prefix)]
-    if not matches:
-        raise NotFound(f"no organization key {ident!r}: see `labelblocks org keys list`")
-    if len(matches) > 1:
-        raise InvalidInput(f"{ident!r} names {len(matches)} keys: revoke by id ({', '.join(str(k.id) for k in matches)})")
-    k = matches[0]
+    k = pick_key(list_org_keys(store), ident, "organization key", "`labelblocks org keys list`")
     if k.revoked_at is None:
         with store.transaction() as conn:
             conn.execute(update(org_keys).where(org_keys.c.id == k.id).values(revoked_at=time.time()))
