@@ -238,8 +238,8 @@ def blocks_pull(app: AppContext, name: str, directory: Path | None, org_url: str
 @pass_app
 def blocks_rm(app: AppContext, name: str, org_url: str | None, key: str | None, yes: bool) -> None:
     """Remove a block, all its versions and secrets, from the organization (admin key).
-    Projects keep the copies of versions they ran. (`blocks remove` unregisters a local
-    external block.)
+    Attached projects stop listing and running it once they see the organization's new list.
+    (`blocks remove` unregisters a local external block.)
 
     \b
     Example:
