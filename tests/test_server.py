@@ -365,3 +365,34 @@ def test_serve_command(data: Cli, project: Path, tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_data_management_routes_through_the_bindings(data: Cli, api: ei.RawDataApi, server: BackgroundServer) -> None:
+    """Counting, every sample's metadata, deleting, renaming and moving, as the protocol's
+    own client calls them."""
+    paris = json.dumps([{"key": "site", "op": "eq", "values": ["Paris"]}])
+    assert api.count_samples(1, "all").count == 5
+    assert api.count_samples(1, "all", metadata=paris).count == 3
+    assert api.count_samples(1, "training", data_type="audio").count == 1
+    md = {m.id: m.metadata for m in api.get_sample_metadata(1, "all").metadata}
+    assert md == {1: {"site": "Paris"}, 2: {"site": "Paris"}, 3: {"site": "Lyon"}, 4: {"site": "Lyon"},
+                  5: {"site": "Paris", "device": "mic"}}
+    api.rename_sample(1, 2, ei.RenameSampleRequest(name="renamed.png"))
+    api.move_sample(1, 3, ei.MoveRawDataRequest(newCategory="testing"))
+    api.delete_sample(1, 4)
+    samples = {s["id"]: s for s in data.json("samples", "list")}
+    assert sorted(samples) == [1, 2, 3, 5]
+    assert samples[2]["filename"] == "renamed.png" and samples[3]["category"] == "testing"
+    for call, status in ((lambda: api.delete_sample(1, 99), 404),
+                         (lambda: api.rename_sample(1, 1, ei.RenameSampleRequest(name="")), 400)):
+        with pytest.raises(ei.exceptions.ApiException) as e:
+            call()
+        assert e.value.status == status
+    r = _post(server, "/api/1/raw-data/1/move", api.api_client.configuration.api_key["ApiKeyAuthentication"],
+              json={"newCategory": "attic"})
+    assert r.status_code == 400 and "newCategory: expected one of" in r.json()["error"]
+    # a job's key counts its own samples and may not delete, rename or move
+    job_key = server.state.add_job_key(JobScope(job_id=1, step=1, sample_ids=frozenset({1, 2}), revisions={}))
+    assert _get(server, "/api/1/raw-data/count", job_key).json()["count"] == 2
+    r = requests.delete(server.url + "/api/1/raw-data/1", headers={"x-api-key": job_key}, timeout=30)
+    assert r.status_code == 403 and "job's key cannot delete" in r.json()["error"]

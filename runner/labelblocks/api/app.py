@@ -17,12 +17,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import LabelblocksError, NotFound, StorageError
 from ..store import DB_NAME, Store
-from . import ingestion, media, projects, proposals, raw_data
+from . import data_management, ingestion, media, projects, proposals, raw_data
 from .protocol import ProjectInfo
 from .state import PROJECT_ID, ApiError, BodyLimit, ErrorShape, Limits, ServerState, error
 
 # the protocol's routers, in the order their paths are matched
-ROUTERS: tuple[APIRouter, ...] = (projects.router, proposals.router, raw_data.router, media.router, ingestion.router)
+# (data_management's /raw-data/count and /raw-data/metadata before raw_data's /raw-data/{sample_id})
+ROUTERS: tuple[APIRouter, ...] = (projects.router, proposals.router, data_management.router, raw_data.router,
+                                  media.router, ingestion.router)
 
 
 def create_api_app(store: Store, project_dir: Path, limits: Limits | None = None,

@@ -49,7 +49,7 @@ def list_samples(project_id: ProjectId, state: State, a: Auth, category: str = "
                  dataType: str | None = None, minId: OptionalQueryInt = None, maxId: OptionalQueryInt = None,
                  metadata: str | None = None) -> dict[str, Any]:
     store = state.store
-    f = _list_filter(category, labels, filename or search, includeDisabled, dataType, minId, maxId, metadata)
+    f = list_filter(category, labels, filename or search, includeDisabled, dataType, minId, maxId, metadata)
     if a.scope is not None:
         # a job key lists its job's samples only
         f.ids = sorted(a.scope.sample_ids)
@@ -174,8 +174,9 @@ def enable(project_id: ProjectId, sample_id: SampleId, state: State, a: Auth) ->
                   lambda: state.store.set_disabled([sample_id], False))
 
 
-def _list_filter(category: str, labels: str | None, search: str | None, include_disabled: str | None,
-                 data_type: str | None, min_id: int | None, max_id: int | None, metadata: str | None) -> SampleFilter:
+def list_filter(category: str, labels: str | None, search: str | None, include_disabled: str | None,
+                data_type: str | None, min_id: int | None, max_id: int | None, metadata: str | None) -> SampleFilter:
+    """The listing's query parameters as a filter (400 for a bad one)."""
     f = SampleFilter()
     if category not in ("all", *CATEGORIES):
         raise ApiError(400, f"category: expected one of all, {', '.join(CATEGORIES)}, got {category!r}")

@@ -372,6 +372,14 @@ class Store:
             self._require(conn, sample_id)
             self._touch(conn, [sample_id], label=label)
 
+    def rename_sample(self, sample_id: int, filename: str) -> None:
+        """Give the sample a new file name (its media and labels stay)."""
+        if not filename.strip() or len(filename.encode("utf-8", "surrogatepass")) > 255 or not filename.isprintable():
+            raise InvalidInput(f"name {filename!r}: expected 1 to 255 bytes of printable text")
+        with self.transaction() as conn:
+            self._require(conn, sample_id)
+            self._touch(conn, [sample_id], filename=filename)
+
     def set_bounding_boxes(self, sample_id: int, boxes: Sequence[BoundingBox]) -> None:
         with self.transaction() as conn:
             row = self._require(conn, sample_id)
