@@ -396,3 +396,35 @@ def test_data_management_routes_through_the_bindings(data: Cli, api: ei.RawDataA
     assert _get(server, "/api/1/raw-data/count", job_key).json()["count"] == 2
     r = requests.delete(server.url + "/api/1/raw-data/1", headers={"x-api-key": job_key}, timeout=30)
     assert r.status_code == 403 and "job's key cannot delete" in r.json()["error"]
+
+
+def test_batch_routes_through_the_bindings(data: Cli, api: ei.RawDataApi, server: BackgroundServer, key: str) -> None:
+    """The batch writes take the listing's filters (metadata filter, ids, excludeIds) and
+    write all of their samples in one transaction."""
+    paris = json.dumps([{"key": "site", "op": "eq", "values": ["Paris"]}])
+    api.batch_add_metadata(1, "all", ei.BatchAddMetadataRequest(metadataKey="reviewed", metadataValue="no"),
+                           metadata=paris)
+    api.batch_edit_labels(1, "training", ei.EditSampleLabelRequest(label="animal"), data_type="image",
+                          exclude_ids=json.dumps([2]))
+    api.batch_move(1, "all", ei.MoveRawDataRequest(newCategory="testing"), ids=json.dumps([3, 4]))
+    api.batch_disable(1, "testing")
+    api.batch_clear_metadata_by_key(1, "all", ei.BatchClearMetadataByKeyRequest(metadataKey="device"))
+    samples = {s["id"]: s for s in data.json("samples", "list", "--include-disabled")}
+    assert {i for i, s in samples.items() if s["metadata"].get("reviewed") == "no"} == {1, 2, 5}
+    assert {i: s.get("label") for i, s in samples.items()} == {1: "animal", 2: "cat", 3: "animal", 4: "animal",
+                                                                5: "dog"}
+    assert {i for i, s in samples.items() if s["category"] == "testing"} == {3, 4}
+    assert {i for i, s in samples.items() if s["isDisabled"]} == {3, 4}
+    assert "device" not in samples[5]["metadata"]
+    api.batch_enable(1, "all")
+    api.batch_clear_metadata(1, "all", ids=json.dumps([1]))
+    api.batch_delete(1, "all", metadata=json.dumps([{"key": "site", "op": "eq", "values": ["Lyon"]}]))
+    samples = {s["id"]: s for s in data.json("samples", "list", "--include-disabled")}
+    assert sorted(samples) == [1, 2, 5] and samples[1]["metadata"] == {} and not any(
+        s["isDisabled"] for s in samples.values())
+    r = _post(server, "/api/1/raw-data/batch/delete?ids=[1,99]", key)  # ids filter: 99 matches nothing
+    assert r.json() == {"success": True, "samples": 1} and [s["id"] for s in data.json("samples", "list")] == [2, 5]
+    r = _post(server, "/api/1/raw-data/batch/add-metadata?ids=oops", key, json={"metadataKey": "a", "metadataValue": "b"})
+    assert r.status_code == 400 and "ids" in r.json()["error"]
+    job_key = server.state.add_job_key(JobScope(job_id=1, step=1, sample_ids=frozenset({1}), revisions={}))
+    assert _post(server, "/api/1/raw-data/batch/delete", job_key).status_code == 403

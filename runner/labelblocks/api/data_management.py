@@ -1,16 +1,18 @@
 """The protocol's data-management routes that pipelines and its official clients use beside
-listing and labeling: counting a filtered selection, every sample's metadata, and deleting,
-renaming and moving one sample. A job's key may not use the writing ones: a block's writes are
-staged as its step's proposals, and these have no proposal form."""
+listing and labeling: counting a filtered selection, every sample's metadata, deleting,
+renaming and moving one sample, and the batch writes over the listing's filters (each one
+transaction). A job's key may not use the writing ones: a block's writes are staged as its
+step's proposals, and these have no proposal form."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from ..model import CATEGORIES
+from ..errors import InvalidInput
+from ..model import CATEGORIES, parse_json
 from .raw_data import list_filter
 from .state import ApiError, Auth, Caller, OptionalQueryInt, ProjectId, SampleId, State, json_body
 
@@ -79,3 +81,95 @@ async def move_sample(project_id: ProjectId, sample_id: SampleId, request: Reque
     state.store.get_sample(sample_id)  # 404 for an unknown sample
     state.store.set_categories({sample_id: str(category)})
     return JSONResponse({"success": True})
+
+
+# --- batch writes over the listing's filters --------------------------------------------------------
+
+
+def _ids_param(text: str | None, name: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        data = parse_json(text, name, "a JSON list of sample ids")
+    except InvalidInput as e:
+        raise ApiError(400, str(e)) from None
+    if not isinstance(data, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in data):
+        raise ApiError(400, f"{name}: expected a JSON list of sample ids")
+    return data
+
+
+def batch_ids(request: Request, state: State, a: Auth) -> list[int]:
+    """The ids the batch route's query selects (the listing's filters, ``ids``, ``excludeIds``)."""
+    _no_job_key(a, "write in batches")
+    q = request.query_params
+    try:
+        min_id = int(q["minId"]) if "minId" in q else None
+        max_id = int(q["maxId"]) if "maxId" in q else None
+    except ValueError:
+        raise ApiError(400, "minId and maxId: expected integers") from None
+    f = list_filter(q.get("category", "all"), q.get("labels"), q.get("filename") or q.get("search"),
+                    q.get("includeDisabled"), q.get("dataType"), min_id, max_id, q.get("metadata"))
+    f.ids = _ids_param(q.get("ids"), "ids")
+    exclude = set(_ids_param(q.get("excludeIds"), "excludeIds") or ())
+    return [i for i in state.store.select_ids(f) if i not in exclude]
+
+
+BatchIds = Annotated[list[int], Depends(batch_ids)]
+
+
+def _done(n: int) -> dict[str, Any]:
+    return {"success": True, "samples": n}
+
+
+@router.post("/batch/add-metadata")
+async def batch_add_metadata(project_id: ProjectId, request: Request, state: State, ids: BatchIds) -> dict[str, Any]:
+    body = await json_body(request)
+    key, value = body.get("metadataKey"), body.get("metadataValue")
+    if not isinstance(key, str) or not key or not isinstance(value, str):
+        raise ApiError(400, "expected {metadataKey, metadataValue} (strings)")
+    return _done(state.store.update_metadata(ids, {key: value}))
+
+
+@router.post("/batch/clear-metadata-by-key")
+async def batch_clear_metadata_by_key(project_id: ProjectId, request: Request, state: State,
+                                      ids: BatchIds) -> dict[str, Any]:
+    key = (await json_body(request)).get("metadataKey")
+    if not isinstance(key, str) or not key:
+        raise ApiError(400, "metadataKey: expected the key to remove")
+    return _done(state.store.update_metadata(ids, unset_keys=[key]))
+
+
+@router.post("/batch/clear-metadata")
+def batch_clear_metadata(project_id: ProjectId, state: State, ids: BatchIds) -> dict[str, Any]:
+    return _done(state.store.clear_metadata(ids))
+
+
+@router.post("/batch/disable-samples")
+def batch_disable(project_id: ProjectId, state: State, ids: BatchIds) -> dict[str, Any]:
+    return _done(state.store.set_disabled(ids, True))
+
+
+@router.post("/batch/enable-samples")
+def batch_enable(project_id: ProjectId, state: State, ids: BatchIds) -> dict[str, Any]:
+    return _done(state.store.set_disabled(ids, False))
+
+
+@router.post("/batch/delete")
+def batch_delete(project_id: ProjectId, state: State, ids: BatchIds) -> dict[str, Any]:
+    return _done(state.store.delete_samples(ids))
+
+
+@router.post("/batch/edit-labels")
+async def batch_edit_labels(project_id: ProjectId, request: Request, state: State, ids: BatchIds) -> dict[str, Any]:
+    label = (await json_body(request)).get("label")
+    if not isinstance(label, str) or not label:
+        raise ApiError(400, "label: expected the new label")
+    return _done(state.store.set_labels(ids, label))
+
+
+@router.post("/batch/moveSamples")
+async def batch_move(project_id: ProjectId, request: Request, state: State, ids: BatchIds) -> dict[str, Any]:
+    category = (await json_body(request)).get("newCategory")
+    if category not in CATEGORIES:
+        raise ApiError(400, f"newCategory: expected one of {', '.join(CATEGORIES)}, got {category!r}")
+    return _done(state.store.set_categories(dict.fromkeys(ids, str(category))))

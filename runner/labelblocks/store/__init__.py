@@ -372,6 +372,24 @@ class Store:
             self._require(conn, sample_id)
             self._touch(conn, [sample_id], label=label)
 
+    def set_labels(self, ids: Sequence[int], label: str | None) -> int:
+        """Give every sample of ``ids`` the single label ``label``, in one transaction."""
+        with self.transaction() as conn:
+            self._require_all(conn, ids)
+            return self._touch(conn, ids, label=label)
+
+    def clear_metadata(self, ids: Sequence[int]) -> int:
+        """Remove all metadata of the samples ``ids``, in one transaction; how many had some."""
+        with self.transaction() as conn:
+            self._require_all(conn, ids)
+            had: list[int] = []
+            for chunk in _chunks(ids, 500):
+                had += [r[0] for r in conn.execute(select(sample_metadata.c.sample_id).distinct()
+                                                   .where(sample_metadata.c.sample_id.in_(chunk)))]
+                conn.execute(delete(sample_metadata).where(sample_metadata.c.sample_id.in_(chunk)))
+            self._touch(conn, had)
+            return len(had)
+
     def rename_sample(self, sample_id: int, filename: str) -> None:
         """Give the sample a new file name (its media and labels stay)."""
         if not filename.strip() or len(filename.encode("utf-8", "surrogatepass")) > 255 or not filename.isprintable():
