@@ -428,3 +428,17 @@ def test_batch_routes_through_the_bindings(data: Cli, api: ei.RawDataApi, server
     assert r.status_code == 400 and "ids" in r.json()["error"]
     job_key = server.state.add_job_key(JobScope(job_id=1, step=1, sample_ids=frozenset({1}), revisions={}))
     assert _post(server, "/api/1/raw-data/batch/delete", job_key).status_code == 403
+
+
+def test_ratio_filter_options_and_delete_all_through_the_bindings(data: Cli, api: ei.RawDataApi) -> None:
+    data("metadata", "set", "--ids", "1", "device=cam")
+    assert api.get_dataset_ratio(1).ratio.to_dict() == {"training": 5, "validation": 0, "testing": 0}
+    options = api.get_sample_metadata_filter_options(1, "all")
+    assert (options.total_count, [(o.key, o.options) for o in options.options_list]) == (
+        2, [("device", ["cam", "mic"]), ("site", ["Lyon", "Paris"])])
+    assert [o.key for o in api.get_sample_metadata_filter_options(1, "all", limit=1, offset=1).options_list] == ["site"]
+    api.batch_move(1, "all", ei.MoveRawDataRequest(newCategory="testing"), ids=json.dumps([1, 2]))
+    api.delete_all_samples_by_category(1, "testing")
+    assert sorted(s["id"] for s in data.json("samples", "list")) == [3, 4, 5]
+    api.delete_all_samples(1)
+    assert data.json("samples", "list") == []

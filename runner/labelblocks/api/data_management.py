@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ..errors import InvalidInput
+from ..filters import SampleFilter
 from ..model import CATEGORIES, parse_json
 from .raw_data import list_filter
 from .state import ApiError, Auth, Caller, OptionalQueryInt, ProjectId, SampleId, State, json_body
@@ -49,6 +50,46 @@ def samples_metadata(project_id: ProjectId, state: State, a: Auth, category: str
         offset += len(page)
         out += [{"id": s.id, "metadata": s.metadata} for s in page if s.metadata]
     return {"success": True, "metadata": out}
+
+
+@router.get("/ratio")
+def dataset_ratio(project_id: ProjectId, state: State, a: Auth) -> dict[str, Any]:
+    """How many samples each category holds."""
+    ids = sorted(a.scope.sample_ids) if a.scope is not None else None
+    return {"success": True, "ratio": {c: state.store.count(SampleFilter(categories=[c], ids=ids))
+                                       for c in CATEGORIES}}
+
+
+@router.get("/metadata-filter-options")
+def metadata_filter_options(project_id: ProjectId, state: State, a: Auth, category: str = "all",
+                            limit: OptionalQueryInt = None, offset: OptionalQueryInt = None) -> dict[str, Any]:
+    """The metadata keys of the category's samples, each with its values: what a listing's
+    metadata filter can ask for."""
+    f = list_filter(category, None, None, None, None, None, None, None)
+    if a.scope is not None:
+        f.ids = sorted(a.scope.sample_ids)
+    options = state.store.metadata_options(f)
+    start = offset or 0
+    page = options[start : start + limit] if limit is not None else options[start:]
+    return {"success": True, "totalCount": len(options), "count": len(page),
+            "optionsList": [{"key": k, "options": values} for k, values in page]}
+
+
+@router.post("/delete-all")
+def delete_all(project_id: ProjectId, state: State, a: Auth) -> dict[str, Any]:
+    """Delete every sample of the project (one transaction)."""
+    _no_job_key(a, "delete samples")
+    return {"success": True, "samples": state.store.delete_samples(state.store.select_ids(SampleFilter()))}
+
+
+@router.post("/delete-all/{category}")
+def delete_all_in_category(project_id: ProjectId, category: str, state: State, a: Auth) -> dict[str, Any]:
+    """Delete every sample of a category (one transaction)."""
+    _no_job_key(a, "delete samples")
+    if category not in CATEGORIES:
+        raise ApiError(400, f"category: expected one of {', '.join(CATEGORIES)}, got {category!r}")
+    ids = state.store.select_ids(SampleFilter(categories=[category]))
+    return {"success": True, "samples": state.store.delete_samples(ids)}
 
 
 @router.delete("/{sample_id}")

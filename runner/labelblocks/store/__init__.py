@@ -700,6 +700,17 @@ class Store:
         with self._read() as conn:
             return list(conn.execute(q).cursor.fetchall())
 
+    def metadata_options(self, f: SampleFilter) -> list[tuple[str, list[str]]]:
+        """Each metadata key of the samples ``f`` selects, with its distinct values, by key."""
+        q = (select(sample_metadata.c.key, sample_metadata.c.value).distinct()
+             .where(sample_metadata.c.sample_id.in_(select(samples.c.id).where(self.where(f))))
+             .order_by(sample_metadata.c.key, sample_metadata.c.value))
+        out: dict[str, list[str]] = {}
+        with self._read() as conn:
+            for k, v in conn.execute(q):
+                out.setdefault(k, []).append(v)
+        return list(out.items())
+
     def metadata_values(self, key: str) -> dict[int, str]:
         """{sample id: value} of every sample that has metadata ``key``."""
         with self._read() as conn:
