@@ -3,9 +3,14 @@ given): the API an external step serves its block, or ``labelblocks serve``'s ap
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 
 from fastapi import FastAPI
@@ -69,3 +74,40 @@ class LoopbackServer:
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"{type(self).__name__}({self.url})"
+
+
+RUNNING = "server.json"  # beside a served project's or organization's database: {pid, host, port}
+
+
+@contextlib.contextmanager
+def running_note(folder: Path, host: str, port: int) -> Iterator[None]:
+    """While the block runs, ``folder/server.json`` says this process serves at host:port
+    (what `labelblocks review` and `org show` read); removed after, unless another process
+    wrote its own meanwhile. A folder that cannot be written is served all the same."""
+    note = folder / RUNNING
+    try:
+        tmp = note.with_name(f".{RUNNING}.{os.getpid()}")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port}))
+        os.replace(tmp, note)
+    except OSError:  # a read-only folder: only not found by the readers
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(note.read_text()).get("pid") == os.getpid():
+                note.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def running_url(folder: Path) -> str | None:
+    """The base URL (``http://HOST:PORT``) that a live process's ``folder/server.json`` names, if any."""
+    try:
+        info = json.loads((folder / RUNNING).read_text())
+        os.kill(int(info["pid"]), 0)
+        host = "127.0.0.1" if info.get("host") in ("0.0.0.0", "::", "") else info["host"]
+        return f"http://{host}:{int(info['port'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -78,14 +78,15 @@ def org_show(org_dir: str | None, url: str, as_json: bool) -> None:
     Example:
       labelblocks org show --dir ~/acme-org --json
     """
-    from ..registry.org import Organization, find_org, running_url
+    from ..api.background import running_url
+    from ..registry.org import Organization, find_org
     from ..store.organizations import list_org_keys
 
     with Organization(find_org(org_dir)) as org:
         blocks = org.blocks()
         keys = list_org_keys(org.store)
         info: dict[str, Any] = {"id": org.info.id, "name": org.info.name, "folder": str(org.folder),
-                                "url": url or running_url(org), "keys": [k.to_json() for k in keys],
+                                "url": url or running_url(org.data), "keys": [k.to_json() for k in keys],
                                 "blocks": [{"id": b.id, "name": b.name, "versions": len(b.versions)} for b in blocks]}
     if as_json:
         print_json(info)

@@ -373,28 +373,6 @@ class Organization:
         return sealer.encrypt(json.dumps(env).encode()).decode()
 
 
-RUNNING = "server.json"  # in the organization's data folder while `org serve` runs: {pid, host, port}
-
-
-def note_serving(org: Organization, host: str, port: int) -> Path:
-    """Record that this process serves ``org`` (what `org show` prints as its URL)."""
-    note = org.data / RUNNING
-    tmp = note.with_name(f".{RUNNING}.{os.getpid()}")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port}))
-    os.replace(tmp, note)
-    return note
-
-
-def running_url(org: Organization) -> str | None:
-    """The URL of a live `org serve` of this organization, if any."""
-    try:
-        info = json.loads((org.data / RUNNING).read_text())
-        os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    host = "127.0.0.1" if info.get("host") in ("0.0.0.0", "::", "") else info["host"]
-    return f"http://{host}:{int(info['port'])}"
-
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=UTC).isoformat().replace("+00:00", "Z")
 

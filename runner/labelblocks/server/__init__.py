@@ -3,14 +3,13 @@ background on loopback."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from ..api import PROJECT_ID, JobScope, Limits, LoopbackServer, ServerState
+from ..api.background import running_note, running_url
 from ..api.http import http_protocol
 from ..store import Store
 from .app import create_app
@@ -27,7 +26,6 @@ class BackgroundServer(LoopbackServer):
         super().__init__(create_app(project_dir, store=store, limits=limits), port)
 
 
-RUNNING = "server.json"  # beside the database while a server runs: {pid, host, port}
 _KEY_IN_QUERY = re.compile(r"(api_key=)[^&\s\"]*")
 
 
@@ -57,39 +55,21 @@ def serve(project_dir: Path, host: str, port: int, limits: Limits | None = None,
     import uvicorn
 
     app = create_app(project_dir, limits=limits)
-    note = app.state.lb.store.root / RUNNING
-    try:
-        tmp = note.with_name(f".{RUNNING}.{os.getpid()}")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port}))
-        os.replace(tmp, note)
-    except OSError:  # a read-only project: it is served all the same, only not found by `review`
-        note = None
-    try:
+    with running_note(app.state.lb.store.root, host, port):
         config = uvicorn.Config(app, host=host, port=port, log_level=uvicorn_options.pop("log_level", "info"),
                                 http=http_protocol(), **uvicorn_options)
         server = uvicorn.Server(config)
         redact_access_log()  # after the config set up uvicorn's loggers
         server.run()
-    finally:
-        if note is not None:
-            try:
-                if json.loads(note.read_text()).get("pid") == os.getpid():
-                    note.unlink()
-            except (OSError, ValueError):
-                pass
 
 
 def running_server(store: Store) -> str | None:
     """The base URL of a server of this project that answers its health check, if any."""
     import requests
 
-    try:
-        info = json.loads((store.root / RUNNING).read_text())
-        os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
+    base = running_url(store.root)
+    if base is None:
         return None
-    host = "127.0.0.1" if info.get("host") in ("0.0.0.0", "::", "") else info["host"]
-    base = f"http://{host}:{int(info['port'])}"
     try:
         ok = requests.get(base + "/healthz", timeout=2).ok
     except requests.RequestException:

@@ -11,8 +11,9 @@ from fastapi.responses import JSONResponse
 
 from .. import __version__
 from ..api.app import add_error_handlers
+from ..api.background import running_note
 from ..api.state import BodyLimit, ErrorShape, Limits, error
-from ..registry.org import Forbidden, Organization, note_serving
+from ..registry.org import Forbidden, Organization
 from .routes import organizations
 
 
@@ -52,11 +53,8 @@ def serve_org(folder: Path, host: str, port: int, log_level: str = "info") -> No
     from . import redact_access_log
 
     app = create_org_app(folder)
-    note = note_serving(app.state.org, host, port)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=http_protocol())
-    server = uvicorn.Server(config)
-    redact_access_log()
-    try:
+    with running_note(app.state.org.data, host, port):
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=http_protocol())
+        server = uvicorn.Server(config)
+        redact_access_log()
         server.run()
-    finally:
-        note.unlink(missing_ok=True)
