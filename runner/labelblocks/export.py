@@ -7,7 +7,8 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,14 @@ def export_info(
 
     Atomic: everything is written into a temporary folder beside ``dest``, renamed to ``dest``
     at the end; an export that fails leaves no ``dest`` (or the empty one there was)."""
+    with export_folder(dest) as work:
+        return _export_into(store, work, f or SampleFilter(), on_progress)
+
+
+@contextmanager
+def export_folder(dest: Path) -> Iterator[Path]:
+    """A new folder to export into, that becomes ``dest`` (absent or empty) when the block
+    ends, or is removed when it fails: an export is whole or absent."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InvalidInput(f"{dest} exists and is not an empty folder: choose a new folder to export into")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -59,12 +68,11 @@ def export_info(
     work = dest.parent / f".{dest.name[:100]}.export-{secrets.token_hex(4)}"
     work.mkdir()
     try:
-        n = _export_into(store, work, f or SampleFilter(), on_progress)
+        yield work
         os.replace(work, dest)  # replaces an empty folder too
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return n
 
 
 def _export_into(store: Store, dest: Path, f: SampleFilter, on_progress: Callable[[int], None] | None) -> int:

@@ -19,8 +19,6 @@ folder) is rejected alone, with the entry named.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +28,9 @@ import yaml
 
 from .constants import UPLOAD_CATEGORIES
 from .errors import InvalidInput
+from .export import export_folder
 from .filters import SampleFilter
+from .media import probe
 from .model import BoundingBox, Sample
 from .store import Store
 from .uploads import Outcome, UploadItem
@@ -41,15 +41,6 @@ YOLO_EXTRA = "labelblocks.json"
 SPLITS = {"training": "train", "validation": "val", "testing": "test"}
 _PAGE = 1000
 MAX_JSON = 512 * 1024 * 1024  # bytes of an annotation file read whole
-
-
-def _new_folder(dest: Path) -> Path:
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise InvalidInput(f"{dest} exists and is not an empty folder: choose a new folder to export into")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = dest.parent / f".{dest.name[:100]}.export-{secrets.token_hex(4)}"
-    work.mkdir()
-    return work
 
 
 def _images(store: Store, f: SampleFilter) -> Iterator[Sample]:
@@ -77,16 +68,11 @@ def _extra(s: Sample) -> dict[str, Any]:
     return out
 
 
-def _finish(work: Path, dest: Path) -> None:
-    os.replace(work, dest)
-
-
 def export_coco(store: Store, dest: Path, f: SampleFilter | None = None,
                 on_progress: Callable[[int], None] | None = None) -> int:
     """Write the selected images and ``annotations.json`` into the new folder ``dest``
     (atomically). Returns how many images were exported."""
-    work = _new_folder(dest)
-    try:
+    with export_folder(dest) as work:
         images: list[dict[str, Any]] = []
         annotations: list[dict[str, Any]] = []
         names: dict[str, int] = {}
@@ -108,10 +94,6 @@ def export_coco(store: Store, dest: Path, f: SampleFilter | None = None,
         doc = {"info": {"description": "exported by labelblocks"}, "images": images, "annotations": annotations,
                "categories": [{"id": i, "name": n, "supercategory": ""} for n, i in names.items()]}
         (work / COCO_FILE).write_text(json.dumps(doc), encoding="utf-8")
-        _finish(work, dest)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return len(images)
 
 
@@ -119,8 +101,7 @@ def export_yolo(store: Store, dest: Path, f: SampleFilter | None = None,
                 on_progress: Callable[[int], None] | None = None) -> int:
     """Write the selected images in YOLO's layout into the new folder ``dest`` (atomically).
     Returns how many images were exported."""
-    work = _new_folder(dest)
-    try:
+    with export_folder(dest) as work:
         samples = list(_images(store, f or SampleFilter()))
         names = sorted({b.label for s in samples for b in s.bounding_boxes})
         index = {n: i for i, n in enumerate(names)}
@@ -145,10 +126,6 @@ def export_yolo(store: Store, dest: Path, f: SampleFilter | None = None,
                                 "names": dict(enumerate(names))}
         (work / YOLO_FILE).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         (work / YOLO_EXTRA).write_text(json.dumps(extra), encoding="utf-8")
-        _finish(work, dest)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return len(samples)
 
 
@@ -298,8 +275,6 @@ def _yolo_boxes(image: Path, base: Path, rel: str, names: dict[Any, Any], where:
     label_file = base.joinpath(*parts).with_suffix(".txt")
     if not label_file.exists():
         return []
-    from .media import probe
-
     info = probe(image.read_bytes(), image.name)
     w, h = info.width or 0, info.height or 0
     boxes = []

@@ -21,6 +21,13 @@ router = APIRouter(prefix="/v1/api/{project_id}/raw-data", tags=["raw-data"])
 _PAGE = 1000
 
 
+def _category(value: Any, name: str) -> str:
+    """A category given in a request (400 for anything else)."""
+    if value not in CATEGORIES:
+        raise ApiError(400, f"{name}: expected one of {', '.join(CATEGORIES)}, got {value!r}")
+    return str(value)
+
+
 def _no_job_key(a: Caller, what: str) -> None:
     if a.scope is not None:
         raise ApiError(403, f"a job's key cannot {what}: use a project key")
@@ -86,9 +93,7 @@ def delete_all(project_id: ProjectId, state: State, a: Auth) -> dict[str, Any]:
 def delete_all_in_category(project_id: ProjectId, category: str, state: State, a: Auth) -> dict[str, Any]:
     """Delete every sample of a category (one transaction)."""
     _no_job_key(a, "delete samples")
-    if category not in CATEGORIES:
-        raise ApiError(400, f"category: expected one of {', '.join(CATEGORIES)}, got {category!r}")
-    ids = state.store.select_ids(SampleFilter(categories=[category]))
+    ids = state.store.select_ids(SampleFilter(categories=[_category(category, "category")]))
     return {"success": True, "samples": state.store.delete_samples(ids)}
 
 
@@ -116,11 +121,9 @@ async def move_sample(project_id: ProjectId, sample_id: SampleId, request: Reque
                       a: Auth) -> JSONResponse:
     _no_job_key(a, "move samples")
     body = await json_body(request)
-    category = body.get("newCategory")
-    if category not in CATEGORIES:
-        raise ApiError(400, f"newCategory: expected one of {', '.join(CATEGORIES)}, got {category!r}")
+    category = _category(body.get("newCategory"), "newCategory")
     state.store.get_sample(sample_id)  # 404 for an unknown sample
-    state.store.set_categories({sample_id: str(category)})
+    state.store.set_categories({sample_id: category})
     return JSONResponse({"success": True})
 
 
@@ -210,7 +213,5 @@ async def batch_edit_labels(project_id: ProjectId, request: Request, state: Stat
 
 @router.post("/batch/moveSamples")
 async def batch_move(project_id: ProjectId, request: Request, state: State, ids: BatchIds) -> dict[str, Any]:
-    category = (await json_body(request)).get("newCategory")
-    if category not in CATEGORIES:
-        raise ApiError(400, f"newCategory: expected one of {', '.join(CATEGORIES)}, got {category!r}")
-    return _done(state.store.set_categories(dict.fromkeys(ids, str(category))))
+    category = _category((await json_body(request)).get("newCategory"), "newCategory")
+    return _done(state.store.set_categories(dict.fromkeys(ids, category)))

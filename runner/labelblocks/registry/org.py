@@ -28,6 +28,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 
 from ..errors import InvalidInput, NotFound, ProjectNotFound
+from ..parameters import load_parameters
 from ..store import DB_NAME, Store
 from ..store import organizations as db
 from ..store.organizations import OrgBlock, OrgInfo, OrgKey, OrgVersion
@@ -199,8 +200,6 @@ class Organization:
     def register_image(self, key: OrgKey, name: str, description: str, image: str, parameters: list[dict[str, Any]],
                        operates_on: list[str], env_keys: list[str]) -> OrgVersion:
         """A block that is only a container image (the protocol's own way to add one)."""
-        from ..parameters import load_parameters
-
         self.require_admin(key, "adding a block")
         check_block_name(name)
         if not image.strip():

@@ -26,6 +26,7 @@ from typing import Any
 import pathspec
 
 from ..errors import InvalidInput
+from ..external_blocks import dockerfile_command
 from ..parameters import ParametersFile, load_parameters
 from ..secrets import redact
 
@@ -154,8 +155,6 @@ def _check_member(m: tarfile.TarInfo) -> str:
 def read_archive(path: Path) -> tuple[ParametersFile, dict[str, Any], list[str]]:
     """Check a block archive and read its parameters.json: (validated spec, the document as
     JSON, the command its Dockerfile runs). Raises InvalidInput naming what is wrong."""
-    from ..external_blocks import dockerfile_command
-
     total = 0
     params: bytes | None = None
     dockerfile: bytes | None = None

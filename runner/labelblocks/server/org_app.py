@@ -12,8 +12,10 @@ from fastapi.responses import JSONResponse
 from .. import __version__
 from ..api.app import add_error_handlers
 from ..api.background import running_note
+from ..api.http import http_protocol
 from ..api.state import BodyLimit, ErrorShape, Limits, error
 from ..registry.org import Forbidden, Organization
+from . import redact_access_log
 from .routes import organizations
 
 
@@ -48,9 +50,6 @@ def create_org_app(folder: Path | str) -> FastAPI:
 def serve_org(folder: Path, host: str, port: int, log_level: str = "info") -> None:
     """Serve the organization until interrupted."""
     import uvicorn
-
-    from ..api.http import http_protocol
-    from . import redact_access_log
 
     app = create_org_app(folder)
     with running_note(app.state.org.data, host, port):
