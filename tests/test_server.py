@@ -426,6 +426,9 @@ def test_batch_routes_through_the_bindings(data: Cli, api: ei.RawDataApi, server
     assert r.json() == {"success": True, "samples": 1} and [s["id"] for s in data.json("samples", "list")] == [2, 5]
     r = _post(server, "/api/1/raw-data/batch/add-metadata?ids=oops", key, json={"metadataKey": "a", "metadataValue": "b"})
     assert r.status_code == 400 and "ids" in r.json()["error"]
+    for query in ("ids=[99999999999999999999999]", "excludeIds=[-1]", "minId=99999999999999999999999", "maxId=x"):
+        r = _post(server, f"/api/1/raw-data/batch/delete?{query}", key)
+        assert r.status_code == 400 and r.json()["success"] is False, (query, r.text)
     job_key = server.state.add_job_key(JobScope(job_id=1, step=1, sample_ids=frozenset({1}), revisions={}))
     assert _post(server, "/api/1/raw-data/batch/delete", job_key).status_code == 403
 

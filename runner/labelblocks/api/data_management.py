@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from ..errors import InvalidInput
 from ..filters import SampleFilter
-from ..model import CATEGORIES, parse_json
+from ..model import CATEGORIES, MAX_INT, parse_json
 from .raw_data import list_filter
 from .state import ApiError, Auth, Caller, OptionalQueryInt, ProjectId, SampleId, State, json_body
 
@@ -137,7 +137,8 @@ def _ids_param(text: str | None, name: str) -> list[int] | None:
         data = parse_json(text, name, "a JSON list of sample ids")
     except InvalidInput as e:
         raise ApiError(400, str(e)) from None
-    if not isinstance(data, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in data):
+    if not isinstance(data, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_INT
+                                             for i in data):
         raise ApiError(400, f"{name}: expected a JSON list of sample ids")
     return data
 
@@ -151,6 +152,8 @@ def batch_ids(request: Request, state: State, a: Auth) -> list[int]:
         max_id = int(q["maxId"]) if "maxId" in q else None
     except ValueError:
         raise ApiError(400, "minId and maxId: expected integers") from None
+    if any(v is not None and not 0 <= v <= MAX_INT for v in (min_id, max_id)):
+        raise ApiError(400, f"minId and maxId: expected 0 to {MAX_INT}")
     f = list_filter(q.get("category", "all"), q.get("labels"), q.get("filename") or q.get("search"),
                     q.get("includeDisabled"), q.get("dataType"), min_id, max_id, q.get("metadata"))
     f.ids = _ids_param(q.get("ids"), "ids")
