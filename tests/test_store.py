@@ -206,3 +206,31 @@ def test_every_media_field_of_a_new_sample_is_stored_and_read_back(store: Store)
                                          media_type="audio/wav", ext=".wav", **media)])
     back = store.get_sample(sid)
     assert {f: getattr(back, f) for f in MEDIA_FIELDS} == media
+
+
+def test_media_fields_are_defined_once_and_the_store_and_sample_share_them() -> None:
+    from typing import get_args
+
+    from sqlalchemy import Float, Integer, String
+
+    from labelblocks.media import MediaInfo
+    from labelblocks.model import MEDIA_FIELDS, MediaFields, Sample
+    from labelblocks.store.schema import samples
+
+    for kind in (Sample, NewSample, MediaInfo):
+        assert issubclass(kind, MediaFields)
+        assert all((kind.model_fields[f].annotation, kind.model_fields[f].default)
+                   == (MediaFields.model_fields[f].annotation, MediaFields.model_fields[f].default)
+                   for f in MEDIA_FIELDS)
+    # a sample's JSON keeps the protocol's order: head, the media fields, then content and times
+    assert list(Sample.model_fields) == ["id", "filename", "category", "label", "bounding_boxes",
+                                         "structured_labels", "metadata", "is_disabled", *MEDIA_FIELDS,
+                                         "content_hash", "media_type", "created", "updated"]
+    column_type = {int: Integer, float: Float, str: String}
+    for f in MEDIA_FIELDS:
+        info = MediaFields.model_fields[f]
+        args = [a for a in get_args(info.annotation) if a is not type(None)] or [info.annotation]
+        base = str if f == "chart_type" else args[0]
+        col = samples.c[f]
+        assert isinstance(col.type, column_type[base]), f
+        assert col.nullable == (info.default is None), f

@@ -12,7 +12,6 @@ import re
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,7 +30,6 @@ _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 
 
-@dataclass(kw_only=True)
 class MediaInfo(MediaFields):
     """A probed file: its MIME type, extension and media fields."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
 
@@ -63,27 +62,6 @@ def parse_json(text: str | bytes, what: str, expected: str | None = None) -> Any
 
 
 
-@dataclass(kw_only=True)
-class MediaFields:
-    """What a sample's media is: the chart type, an image's size, an audio clip's rate and
-    length. Probed on upload (:class:`labelblocks.media.MediaInfo`), carried by a new sample
-    (:class:`labelblocks.store.NewSample`), stored per sample and read back into
-    :class:`Sample`, whose fields of these names :data:`MEDIA_FIELDS` lists."""
-
-    chart_type: str = "image"
-    width: int | None = None
-    height: int | None = None
-    frequency: float | None = None
-    values_count: int | None = None
-    interval_ms: float | None = None
-    total_length_ms: float | None = None
-
-    def media(self) -> dict[str, Any]:
-        """The media fields by name."""
-        return {f: getattr(self, f) for f in MEDIA_FIELDS}
-
-
-MEDIA_FIELDS = tuple(f.name for f in fields(MediaFields))
 # the fields of a proposed change, in the protocol's order
 CHANGE_FIELDS = ("label", "is_disabled", "bounding_boxes", "metadata", "structured_labels")
 
@@ -96,6 +74,28 @@ class _Model(BaseModel):
     def to_json(self) -> dict[str, Any]:
         """The protocol's camelCase JSON form."""
         return self.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+class MediaFields(_Model):
+    """What a sample's media is: the chart type, an image's size, an audio clip's rate and
+    length, defined here once. Probed on upload (:class:`labelblocks.media.MediaInfo`),
+    carried by a new sample (:class:`labelblocks.store.NewSample`), stored per sample and
+    read back into :class:`Sample`; :data:`MEDIA_FIELDS` lists their names."""
+
+    chart_type: ChartType = "image"
+    width: int | None = None
+    height: int | None = None
+    frequency: float | None = None
+    values_count: int | None = None
+    interval_ms: float | None = None
+    total_length_ms: float | None = None
+
+    def media(self) -> dict[str, Any]:
+        """The media fields by name."""
+        return {f: getattr(self, f) for f in MEDIA_FIELDS}
+
+
+MEDIA_FIELDS = tuple(MediaFields.model_fields)
 
 
 class BoundingBox(_Model):
@@ -207,8 +207,8 @@ def compose(changes: Sequence[SampleChange]) -> SampleChange:
     return out
 
 
-class Sample(_Model):
-    """A sample as the protocol describes it."""
+class _SampleHead(_Model):
+    """What a sample is before its media fields: its id, name, category and labels."""
 
     id: int
     filename: str
@@ -218,22 +218,25 @@ class Sample(_Model):
     structured_labels: list[StructuredLabel] = Field(default_factory=list)
     metadata: dict[str, str] = Field(default_factory=dict)
     is_disabled: bool = False
-    chart_type: ChartType = "image"
-    width: int | None = None
-    height: int | None = None
-    frequency: float | None = None
-    values_count: int | None = None
-    interval_ms: float | None = None
-    total_length_ms: float | None = None
-    content_hash: str = ""
-    media_type: str = ""
-    created: datetime | None = None
-    updated: datetime | None = None
 
     @field_validator("metadata", mode="before")
     @classmethod
     def _metadata(cls, v: Any) -> Any:
         return _check_metadata(v)
+
+
+class _SampleTail(_Model):
+    """What a sample is after its media fields: its content and times."""
+
+    content_hash: str = ""
+    media_type: str = ""
+    created: datetime | None = None
+    updated: datetime | None = None
+
+
+class Sample(_SampleTail, MediaFields, _SampleHead):
+    """A sample as the protocol describes it. Pydantic orders fields from the last base to
+    the first, so its JSON reads head, media fields, tail, as it always has."""
 
     @property
     def is_audio(self) -> bool:
