@@ -81,6 +81,7 @@ class UploadItem:
     path: Path | None = None
     data: bytes | None = None
     where: str | None = None  # where the item was described (an info file entry), for messages
+    hash_key: str | None = None  # a metadata key that receives the file's content hash (a synced file's version)
 
     def read(self) -> bytes:
         if self.data is not None:
@@ -164,6 +165,16 @@ def _prepare(data_root: str, item: UploadItem, max_pixels: int = MAX_IMAGE_PIXEL
     h = hashlib.sha256(data).hexdigest()
     blobs.put(h, data)
     return _Prepared(content_hash=h, info=info)
+
+
+def prepare(store: Store, item: UploadItem, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[str, MediaInfo]:
+    """Read, validate, hash and store one file's blob (made durable) for a sample about to
+    reference it: its content hash and media. Raises InvalidInput with the reason."""
+    p = _prepare(str(store.root), item, max_pixels)
+    if p.error is not None or p.info is None:
+        raise InvalidInput(p.error or "cannot read the file")
+    store.blobs.sync([p.content_hash])
+    return p.content_hash, p.info
 
 
 def _prepare_chunk(args: tuple[str, list[UploadItem], int]) -> list[_Prepared]:
@@ -354,7 +365,7 @@ def _new_sample(item: UploadItem, p: _Prepared) -> NewSample:
         label=label,
         bounding_boxes=list(item.bounding_boxes or []),
         structured_labels=list(item.structured_labels or []),
-        metadata=dict(item.metadata),
+        metadata={**item.metadata, **({item.hash_key: p.content_hash} if item.hash_key else {})},
         is_disabled=item.is_disabled,
         **info.media(),
     )

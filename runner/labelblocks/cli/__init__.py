@@ -81,10 +81,11 @@ def _register() -> None:
         samples,
         server,
         split,
+        sync,
         upload,
     )
 
-    for mod in (demo, project, upload, samples, metadata, split, export, blocks, registry, actions, jobs, proposals,
+    for mod in (demo, project, upload, sync, samples, metadata, split, export, blocks, registry, actions, jobs, proposals,
                 evaluate, learn, inferences, server, org):
         mod.register(main)
 

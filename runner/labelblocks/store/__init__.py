@@ -11,11 +11,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -51,7 +52,15 @@ from ..model import (
 )
 from .blobs import BlobStore, RemoteBlobStore, StoredFile, open_blob_store
 from .dialect import Dialects, group_concat, is_postgres, json_ids, run
-from .schema import MIGRATIONS, current_version, metadata, sample_metadata, samples, schema_migrations
+from .schema import (
+    MIGRATIONS,
+    current_version,
+    metadata,
+    sample_metadata,
+    samples,
+    schema_migrations,
+    source_stamps,
+)
 
 DB_NAME = "project.db"
 DB_CONFIG = "database.json"  # a project on a database server: {"url": ...}, never with a password
@@ -61,7 +70,6 @@ BLOB_CONFIG = "blobs.json"  # in the data folder when the blobs live elsewhere: 
 BLOB_CACHE = "blob-cache"  # local copies of remote blobs
 
 
-@dataclass(kw_only=True)
 class NewSample(MediaFields):
     """A sample about to be inserted (its blob already written)."""
 
@@ -71,9 +79,9 @@ class NewSample(MediaFields):
     media_type: str
     ext: str
     label: str | None = None
-    bounding_boxes: list[BoundingBox] = field(default_factory=list)
-    structured_labels: list[StructuredLabel] = field(default_factory=list)
-    metadata: dict[str, str] = field(default_factory=dict)
+    bounding_boxes: list[BoundingBox] = Field(default_factory=list)
+    structured_labels: list[StructuredLabel] = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)
     is_disabled: bool = False
 
 
@@ -426,6 +434,7 @@ class Store:
                     r[0] for r in conn.execute(select(samples.c.content_hash).where(samples.c.id.in_(chunk)))
                 )
                 conn.execute(delete(sample_metadata).where(sample_metadata.c.sample_id.in_(chunk)))
+                conn.execute(delete(source_stamps).where(source_stamps.c.sample_id.in_(chunk)))
                 conn.execute(delete(samples).where(samples.c.id.in_(chunk)))
             still_used: set[str] = set()
             for chunk in _chunks(sorted(hashes), 500):

@@ -527,6 +527,23 @@ def _v13(conn: Connection) -> None:
         t.create(conn, checkfirst=True)
 
 
+# What `labelblocks sync` saw of each synced sample's source file (v14): the file's size and
+# modification time, so that a re-sync hashes only files whose stamp changed. Kept with the
+# source URL it describes (a sample id can be reused after the newest sample is deleted). The
+# source URL and version a user filters on are the sample's metadata; this is only a shortcut.
+source_stamps = Table(
+    "source_stamps",
+    metadata,
+    Column("sample_id", Integer, primary_key=True, autoincrement=False),
+    Column("source", Text, nullable=False),
+    Column("stamp", String, nullable=False),
+)
+
+
+def _v14(conn: Connection) -> None:
+    source_stamps.create(conn, checkfirst=True)
+
+
 def _v8(conn: Connection) -> None:
     step_inputs.create(conn, checkfirst=True)
 
@@ -557,6 +574,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (11, _v11),
     (12, _v12),
     (13, _v13),
+    (14, _v14),
 ]
 
 
