@@ -24,7 +24,7 @@ PAGE = 1000  # objects per page of a listing
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SourceObject:
     """One object of a source: where it is below the source (``key``, '/'-separated), its URL,
     size, stamp, and the object store's ETag (None for a file)."""
@@ -46,24 +46,33 @@ class SourceObject:
         return parts[-2] if len(parts) > 1 else None
 
 
+def _key(o: SourceObject) -> str:
+    return o.key
+
+
 def wanted(name: str) -> bool:
     """Whether a file of this name is a sample to sync: media and not hidden (the protocol's
     companion files, ``*.labels``, are not media)."""
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in SUPPORTED
+    dot = name.rfind(".")
+    return dot > 0 and not name.startswith(".") and name[dot:].lower() in SUPPORTED
 
 
 class Source:
     """A folder or an fsspec location: its objects in pages, and their bytes."""
 
     url: str  # the normalised location: an absolute folder path, or the URL without a trailing '/'
-    ignored: int  # files listed so far that are not media (or are hidden or companion files)
+    ignored: int = 0  # files listed so far that are not media (or are hidden or companion files)
+    unchanged: int = 0  # objects listed so far that ``known`` had with the same stamp
 
     @property
     def prefix(self) -> str:
         """What every object URL of this source starts with."""
         return self.url.rstrip("/") + "/"
 
-    def pages(self, size: int = PAGE) -> Iterator[list[SourceObject]]:
+    def pages(self, size: int = PAGE, known: dict[str, tuple[int, str]] | None = None) -> Iterator[list[SourceObject]]:
+        """The objects, a page per ``size`` listed. An object whose URL ``known`` maps to
+        (anything, its stamp) is unchanged: it is removed from ``known``, counted, and not
+        yielded (a page may then be short, or empty: progress still shows)."""
         raise NotImplementedError
 
     def read(self, objects: list[SourceObject]) -> list[bytes | OSError]:
@@ -72,44 +81,60 @@ class Source:
 
 
 class FolderSource(Source):
-    """A folder on this machine, walked in sorted order (symbolic links to folders not followed)."""
+    """A folder on this machine, walked folder by folder in the file system's order (symbolic
+    links to folders not followed)."""
 
     def __init__(self, folder: Path) -> None:
         if not folder.is_dir():
             raise InvalidInput(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
         self.root = folder.resolve()
         self.url = str(self.root)
-        self.ignored = 0
 
-    def pages(self, size: int = PAGE) -> Iterator[list[SourceObject]]:
+    def pages(self, size: int = PAGE, known: dict[str, tuple[int, str]] | None = None) -> Iterator[list[SourceObject]]:
+        known = known if known is not None else {}
         page: list[SourceObject] = []
-        for obj in self._walk(self.root, ""):
-            page.append(obj)
-            if len(page) >= size:
-                yield page
-                page = []
-        if page:
-            yield page
-
-    def _walk(self, folder: Path, below: str) -> Iterator[SourceObject]:
-        try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            raise InvalidInput(f"{folder}: cannot read the folder: {e.strerror or e}") from None
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                if not entry.name.startswith("."):
-                    yield from self._walk(Path(entry.path), f"{below}{entry.name}/")
-                continue
-            if not wanted(entry.name) or not entry.is_file():
-                self.ignored += 1
-                continue
+        listed = same = 0
+        stack: list[tuple[str, str]] = [(str(self.root), "")]  # (folder, its key prefix), depth first
+        media = SUPPORTED
+        while stack:
+            folder, below = stack.pop()
             try:
-                st = entry.stat()
-            except OSError:  # gone since the folder was read
-                continue
-            yield SourceObject(f"{below}{entry.name}", entry.path, st.st_size, f"{st.st_size}:{st.st_mtime_ns}")
+                with os.scandir(folder) as it:
+                    entries = list(it)
+            except OSError as e:
+                raise InvalidInput(f"{folder}: cannot read the folder: {e.strerror or e}") from None
+            subfolders: list[tuple[str, str]] = []
+            for entry in entries:  # this loop is a re-sync's cost: wanted() and the rest inline
+                name = entry.name
+                dot = name.rfind(".")
+                if dot > 0 and name[0] != "." and name[dot:].lower() in media and entry.is_file():
+                    try:
+                        st = entry.stat()
+                    except OSError:  # gone since the folder was read
+                        continue
+                    path, stamp = entry.path, f"{st.st_size}:{st.st_mtime_ns}"
+                    k = known.get(path)
+                    if k is not None and k[1] == stamp:
+                        del known[path]
+                        same += 1
+                    else:
+                        page.append(SourceObject(below + name, path, st.st_size, stamp))
+                    listed += 1
+                    if listed >= size:
+                        self.unchanged += same
+                        page.sort(key=_key)
+                        yield page
+                        page, listed, same = [], 0, 0
+                elif entry.is_dir(follow_symlinks=False):
+                    if name[0] != ".":
+                        subfolders.append((entry.path, f"{below}{name}/"))
+                else:
+                    self.ignored += 1
+            stack.extend(sorted(subfolders, reverse=True))
+        self.unchanged += same
+        if page or listed:
+            page.sort(key=_key)
+            yield page
 
     def read(self, objects: list[SourceObject]) -> list[bytes | OSError]:
         out: list[bytes | OSError] = []
@@ -134,7 +159,6 @@ class FsspecSource(Source):
             raise InvalidInput(f"{url}: {e}") from None
         self.root = root.rstrip("/")
         self.url = url.rstrip("/")
-        self.ignored = 0
         try:
             if not self.fs.isdir(self.root):
                 raise InvalidInput(f"{url}: no such folder or bucket prefix")
@@ -155,11 +179,20 @@ class FsspecSource(Source):
         stamp = etag or f"{size}:{info.get('mtime') or info.get('LastModified') or info.get('updated') or ''}"
         return SourceObject(key, f"{self.url}/{key}", size, stamp, etag)
 
-    def pages(self, size: int = PAGE) -> Iterator[list[SourceObject]]:
+    def pages(self, size: int = PAGE, known: dict[str, tuple[int, str]] | None = None) -> Iterator[list[SourceObject]]:
+        known = known if known is not None else {}
         for infos in self._listing(size):
-            page = [o for o in map(self._object, infos) if o is not None]
-            if page:
-                yield page
+            page = []
+            for o in map(self._object, infos):
+                if o is None:
+                    continue
+                k = known.get(o.url)
+                if k is not None and k[1] == o.stamp:
+                    del known[o.url]
+                    self.unchanged += 1
+                else:
+                    page.append(o)
+            yield page
 
     def _listing(self, size: int) -> Iterator[list[dict[str, Any]]]:
         if hasattr(self.fs, "_iterdir") and getattr(self.fs, "protocol", None) in ("s3", ("s3", "s3a")):

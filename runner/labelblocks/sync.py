@@ -17,7 +17,7 @@ modification time changed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,13 +26,13 @@ from .errors import InvalidInput
 from .model import check_text
 from .sources import PAGE, FolderSource, Source, SourceObject, open_source
 from .store import Store
-from .store.sources import Synced, replace_media, set_stamps, synced
-from .uploads import INFER, UploadItem, prepare, upload
+from .store.sources import Synced, replace_media, set_stamps, synced, versions
+from .uploads import INFER, Outcome, UploadItem, prepare, upload
 
 OnDelete = Literal["delete", "disable", "keep"]
 OnChange = Literal["replace", "keep"]
 LabelFrom = Literal["folder", "filename", "none"]
-ADD_BATCH = 2000  # new objects uploaded together (the upload's worker pool serves a batch)
+READ_AHEAD = 64  # an object store's new objects read into memory together
 SHOWN_FAILURES = 1000  # failures kept with their reasons in the report
 
 
@@ -99,148 +99,162 @@ def sync(store: Store, location: str, opts: SyncOptions, on_event: EventFn | Non
     opts.check()
     src = source or open_source(location)
     report = SyncReport(src.url, opts.dry_run)
-    known: dict[str, Synced] = {}
-    for url, s in synced(store, opts.key, src.prefix):
-        known.setdefault(url, s)
-    run = _Run(store, src, opts, report, on_event or (lambda *_: None))
-    listed = 0
-    for objects in src.pages(page):
-        listed += len(objects)
-        run.page(objects, known)
-        if on_progress:
-            report.ignored = src.ignored
-            on_progress(listed, report)
-    run.flush_adds()
-    report.ignored = src.ignored
+    known = synced(store, src.prefix)
+    run = _Run(store, src, opts, report, on_event or (lambda *_: None), on_progress)
+    adds = run.walk(src.pages(page, known), known)
+    if opts.dry_run:
+        for o in adds:
+            report.added += 1
+            run.event("add", o.url, None)
+    else:  # one upload for every new object: its workers read ahead while it inserts
+        upload(store, run.items(adds), on_progress=run.uploaded)
+    for o, sid in run.changed:  # after the adds: a replaced sample's old blob may be a new sample's
+        run.change(o, sid)
+    run.progress()
     run.gone(known)
-    if on_progress:
-        on_progress(listed, report)
+    run.progress()
     return report
 
 
 class _Run:
-    def __init__(self, store: Store, src: Source, opts: SyncOptions, report: SyncReport, event: EventFn) -> None:
+    def __init__(self, store: Store, src: Source, opts: SyncOptions, report: SyncReport, event: EventFn,
+                 on_progress: ProgressFn | None) -> None:
         self.store, self.src, self.opts, self.report, self.event = store, src, opts, report, event
-        self.adds: list[SourceObject] = []
+        self.on_progress = on_progress
+        self.listed = 0  # objects the source yielded (new, or not known unchanged)
+        self.unchanged = 0  # of those, found unchanged here
+        self.changed: list[tuple[SourceObject, int]] = []  # (object, sample id)
+        self.label: Callable[[SourceObject], Any] = {
+            "filename": lambda o: INFER, "folder": lambda o: o.folder, "none": lambda o: None}[opts.label_from]
 
-    def page(self, objects: list[SourceObject], known: dict[str, Synced]) -> None:
-        changed: list[tuple[SourceObject, Synced, bytes | None]] = []
-        to_hash: list[tuple[SourceObject, Synced]] = []
-        stamps: list[tuple[int, str, str]] = []
+    def progress(self) -> None:
+        self.report.ignored = self.src.ignored
+        self.report.unchanged = self.src.unchanged + self.unchanged
+        if self.on_progress:
+            self.on_progress(self.src.unchanged + self.listed, self.report)
+
+    def walk(self, pages: Iterator[list[SourceObject]], known: dict[str, Synced]) -> Iterator[SourceObject]:
+        """The objects to add, page by page; unchanged ones are counted and changed ones kept
+        for later on the way."""
+        for objects in pages:
+            self.listed += len(objects)
+            yield from self._page(objects, known)
+            self.progress()
+
+    def _page(self, objects: list[SourceObject], known: dict[str, Synced]) -> list[SourceObject]:
+        adds: list[SourceObject] = []
+        stale: list[tuple[SourceObject, int]] = []  # the stamp differs: compare versions
         for o in objects:
             s = known.pop(o.url, None)
             if s is None:
-                self.adds.append(o)
-            elif s.stamp == o.stamp:
-                self.report.unchanged += 1
-            elif o.etag is not None:  # an object store's version
-                if o.etag == s.etag:
-                    self.report.unchanged += 1
-                    stamps.append((s.sample_id, o.url, o.stamp))
-                else:
-                    changed.append((o, s, None))
-            else:  # a file: its version is its content
-                to_hash.append((o, s))
-        if to_hash:
-            for (o, s), got in zip(to_hash, self.src.read([o for o, _ in to_hash]), strict=True):
-                if isinstance(got, OSError):
-                    self._fail(o.url, f"cannot read it: {got.strerror or got}", s.sample_id)
-                elif hashlib.sha256(got).hexdigest() in (s.etag, s.content_hash):
-                    self.report.unchanged += 1
-                    stamps.append((s.sample_id, o.url, o.stamp))
-                else:
-                    changed.append((o, s, got))
+                adds.append(o)
+            elif s[1] == o.stamp:  # a source that does not skip the unchanged itself
+                self.unchanged += 1
+            else:
+                stale.append((o, s[0]))
+        if stale:
+            self._compare(stale)
+        return adds
+
+    def _compare(self, stale: list[tuple[SourceObject, int]]) -> None:
+        """Objects whose stamp differs from the one recorded: an object store's (its ETag) has
+        changed; a file whose content is the sample's is unchanged (touched only)."""
+        files = [o for o, _ in stale if o.etag is None]
+        have = versions(self.store, [sid for o, sid in stale if o.etag is None])
+        stamps: list[tuple[int, str, str]] = []
+        contents = dict(zip((o.url for o in files), self.src.read(files), strict=True)) if files else {}
+        for o, sid in stale:
+            if o.etag is not None:  # an object's stamp is its ETag: it changed
+                self.changed.append((o, sid))
+                continue
+            v = have.get(sid)
+            if v is None:  # deleted since the sync began
+                continue
+            got = contents[o.url]
+            if isinstance(got, OSError):
+                self._fail(o.url, f"cannot read it: {got.strerror or got}", sid)
+                continue
+            if hashlib.sha256(got).hexdigest() == v.content_hash:
+                self.unchanged += 1
+                stamps.append((sid, o.url, o.stamp))
+            else:
+                self.changed.append((o, sid))
         if stamps and not self.opts.dry_run:
             set_stamps(self.store, stamps)
-        for o, s, data in changed:
-            self._change(o, s, data)
-        if len(self.adds) >= ADD_BATCH:
-            self.flush_adds()
 
     def _fail(self, url: str, reason: str, sample_id: int | None = None) -> None:
         self.report.fail(url, reason)
         self.event("fail", url, sample_id)
 
-    def _change(self, o: SourceObject, s: Synced, data: bytes | None) -> None:
+    def change(self, o: SourceObject, sample_id: int) -> None:
+        """Replace the media of the sample ``s`` with the changed object ``o`` (or keep it)."""
         if self.opts.on_change == "keep":
             self.report.kept_changed += 1
-            self.event("keep-changed", o.url, s.sample_id)
+            self.event("keep-changed", o.url, sample_id)
             return
         if self.opts.dry_run:
             self.report.replaced += 1
-            self.event("replace", o.url, s.sample_id)
+            self.event("replace", o.url, sample_id)
             return
-        if data is None:
-            [got] = self.src.read([o])
-            if isinstance(got, OSError):
-                self._fail(o.url, f"cannot read it: {got.strerror or got}", s.sample_id)
-                return
-            data = got
+        [got] = self.src.read([o])
+        if isinstance(got, OSError):
+            self._fail(o.url, f"cannot read it: {got.strerror or got}", sample_id)
+            return
         try:
-            content_hash, info = prepare(self.store, UploadItem(source=o.url, name=o.name, data=data))
+            content_hash, info = prepare(self.store, UploadItem(source=o.url, name=o.name, data=got))
         except InvalidInput as e:
-            self._fail(o.url, str(e), s.sample_id)
+            self._fail(o.url, str(e), sample_id)
             return
-        version = o.etag or content_hash
-        local = o.etag is None
         try:
-            replace_media(self.store, s.sample_id, content_hash, info.media_type, info.ext, info,
-                          {self.opts.etag_key: version}, (o.url, o.stamp) if local else None)
+            replace_media(self.store, sample_id, content_hash, info.media_type, info.ext, info,
+                          {self.opts.etag_key: o.etag or content_hash}, (o.url, o.stamp))
         except BaseException:
             if content_hash not in self.store.existing_hashes([content_hash]):
                 self.store.blobs.remove(content_hash)
             raise
         self.report.replaced += 1
-        self.event("replace", o.url, s.sample_id)
+        self.event("replace", o.url, sample_id)
+
+    def items(self, adds: Iterator[SourceObject]) -> Iterator[UploadItem]:
+        """Upload items for the new objects: a file by its path, an object store's bytes read a
+        few at a time."""
+        local = isinstance(self.src, FolderSource)
+        batch: list[SourceObject] = []
+        for o in adds:
+            if local:
+                yield self._item(o, None)
+                continue
+            batch.append(o)
+            if len(batch) >= READ_AHEAD:
+                yield from self._read_items(batch)
+                batch = []
+        yield from self._read_items(batch)
+
+    def _read_items(self, objects: list[SourceObject]) -> Iterator[UploadItem]:
+        if not objects:
+            return
+        for o, data in zip(objects, self.src.read(objects), strict=True):
+            if isinstance(data, OSError):
+                self._fail(o.url, f"cannot read it: {data}")
+            else:
+                yield self._item(o, data)
 
     def _item(self, o: SourceObject, data: bytes | None) -> UploadItem:
-        label: Any = None
-        if self.opts.label_from == "filename":
-            label = INFER
-        elif self.opts.label_from == "folder":
-            label = o.folder
         md = {**self.opts.metadata, self.opts.key: o.url}
         if o.etag is not None:
             md[self.opts.etag_key] = o.etag
-        local = o.etag is None and data is None
-        return UploadItem(source=o.url, name=o.name, category=self.opts.category, label=label, metadata=md,
-                          path=Path(o.url) if local else None, data=data,
-                          hash_key=None if o.etag is not None else self.opts.etag_key)
+        file = o.etag is None
+        return UploadItem(source=o.url, name=o.name, category=self.opts.category, label=self.label(o), metadata=md,
+                          path=Path(o.url) if data is None else None, data=data,
+                          hash_key=self.opts.etag_key if file else None,
+                          source_stamp=(o.url, o.stamp))
 
-    def flush_adds(self) -> None:
-        adds, self.adds = self.adds, []
-        if not adds:
-            return
-        if self.opts.dry_run:
-            for o in adds:
-                self.report.added += 1
-                self.event("add", o.url, None)
-            return
-        local = all(o.etag is None for o in adds) and isinstance(self.src, FolderSource)
-        items: list[UploadItem] = []
-        if local:
-            items = [self._item(o, None) for o in adds]
+    def uploaded(self, out: Outcome) -> None:
+        if out.status == "added":
+            self.report.added += 1
+            self.event("add", out.source, out.id)
         else:
-            for i in range(0, len(adds), 64):  # an object store's bytes, a few at a time in memory
-                part = adds[i:i + 64]
-                for o, data in zip(part, self.src.read(part), strict=True):
-                    if isinstance(data, OSError):
-                        self._fail(o.url, f"cannot read it: {data}")
-                    else:
-                        items.append(self._item(o, data))
-        by_url = {o.url: o for o in adds}
-        result = upload(self.store, items)
-        stamps: list[tuple[int, str, str]] = []
-        for out in result.outcomes:
-            if out.status == "added" and out.id is not None:
-                self.report.added += 1
-                self.event("add", out.source, out.id)
-                o = by_url[out.source]
-                if o.etag is None:
-                    stamps.append((out.id, o.url, o.stamp))
-            else:
-                self._fail(out.source, out.error or out.status)
-        set_stamps(self.store, stamps)
+            self._fail(out.source, out.error or out.status)
 
     def gone(self, known: dict[str, Synced]) -> None:
         """The samples whose source object is gone, by --on-delete."""
@@ -248,16 +262,20 @@ class _Run:
             return
         how = self.opts.on_delete
         if how == "keep":
-            for url, s in known.items():
+            for url, (sid, _) in known.items():
                 self.report.kept_gone += 1
-                self.event("keep-gone", url, s.sample_id)
+                self.event("keep-gone", url, sid)
             return
+        disabled = set()
+        if how == "disable":
+            have = versions(self.store, [sid for sid, _ in known.values()])
+            disabled = {sid for sid, v in have.items() if v.is_disabled}
         todo: list[tuple[str, int]] = []
-        for url, s in known.items():
-            if how == "disable" and s.is_disabled:
+        for url, (sid, _) in known.items():
+            if sid in disabled:
                 self.report.kept_gone += 1
             else:
-                todo.append((url, s.sample_id))
+                todo.append((url, sid))
         for i in range(0, len(todo), 500):  # one transaction per chunk: a kill leaves whole chunks
             chunk = todo[i:i + 500]
             ids = [sid for _, sid in chunk]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import multiprocessing
 import os
 import re
@@ -15,8 +16,9 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -82,6 +84,7 @@ class UploadItem:
     data: bytes | None = None
     where: str | None = None  # where the item was described (an info file entry), for messages
     hash_key: str | None = None  # a metadata key that receives the file's content hash (a synced file's version)
+    source_stamp: tuple[str, str] | None = None  # a synced file's (URL, stamp), recorded with the sample
 
     def read(self) -> bytes:
         if self.data is not None:
@@ -206,40 +209,56 @@ def _check_labels_fit(item: UploadItem, info: MediaInfo) -> None:
 _CHUNK = 64
 
 
-def _prepared_stream(store: Store, items: list[UploadItem | Outcome], workers: int, max_pixels: int,
+_AHEAD = 4  # chunks in flight per worker: the stream reads this far ahead of the inserts
+
+
+def _prepared_stream(store: Store, items: Iterable[UploadItem | Outcome], workers: int, max_pixels: int,
                      written: set[str]) -> Generator[tuple[UploadItem | Outcome, _Prepared | None], None, None]:
-    """Each item with its prepared result, in order. Files on disk are prepared in worker
-    processes (decoding is CPU-bound); in-memory uploads in threads. Every blob a worker wrote
-    is added to ``written`` once the stream ends, however it ends (the caller removes those no
-    sample references when the upload fails)."""
+    """Each item with its prepared result, in order, read from ``items`` lazily (a few chunks
+    ahead). Files on disk are prepared in worker processes (decoding is CPU-bound); in-memory
+    uploads in threads. Every blob written for an item handed out is added to ``written``, and
+    those of chunks still in flight once the stream ends, however it ends (the caller removes
+    those no sample references when the upload fails)."""
     root = str(store.root)  # workers open the project's blob store from its data folder
-    files = [it for it in items if isinstance(it, UploadItem)]
+    stream = iter(items)
+    head = list(itertools.islice(stream, 4 * _CHUNK))
+    files = [it for it in head if isinstance(it, UploadItem)]
     use_processes = workers > 1 and len(files) >= 4 * _CHUNK and all(it.data is None for it in files)
-    chunks = [files[i : i + _CHUNK] for i in range(0, len(files), _CHUNK)]
+    entries = itertools.chain(head, stream)
     pool: Executor
     if use_processes:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(_start_method()),
                                    initializer=_worker_init, initargs=(os.getpid(),))
     else:
         pool = ThreadPoolExecutor(max_workers=workers)
+    in_flight: deque[tuple[list[UploadItem | Outcome], Future[list[_Prepared]]]] = deque()
+
+    def submit() -> bool:
+        segment = list(itertools.islice(entries, _CHUNK))
+        if not segment:
+            return False
+        chunk = [it for it in segment if isinstance(it, UploadItem)]
+        in_flight.append((segment, pool.submit(_prepare_chunk, (root, chunk, max_pixels))))
+        return True
+
     with pool:
-        futures = [pool.submit(_prepare_chunk, (root, c, max_pixels)) for c in chunks]
         try:
-            results = iter(futures)
-            current: Iterator[_Prepared] = iter(())
-            for it in items:
-                if isinstance(it, Outcome):
-                    yield it, None
-                    continue
-                nxt = next(current, None)
-                if nxt is None:
-                    current = iter(next(results).result())
-                    nxt = next(current)
-                yield it, nxt
+            more = True
+            while more and len(in_flight) < _AHEAD * workers:
+                more = submit()
+            while in_flight:
+                segment, fut = in_flight.popleft()
+                if more:
+                    more = submit()
+                prepared = fut.result()
+                written.update(p.content_hash for p in prepared if p.content_hash)
+                results = iter(prepared)
+                for it in segment:
+                    yield (it, None) if isinstance(it, Outcome) else (it, next(results))
         finally:
-            for fut in futures:
+            for _, fut in in_flight:
                 fut.cancel()  # not started: nothing written
-            for fut in futures:
+            for _, fut in in_flight:
                 if not fut.cancelled() and fut.exception() is None:
                     written.update(p.content_hash for p in fut.result() if p.content_hash)
 
@@ -322,7 +341,7 @@ def upload(
     written: set[str] = set()
     try:
         # closed before the cleanup below runs, so that `written` is complete there
-        with contextlib.closing(_prepared_stream(store, list(items), workers, max_pixels, written)) as stream:
+        with contextlib.closing(_prepared_stream(store, items, workers, max_pixels, written)) as stream:
             for it, p in stream:
                 if isinstance(it, Outcome):
                     emit(it)
@@ -367,6 +386,7 @@ def _new_sample(item: UploadItem, p: _Prepared) -> NewSample:
         structured_labels=list(item.structured_labels or []),
         metadata={**item.metadata, **({item.hash_key: p.content_hash} if item.hash_key else {})},
         is_disabled=item.is_disabled,
+        source_stamp=item.source_stamp,
         **info.media(),
     )
 

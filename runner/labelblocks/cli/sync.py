@@ -113,20 +113,24 @@ class _Status:
 
 
 def _print_summary(r: SyncReport, on_delete: str) -> None:
-    def n(count: int, what: str) -> str:
-        return f"{count:,} {what}"
+    def n(count: int, one: str, many: str | None = None) -> str:
+        return f"{count:,} {one if count == 1 else (many or one)}"
 
-    removed = {"delete": "deleted", "disable": "disabled", "keep": "removed"}[on_delete]
-    would = "Would have: " if r.dry_run else ""
-    parts = [n(r.added, "added"), n(r.replaced, "replaced"), n(r.removed, removed), n(r.unchanged, "unchanged")]
+    if r.dry_run:
+        removal = {"delete": "delete", "disable": "disable", "keep": "remove"}[on_delete]
+        head = f"Dry run, nothing changed: would add {r.added:,}, replace {r.replaced:,}, {removal} {r.removed:,}"
+    else:
+        removal = {"delete": "deleted", "disable": "disabled", "keep": "removed"}[on_delete]
+        head = f"Added {r.added:,}, replaced {r.replaced:,}, {removal} {r.removed:,}"
+    parts = [head, n(r.unchanged, "unchanged")]
     if r.kept_changed:
         parts.append(n(r.kept_changed, "changed at the source and kept"))
     if r.kept_gone:
         parts.append(n(r.kept_gone, "gone from the source and kept"))
     if r.ignored:
-        parts.append(n(r.ignored, "files ignored (hidden, or not images or audio)"))
+        parts.append(n(r.ignored, "file", "files") + " ignored (hidden, or not images or audio)")
     parts.append(n(r.failed, "failed"))
-    click.echo(f"{'Dry run, nothing changed. ' if r.dry_run else ''}{would}{', '.join(parts)} ({r.source}).")
+    click.echo("; ".join(parts) + f" ({r.source}).")
     for url, why in r.failures:
         click.echo(f"  failed {url}: {why}", err=True)
     if r.failed > len(r.failures):

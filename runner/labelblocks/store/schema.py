@@ -527,10 +527,11 @@ def _v13(conn: Connection) -> None:
         t.create(conn, checkfirst=True)
 
 
-# What `labelblocks sync` saw of each synced sample's source file (v14): the file's size and
-# modification time, so that a re-sync hashes only files whose stamp changed. Kept with the
-# source URL it describes (a sample id can be reused after the newest sample is deleted). The
-# source URL and version a user filters on are the sample's metadata; this is only a shortcut.
+# The samples `labelblocks sync` keeps (v14): each one's source object URL and the object's
+# stamp when it was synced (a file's size and modification time, an object's ETag), written
+# with the sample, so that a re-sync reads this one table and hashes only files whose stamp
+# changed. The source URL and version a user filters on are the sample's metadata (source,
+# source_etag); a sample uploaded by hand with such metadata is not the sync's to remove.
 source_stamps = Table(
     "source_stamps",
     metadata,
