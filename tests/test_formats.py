@@ -114,6 +114,35 @@ def test_a_coco_file_from_other_tools_loads_and_bad_entries_fail_alone(cli: Cli,
                   samples["000000000000.jpg"]["boundingBoxes"]) == [("car", 1, 3, 20, 10), ("person", 30, 5, 8, 30)]
 
 
+def test_a_coco_file_written_by_pycocotools_loads(cli: Cli, tmp_path: Path) -> None:
+    """Detections with RLE masks turned into a dataset by pycocotools' own loadRes (which
+    computes each annotation's area and bbox from its mask), then uploaded."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO as PyCOCO
+
+    for i in range(2):
+        make_image(tmp_path / "imgs" / f"frame{i}.jpg", size=(64, 48), seed=i)
+    gt = PyCOCO()
+    gt.dataset = {"images": [{"id": i + 1, "file_name": f"frame{i}.jpg", "width": 64, "height": 48} for i in range(2)],
+                  "categories": [{"id": 7, "name": "bird"}], "annotations": []}
+    gt.createIndex()
+    mask = np.zeros((48, 64), dtype=np.uint8, order="F")
+    mask[10:30, 5:25] = 1  # rows 10..29, columns 5..24
+    rle = mask_utils.encode(mask)
+    rle["counts"] = rle["counts"].decode("ascii")
+    results = gt.loadRes([{"image_id": 1, "category_id": 7, "segmentation": rle, "score": 0.9}])
+    doc = {**results.dataset, "categories": gt.dataset["categories"]}
+    # numpy numbers (the area) as JSON numbers, as a pipeline writing pycocotools' output does
+    (tmp_path / "from-pycocotools.json").write_text(json.dumps(doc, default=lambda v: v.tolist()))
+    cli("upload", "--coco", str(tmp_path / "from-pycocotools.json"), "--images", str(tmp_path / "imgs"))
+    samples = {s["filename"]: s for s in cli.json("samples", "list")}
+    assert sorted(samples) == ["frame0.jpg", "frame1.jpg"]
+    assert [(b["label"], b["x"], b["y"], b["width"], b["height"]) for b in samples["frame0.jpg"]["boundingBoxes"]] \
+        == [("bird", 5, 10, 20, 20)]
+    assert samples["frame1.jpg"]["boundingBoxes"] == []
+
+
 def test_malformed_and_huge_annotation_files_are_refused(cli: Cli, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "a.json").write_text("[1, 2]")

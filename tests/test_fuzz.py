@@ -83,6 +83,7 @@ HEADER_BYTES = st.binary(max_size=60).map(lambda b: b.replace(b"\r", b"").replac
 ROUTES = [
     ("GET", "/v1/api/{p}/raw-data"), ("GET", "/v1/api/{p}/raw-data/{s}"), ("GET", "/v1/api/{p}/raw-data/{s}/image"),
     ("GET", "/v1/api/{p}/raw-data/{s}/wav"), ("GET", "/v1/api/{p}/raw-data/{s}/raw"),
+    ("GET", "/v1/api/{p}/raw-data/{s}/original"),
     ("GET", "/v1/api/{p}/raw-data/ai-actions-preview/{s}/proposed-changes"), ("GET", "/v1/api/projects"),
     ("POST", "/v1/api/{p}/raw-data/{s}/bounding-boxes"), ("POST", "/v1/api/{p}/raw-data/{s}/structured-labels"),
     ("POST", "/v1/api/{p}/raw-data/{s}/edit-label"), ("POST", "/v1/api/{p}/raw-data/{s}/metadata"),

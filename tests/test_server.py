@@ -80,6 +80,11 @@ def test_edgeimpulse_client_reads(data: Cli, server: BackgroundServer, key: str,
     assert (got.sample.image_dimensions.width, got.sample.image_dimensions.height) == (64, 48)
     img = api.get_sample_as_image(1, 2, _preload_content=False)
     assert img.data == (tmp_path / "imgs" / "cat.1.png").read_bytes()
+    raw = api.get_sample_as_raw(1, 5, _preload_content=False)
+    original = _get(server, "/api/1/raw-data/5/original", key)
+    assert raw.data == original.content == (tmp_path / "aud" / "dog.wav").read_bytes()
+    assert "dog.wav" in original.headers["content-disposition"]
+    assert _get(server, "/api/1/raw-data/99/original", key).status_code == 404
     audio = api.get_sample(1, 5)
     assert audio.sample.frequency == 8000 and audio.sample.values_count == 4000
     wav = api.get_sample_as_audio(1, 5, 0, _preload_content=False)

@@ -1,4 +1,5 @@
-"""The protocol's media endpoints: a sample's image, its audio as WAV, its file as stored.
+"""The protocol's media endpoints: a sample's image, its audio as WAV, its file as stored
+(``/raw`` and ``/original``).
 
 Answers stream: a file is sent from disk, and audio is decoded and converted block by block,
 so one request holds a few megabytes whatever the length of the recording.
@@ -53,7 +54,9 @@ def get_wav(project_id: ProjectId, sample_id: SampleId, state: State, a: Auth, a
 
 
 @router.get("/raw")
+@router.get("/original")
 def get_raw(project_id: ProjectId, sample_id: SampleId, state: State, a: Auth) -> Response:
+    """The file as it was uploaded (``/raw``, the bindings' get_sample_as_raw; ``/original``)."""
     a.check_sample(sample_id)
     store = state.store
     s = store.get_sample(sample_id)
