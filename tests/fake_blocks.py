@@ -20,7 +20,7 @@ CALLS: list[dict[str, Any]] = []
 def _record(block: str, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext) -> None:
     entry = {"block": block, "ids": [s.sample.id for s in batch], "args": dict(args), "preview": context.preview,
              "boxes": {s.sample.id: [b.label for b in s.sample.bounding_boxes] for s in batch},
-             "labels": {s.sample.id: s.sample.label for s in batch}}
+             "labels": {s.sample.id: s.sample.label for s in batch}, "pid": os.getpid()}
     CALLS.append(entry)
     log = os.environ.get("FAKE_BLOCKS_LOG")
     if log:

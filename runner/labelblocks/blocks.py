@@ -140,6 +140,13 @@ class Block:
     # how a step of the block runs: "inprocess" (label() in this process) or "external" (a
     # program or container speaking the protocol, see labelblocks.external_blocks)
     executor: ClassVar[str] = "inprocess"
+    # what one instance needs on a cluster (``--engine ray``): GPUs (at least this many per
+    # actor, or --gpus-per-worker where larger) and memory in MB (0: Ray's default)
+    gpus: ClassVar[float] = 0.0
+    memory_mb: ClassVar[int] = 0
+    # True: the block reads the project itself (its learned models), so its steps run in the
+    # project's process whatever the engine
+    uses_project: ClassVar[bool] = False
 
     @classmethod
     @functools.cache

@@ -233,6 +233,7 @@ ANOMALY_PARAMETERS: dict[str, Any] = {
 
 class Anomaly(Block):
     name = "anomaly"
+    uses_project = True
     parameters = ANOMALY_PARAMETERS
     version = "1"
     default_batch_size = 1000

@@ -32,6 +32,7 @@ from .apply import ProgressFn, apply_job
 from .blocks import input_key
 from .errors import InvalidInput, LabelblocksError
 from .executors import StepExecutor, StepPlan, StepResults, make_executor, pid_alive
+from .executors.ray import RayEngine
 from .executors.results import RevisionsAhead, StepWriter, write_results
 from .parameters import ResolvedParameters
 from .plugins import BlockRegistry, RegisteredBlock
@@ -89,9 +90,10 @@ def _sha(obj: Any) -> str:
 
 
 class Runner:
-    def __init__(self, store: Store, registry: BlockRegistry) -> None:
+    def __init__(self, store: Store, registry: BlockRegistry, engine: RayEngine | None = None) -> None:
         self.store = store
         self.registry = registry
+        self.engine = engine  # None: Python blocks run in this process; a RayEngine: on a Ray cluster
         self._models: dict[int, Any] = {}
 
     def learned(self, learn_id: int) -> Any:
@@ -336,18 +338,20 @@ class Runner:
         # steps (the step's cache key)
         cache_key = plan.key[:32]
         job_store.record_step(self.store, job_id, plan.index, cache_key)
-        executor = make_executor(self.store, job_id, plan, kind == "preview", all_secrets, self.learned)
+        executor = make_executor(self.store, job_id, plan, kind == "preview", all_secrets, self.learned, self.engine)
         out = StepWriter(self.store, job_id, plan.index, all_secrets)
         try:  # what was computed is kept, also when stopped by Ctrl-C or too many failures
             bs = executor.batch_size(len(todo))
             revisions = RevisionsAhead(self.store, todo, bs)
             for start in range(0, len(todo), bs):
                 batch_ids = todo[start : start + bs]
-                failed_before = len(out.results.failed)
+                failed_before = out.results.failures
+                progress = functools.partial(_offset, report, done)
+                if executor.streams:  # results written as they come back, not at the end of the step
+                    progress = functools.partial(_and_flush, progress, out)
                 self._run_batch(executor, cache_key, batch_ids, start, use_cache, revisions, out.results,
-                                summary, functools.partial(_offset, report, done),
-                                (job_id, plan) if by_inputs else None)
-                summary.failed += len(out.results.failed) - failed_before
+                                summary, progress, (job_id, plan) if by_inputs else None)
+                summary.failed += out.results.failures - failed_before
                 out.maybe_flush()
                 job_store.add_job_usage(self.store, job_id, executor.take_usage())
                 done += len(batch_ids)
@@ -396,3 +400,8 @@ class Runner:
 
 def _offset(report: Callable[[int], None], base: int, n: int) -> None:
     report(base + n)
+
+
+def _and_flush(report: Callable[[int], None], out: StepWriter, n: int) -> None:
+    report(n)
+    out.maybe_flush()

@@ -15,6 +15,7 @@ import click
 from ..errors import InvalidInput
 
 if TYPE_CHECKING:  # imported where used: `labelblocks --help` loads neither SQLAlchemy nor pydantic
+    from ..executors.ray import RayEngine
     from ..filters import SampleFilter
     from ..plugins import BlockRegistry
     from ..store import Store
@@ -270,3 +271,33 @@ def load_json_arg(text: str, what: str) -> Any:
     except OSError as e:
         raise InvalidInput(f"{what}: cannot read {text[1:]}: {e.strerror or e}") from None
     return parse_json(raw, what, "JSON")
+
+
+def engine_options(f: F) -> F:
+    """--engine, --ray-address, --workers, --gpus-per-worker (read with :func:`engine_from`)."""
+    for opt in reversed([
+        click.option("--engine", type=click.Choice(["inprocess", "ray"]), default="inprocess", show_default=True,
+                     help="Where Python blocks' steps run: in this process, or on a Ray cluster "
+                          "(pip install 'labelblocks[ray]')."),
+        click.option("--ray-address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT",
+                     help="The Ray cluster (default: a new one on this machine)."),
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Ray actors per step, each with its own block instance (model)."),
+        click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="GPUs each Ray actor takes."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def engine_from(kw: dict[str, Any]) -> RayEngine | None:
+    """The engine the options of :func:`engine_options` chose (taken out of ``kw``)."""
+    engine, address = kw.pop("engine"), kw.pop("ray_address")
+    workers, gpus = kw.pop("workers"), kw.pop("gpus_per_worker")
+    if engine != "ray":
+        if address is not None or workers != 1 or gpus:
+            raise click.UsageError("--ray-address, --workers and --gpus-per-worker go with --engine ray")
+        return None
+    from ..executors.ray import RayEngine
+
+    return RayEngine(address=address, workers=workers, gpus_per_worker=gpus)

@@ -14,6 +14,8 @@ from ._util import (
     AppContext,
     Progress,
     build_filter,
+    engine_from,
+    engine_options,
     filter_given,
     filter_options,
     parse_ids,
@@ -24,6 +26,7 @@ from ._util import (
 from .render import errors_json, print_estimate, print_preview, record_order
 
 if TYPE_CHECKING:
+    from ..executors.ray import RayEngine
     from ..runner import Runner
 
 
@@ -62,10 +65,10 @@ class _StepCommand(click.Command):
         return super().parse_args(ctx, rest)
 
 
-def _runner(app: AppContext) -> Runner:
+def _runner(app: AppContext, engine: RayEngine | None = None) -> Runner:
     from ..runner import Runner
 
-    return Runner(app.store, app.registry())
+    return Runner(app.store, app.registry(), engine)
 
 
 @click.group("actions")
@@ -266,9 +269,10 @@ def actions_delete(app: AppContext, name: str) -> None:
 @click.option("--sort-by", "sort_by", default=None, metavar="KEY",
               help="Show samples by this score in the blocks' records, highest first (anomaly_score).")
 @click.option("--json", "as_json", is_flag=True, help="Print the job summary and proposals as JSON.")
+@engine_options
 @pass_app
 def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_cache: bool,
-                    max_failures: int | None, estimate: bool, sort_by: str | None, as_json: bool) -> None:
+                    max_failures: int | None, estimate: bool, sort_by: str | None, as_json: bool, **engine: Any) -> None:
     """Run an action on a few samples and stage the results as proposals of a new job.
 
     Nothing changes in the dataset: review with `labelblocks proposals show JOB`, then
@@ -278,11 +282,12 @@ def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_
     Examples:
       labelblocks actions preview boxes --limit 5
       labelblocks actions preview boxes --ids 3,4,9 --json
+      labelblocks actions preview boxes --engine ray --ray-address auto --workers 4
     """
     from ..actions import get_action
 
     action = get_action(app.store, name)
-    runner = _runner(app)
+    runner = _runner(app, engine_from(engine))
     if estimate:
         print_estimate(runner.estimate(action, ids=parse_ids([ids]) if ids else None, limit=limit), as_json)
         return
@@ -323,9 +328,10 @@ def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_
               help="Also run samples this action already labeled and that have not changed since.")
 @click.option("--estimate", is_flag=True, help="Print the expected requests and tokens of paid blocks; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job summary as JSON.")
+@engine_options
 @pass_app
 def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | None, restart: bool,
-                all_samples: bool, estimate: bool, as_json: bool) -> None:
+                all_samples: bool, estimate: bool, as_json: bool, **engine: Any) -> None:
     """Label every selected sample: run all steps, then apply each sample's result atomically.
 
     An interrupted run (Ctrl-C, a crash, a kill) resumes when run again: finished samples are
@@ -335,13 +341,14 @@ def actions_run(app: AppContext, name: str, no_cache: bool, max_failures: int | 
     sample failed.
 
     \b
-    Example:
+    Examples:
       labelblocks actions run boxes
+      labelblocks actions run boxes --engine ray --ray-address ray://head:10001 --workers 8 --gpus-per-worker 1
     """
     from ..actions import get_action
 
     action = get_action(app.store, name)
-    runner = _runner(app)
+    runner = _runner(app, engine_from(engine))
     if estimate:
         print_estimate(runner.estimate(action), as_json)
         return

@@ -51,6 +51,7 @@ class StepResults:
     texts: list[TextRow] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)
     inputs: list[tuple[str, int, str]] = field(default_factory=list)  # (step key, sample id, input key)
+    failed_before: int = 0  # failures already taken out (:meth:`take`)
 
     def add_computed(self, rows: list[ComputedRow], secrets: list[str]) -> None:
         if not rows:
@@ -66,6 +67,19 @@ class StepResults:
     @property
     def rows(self) -> int:
         return self.n_computed + len(self.texts) + len(self.failed)
+
+    @property
+    def failures(self) -> int:
+        """Every failure added, also those taken out since."""
+        return self.failed_before + len(self.failed)
+
+    def take(self) -> StepResults:
+        """What was added so far, as a new object; this one is emptied in place (an executor
+        that streams keeps adding to it while the taken part is written)."""
+        taken = StepResults(self.computed, self.n_computed, self.texts, self.failed, self.inputs)
+        self.failed_before += len(self.failed)
+        self.computed, self.n_computed, self.texts, self.failed, self.inputs = [], 0, [], [], []
+        return taken
 
 
 class StepExecutor(Protocol):
@@ -85,6 +99,10 @@ class StepExecutor(Protocol):
         ``revisions``: the samples' revisions read before (where :attr:`needs_revisions`).
         ``on_progress(n)``: n of ``ids`` are done (executors that finish inside a batch)."""
         ...
+
+    #: the executor takes the whole step in one :meth:`run`, reporting progress as results come
+    #: back; the runner writes what it added at each report
+    streams: bool
 
     def take_usage(self) -> dict[str, float]:
         """Usage counters (requests, tokens) added since the last call."""

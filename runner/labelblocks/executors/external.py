@@ -52,6 +52,7 @@ class ExternalExecutor:
     """A step of an external block: one process (or container) for all of the step's samples."""
 
     needs_revisions = True
+    streams = False
 
     def __init__(self, store: Store, job_id: int, plan: StepPlan, secrets: list[str]) -> None:
         self.store, self.job_id, self.plan, self.secrets = store, job_id, plan, secrets

@@ -27,6 +27,7 @@ class InProcessExecutor:
     """A step of an in-process block (:class:`labelblocks.blocks.Block`)."""
 
     needs_revisions = False
+    streams = False
 
     def __init__(self, store: Store, job_id: int, plan: StepPlan, preview: bool, secrets: list[str],
                  learned: Callable[[int], Any] | None = None) -> None:

@@ -44,8 +44,7 @@ class StepWriter:
 
     def flush(self) -> None:
         if self.results.rows:
-            self._writer.submit(functools.partial(self._write, self.results))
-        self.results = StepResults()
+            self._writer.submit(functools.partial(self._write, self.results.take()))
         self._last = time.monotonic()
 
     def close(self) -> None:
