@@ -16,7 +16,7 @@ COPY runner ./runner
 COPY blocks ./blocks
 COPY parameters ./parameters
 # the same install as the README's first command, without the test tools
-RUN python -m pip install -c constraints.txt -e ".[s3,postgres]" -e blocks/owlvit -e blocks/gpt4o -e blocks/audioset -e blocks/pretrained
+RUN python -m pip install -c constraints.txt -e ".[s3,postgres,ray]" -e blocks/owlvit -e blocks/gpt4o -e blocks/audioset -e blocks/pretrained
 
 RUN useradd --create-home --uid 1000 labelblocks
 USER labelblocks

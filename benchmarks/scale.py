@@ -7,12 +7,16 @@
 2. A filtered page of `samples list` (50 samples with metadata site=site3, and with a metadata
    key present) at M samples (default 1,000,000). Target: <= 50 ms.
 
-The Ray engine's figures are not measured: the engine is not built.
+3. The Ray engine's overhead: a CPU-bound block (benchmarks/_cpu_block.py: decoding and numpy
+   FFTs, a fixed amount of work an image) on N images (default 2,000), `actions run --engine ray
+   --workers 1` on a Ray cluster started on this machine against in-process (target <= 1.25x);
+   and 2 workers against 1, reported as measured (on 2 cores, the driver competes with them).
 
 A PostgreSQL server is started from the Debian binaries (as the tests do) unless --server URL
 names one (postgresql+psycopg://USER@HOST:PORT, trust or PGPASSWORD authentication).
 
-Usage: python benchmarks/scale.py [--samples 100000] [--page-samples 1000000] [--repeats 3]
+Usage: python benchmarks/scale.py [--samples 100000] [--page-samples 1000000] [--ray-images 2000]
+       [--repeats 3] [--only postgres|ray]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 
 from labelblocks.actions import Action, Step, save_action
@@ -42,6 +47,7 @@ from labelblocks.runner import Runner
 from labelblocks.store import NewSample
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _cpu_block import Plugin as CpuPlugin  # a CPU-bound block, importable by Ray's workers
 from _workers import cpu_flags
 
 from runner import _Plugin  # the runner benchmark's no-op block
@@ -162,19 +168,81 @@ def page_phase(server: str, n: int, repeats: int) -> None:
             print(f"  {name:<22} 50 samples in {statistics.median(times) * 1000:6.1f} ms (target <= 50 ms)")
 
 
+@contextlib.contextmanager
+def ray_cluster(cpus: int) -> Iterator[str]:
+    """A Ray cluster on this machine (its workers import benchmarks/ modules); its address."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    here = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--num-cpus", str(cpus), "--include-dashboard", "false", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, check=False)
+
+
+def ray_phase(n: int, repeats: int) -> None:
+    from PIL import Image
+
+    from labelblocks.executors.ray import RayEngine
+    from labelblocks.uploads import UploadItem, upload
+
+    work = Path(tempfile.mkdtemp(prefix="lb-bench-ray-"))
+    project = init_project(work / "p")
+    rng = np.random.default_rng(0)
+    folder = work / "imgs"
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    plugins = get_plugins()
+    plugins.pm.register(CpuPlugin(), name="bench-cpu")
+    plugins._registry = None
+    registry = plugins.registry()
+    med = statistics.median
+    with open_store(project) as store, ray_cluster(os.cpu_count() or 2) as address:
+        upload(store, [UploadItem(source=str(p), name=p.name, path=p) for p in sorted(folder.iterdir())])
+        action = Action(name="cpu", steps=[Step(block="bench-cpu")], cache_unchanged_steps=False)
+        save_action(store, action)
+        times: dict[str, list[float]] = {"in-process": [], "ray, 1 worker": [], "ray, 2 workers": []}
+        engines = {"in-process": None, "ray, 1 worker": RayEngine(address, 1), "ray, 2 workers": RayEngine(address, 2)}
+        for _ in range(repeats):  # alternated
+            for name, engine in engines.items():
+                t = time.perf_counter()
+                summary = Runner(store, registry, engine).preview(action, limit=None, use_cache=False)
+                times[name].append(time.perf_counter() - t)
+                assert summary.computed == n and summary.failed == 0, summary
+    base = med(times["in-process"])
+    print(f"Ray engine, {n} images, a CPU-bound block; preview of all, medians of {repeats}")
+    for name, ts in times.items():
+        print(f"  {name:<15} {n / med(ts):7.1f} images/s ({med(ts):.2f} s); {med(ts) / base:.2f}x in-process")
+    one, two = med(times["ray, 1 worker"]), med(times["ray, 2 workers"])
+    print(f"  overhead of --engine ray --workers 1: {one / base:.2f}x (target <= 1.25x); "
+          f"2 workers run {one / two:.2f}x the throughput of 1 on {os.cpu_count()} cores")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=100_000)
     ap.add_argument("--page-samples", type=int, default=1_000_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ray-images", type=int, default=2000)
+    ap.add_argument("--only", choices=["postgres", "ray"], help="run one part only")
     ap.add_argument("--server", help="a PostgreSQL server's URL (default: start one from the Debian binaries)")
     args = ap.parse_args()
-    print(f"CPU: {cpu_flags()}")
-    with contextlib.ExitStack() as stack:
-        server = args.server or stack.enter_context(postgres())
-        runner_phase(server, args.samples, args.repeats)
-        page_phase(server, args.page_samples, args.repeats)
-    print("Ray engine: not built, so not measured")
+    print(f"CPU: {cpu_flags()}; {os.cpu_count()} cores")
+    if args.only != "ray":
+        with contextlib.ExitStack() as stack:
+            server = args.server or stack.enter_context(postgres())
+            runner_phase(server, args.samples, args.repeats)
+            page_phase(server, args.page_samples, args.repeats)
+    if args.only != "postgres":
+        ray_phase(args.ray_images, args.repeats)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,19 @@ def test_the_image_installs_every_block_and_the_team_extras() -> None:
     install = next(line for line in dockerfile.splitlines() if "pip install" in line)
     for block in sorted(p.name for p in (REPO / "blocks").iterdir() if (p / "pyproject.toml").exists()):
         assert f"-e blocks/{block}" in install, block
-    assert '-e ".[s3,postgres]"' in install
+    assert '-e ".[s3,postgres,ray]"' in install
 
 
 def test_compose_keeps_secrets_out_and_runs_real_commands() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) >= {"postgres", "minio", "labelblocks"}
+    assert set(services) >= {"postgres", "minio", "labelblocks", "ray-head", "ray-worker"}
+    # the Ray cluster runs the image's own Ray (the version the extra pins), head and worker joined
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert head["build"] == worker["build"] == services["labelblocks"]["build"] == "."
+    port = head["command"][head["command"].index("--port") + 1]
+    assert worker["command"][worker["command"].index("--address") + 1] == f"ray-head:{port}"
+    assert f"--ray-address ray-head:{port}" in (REPO / "docker-compose.yml").read_text()
     for name, service in services.items():
         for key, value in (service.get("environment") or {}).items():
             if re.search(r"PASSWORD|SECRET", key):

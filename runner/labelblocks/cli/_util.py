@@ -301,3 +301,38 @@ def engine_from(kw: dict[str, Any]) -> RayEngine | None:
     from ..executors.ray import RayEngine
 
     return RayEngine(address=address, workers=workers, gpus_per_worker=gpus)
+
+
+class StepCommand(click.Command):
+    """Keeps ``--step BLOCK -p K=V ... --step BLOCK2 -p ...`` in order: each -p belongs to the
+    --step before it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        steps: list[dict[str, Any]] = []
+        rest: list[str] = []
+        i = 0
+        while i < len(args):
+            a = args[i]
+            name, eq, val = a.partition("=")
+            if name in ("--step", "-p", "--param"):
+                if eq:
+                    value = val
+                elif i + 1 < len(args):
+                    value = args[i + 1]
+                    i += 1
+                else:
+                    raise click.UsageError(f"{name} needs a value", ctx)
+                if name == "--step":
+                    steps.append({"block": value, "parameters": {}})
+                else:
+                    if not steps:
+                        raise click.UsageError(f"{name} {value}: give --step BLOCK before its parameters", ctx)
+                    k, e2, v = value.partition("=")
+                    if not e2 or not k:
+                        raise click.UsageError(f"{name}: expected PARAM=VALUE, got {value!r}", ctx)
+                    steps[-1]["parameters"][k] = v
+            else:
+                rest.append(a)
+            i += 1
+        ctx.meta["lb_steps"] = steps
+        return super().parse_args(ctx, rest)

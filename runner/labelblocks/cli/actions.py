@@ -13,6 +13,7 @@ from ..errors import UsageError
 from ._util import (
     AppContext,
     Progress,
+    StepCommand,
     build_filter,
     engine_from,
     engine_options,
@@ -30,41 +31,6 @@ if TYPE_CHECKING:
     from ..runner import Runner
 
 
-class _StepCommand(click.Command):
-    """Keeps ``--step BLOCK -p K=V ... --step BLOCK2 -p ...`` in order: each -p belongs to the
-    --step before it."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        steps: list[dict[str, Any]] = []
-        rest: list[str] = []
-        i = 0
-        while i < len(args):
-            a = args[i]
-            name, eq, val = a.partition("=")
-            if name in ("--step", "-p", "--param"):
-                if eq:
-                    value = val
-                elif i + 1 < len(args):
-                    value = args[i + 1]
-                    i += 1
-                else:
-                    raise click.UsageError(f"{name} needs a value", ctx)
-                if name == "--step":
-                    steps.append({"block": value, "parameters": {}})
-                else:
-                    if not steps:
-                        raise click.UsageError(f"{name} {value}: give --step BLOCK before its parameters", ctx)
-                    k, e2, v = value.partition("=")
-                    if not e2 or not k:
-                        raise click.UsageError(f"{name}: expected PARAM=VALUE, got {value!r}", ctx)
-                    steps[-1]["parameters"][k] = v
-            else:
-                rest.append(a)
-            i += 1
-        ctx.meta["lb_steps"] = steps
-        return super().parse_args(ctx, rest)
-
-
 def _runner(app: AppContext, engine: RayEngine | None = None) -> Runner:
     from ..runner import Runner
 
@@ -76,7 +42,7 @@ def actions_group() -> None:
     """Chains of labeling blocks: create, preview, run."""
 
 
-@actions_group.command("create", cls=_StepCommand)
+@actions_group.command("create", cls=StepCommand)
 @click.argument("name", required=False)
 @click.option("--step", "step_", multiple=True, metavar="BLOCK", help="A step: the block to run (repeat for a chain).")
 @click.option("-p", "--param", "param_", multiple=True, metavar="PARAM=VALUE", help="A parameter of the step before it.")
