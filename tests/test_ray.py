@@ -16,11 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
-from labelblocks.project import init_project
+from labelblocks.project import init_project, open_store
+from labelblocks.server import BackgroundServer
+from labelblocks.store.keys import create_key
 
 from .blocks.tiny_models import make_owl
 from .conftest import REPO, Cli, kill_when, make_image, project_sql
+from .test_blobs import bucket  # noqa: F401  (the S3-compatible server fixture)
 
 ray = pytest.importorskip("ray")  # the [ray] extra; .ci/run installs it
 
@@ -88,16 +92,23 @@ def test_a_two_step_action_gives_the_same_proposals_on_ray(cluster: tuple[str, P
     assert applied == previewed
 
 
+def _slow_run(tmp_path: Path, n: int, delay: float, address: str,
+              *extra: str, out: int = subprocess.DEVNULL) -> tuple[Path, Cli, subprocess.Popen[bytes]]:
+    """A project of ``n`` images, an action of the fake labeler (``delay`` s a batch of 2, a
+    secret token), and `actions run` of it on the cluster started in a process."""
+    project = init_project(tmp_path / "proj")
+    cli = _dataset(project, tmp_path, n)
+    cli("secrets", "set", "FAKE_TOKEN", input="t0ken\n")
+    cli("actions", "create", "slow", "--step", "fake-labeler", "-p", f"delay={delay}", "-p", "batch-size=2")
+    proc = subprocess.Popen([sys.executable, "-m", "labelblocks", "--project", str(project), "actions", "run", "slow",
+                             "--engine", "ray", "--ray-address", address, *extra], stdout=out, stderr=out)
+    return project, cli, proc
+
+
 def test_a_worker_killed_mid_step_and_the_job_completes(cluster: tuple[str, Path], tmp_path: Path) -> None:
     address, log = cluster
-    project = init_project(tmp_path / "proj")
-    cli = _dataset(project, tmp_path, 24)
-    cli("secrets", "set", "FAKE_TOKEN", input="t0ken\n")
-    cli("actions", "create", "slow", "--step", "fake-labeler", "-p", "delay=0.4", "-p", "batch-size=2")
     log.write_text("")
-    proc = subprocess.Popen([sys.executable, "-m", "labelblocks", "--project", str(project), "actions", "run", "slow",
-                             "--engine", "ray", "--ray-address", address, "--workers", "2", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, cli, proc = _slow_run(tmp_path, 24, 0.4, address, "--workers", "2", "--json", out=subprocess.PIPE)
     deadline = time.time() + 120
     pids: set[int] = set()
     while time.time() < deadline and not pids:
@@ -116,13 +127,7 @@ def test_a_worker_killed_mid_step_and_the_job_completes(cluster: tuple[str, Path
 
 def test_a_driver_killed_mid_step_resumes(cluster: tuple[str, Path], tmp_path: Path) -> None:
     address, _ = cluster
-    project = init_project(tmp_path / "proj")
-    cli = _dataset(project, tmp_path, 40)
-    cli("secrets", "set", "FAKE_TOKEN", input="t0ken\n")
-    cli("actions", "create", "slow", "--step", "fake-labeler", "-p", "delay=0.3", "-p", "batch-size=2")
-    proc = subprocess.Popen([sys.executable, "-m", "labelblocks", "--project", str(project), "actions", "run", "slow",
-                             "--engine", "ray", "--ray-address", address], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    project, cli, proc = _slow_run(tmp_path, 40, 0.3, address)
     kill_when(proc, project, "SELECT count(*) FROM proposals", 4, timeout=120)
     kept = project_sql(project).execute("SELECT count(*) FROM proposals").fetchone()[0]
     assert 4 <= kept < 40
@@ -140,3 +145,26 @@ def test_engine_options_are_checked(tmp_path: Path) -> None:
     assert "go with --engine ray" in r.stderr
     r = cli("actions", "preview", "r", "--engine", "ray", "--ray-address", "127.0.0.1:1", expect=1)
     assert "cannot connect to the Ray cluster" in r.stderr
+
+
+def test_a_team_project_on_postgresql_and_s3_labels_on_ray_as_the_embedded_default(
+        cluster: tuple[str, Path], tmp_path: Path, bucket: object, postgres_database: str) -> None:  # noqa: F811
+    """The whole team setup: tables on PostgreSQL, media in an S3-compatible bucket, an OWL-ViT
+    action on the Ray cluster (the actors read the media from the bucket), reviewed through
+    `labelblocks serve`; the proposals are those of an embedded project (SQLite, local blobs)."""
+    address, _ = cluster
+    model = make_owl(tmp_path / "owl")
+    team = init_project(tmp_path / "team", database=postgres_database, blobs="s3://media/team")
+    embedded = init_project(tmp_path / "embedded")
+    jobs = {}
+    for project, engine in ((team, ["--engine", "ray", "--ray-address", address, "--workers", "2"]), (embedded, [])):
+        cli = _dataset(project, tmp_path, 4)
+        cli("actions", "create", "boxes", "--step", "owlvit", "-p", f"model={model}", "-p", "prompt=a cat (cat, 0.0)")
+        jobs[project] = cli.json("actions", "preview", "boxes", "--limit", "4", *engine)["jobId"]
+    assert _proposals(team, jobs[team]) == _proposals(embedded, jobs[embedded])
+    with open_store(team) as store:
+        _, key = create_key(store, "review")
+    with BackgroundServer(team) as server:
+        got = requests.get(f"{server.url}/api/1/raw-data/ai-actions-preview/{jobs[team]}/proposed-changes",
+                           headers={"x-api-key": key}, timeout=30).json()
+    assert got["success"] and len(got["proposedChanges"]) == 4

@@ -145,6 +145,10 @@ def test_bad_files_fail_alone_and_bad_input_is_refused(project: Path, cli: Cli, 
     assert "sync sets that key itself" in cli("sync", str(src), "--metadata", "source=x", expect=1).stderr
     assert "not in the URL" in cli("sync", "s3://me:secret@bucket/x", expect=1).stderr
     assert "secret" not in cli("sync", "s3://me:secret@bucket/x", expect=1).stderr
+    down = {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+            "AWS_MAX_ATTEMPTS": "1"}
+    r = cli("sync", "s3://bucket/x", env=down, expect=1)  # an object store that does not answer: one line
+    assert r.stderr.startswith("Error: s3://bucket/x: cannot list it: Could not connect") and "Traceback" not in r.stderr
 
 
 def test_a_sync_killed_mid_way_finishes_when_run_again(project: Path, tmp_path: Path) -> None:

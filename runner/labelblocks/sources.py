@@ -154,16 +154,18 @@ class FsspecSource(Source):
         import fsspec
 
         try:
-            self.fs, root = fsspec.core.url_to_fs(url)
+            # a new instance: fsspec's cached one may hold settings the environment no longer has
+            self.fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True)
         except (ImportError, ValueError) as e:
             raise InvalidInput(f"{url}: {e}") from None
         self.root = root.rstrip("/")
         self.url = url.rstrip("/")
         try:
-            if not self.fs.isdir(self.root):
-                raise InvalidInput(f"{url}: no such folder or bucket prefix")
-        except (OSError, PermissionError) as e:
+            found = self.fs.isdir(self.root)
+        except Exception as e:  # the storage library's own errors (botocore's, aiohttp's): one line
             raise InvalidInput(f"{url}: cannot list it: {e}") from None
+        if not found:
+            raise InvalidInput(f"{url}: no such folder or bucket prefix")
 
     def _object(self, info: dict[str, Any]) -> SourceObject | None:
         path = str(info["name"]).rstrip("/")
@@ -195,6 +197,12 @@ class FsspecSource(Source):
             yield page
 
     def _listing(self, size: int) -> Iterator[list[dict[str, Any]]]:
+        try:
+            yield from self._pages_of_infos(size)
+        except Exception as e:  # the storage library's own errors: one line
+            raise InvalidInput(f"{self.url}: cannot list it: {e}") from None
+
+    def _pages_of_infos(self, size: int) -> Iterator[list[dict[str, Any]]]:
         if hasattr(self.fs, "_iterdir") and getattr(self.fs, "protocol", None) in ("s3", ("s3", "s3a")):
             yield from self._s3_pages(size)
             return

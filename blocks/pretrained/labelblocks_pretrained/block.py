@@ -6,6 +6,8 @@ Sources, by parameter:
   folder; ``AutoModelForImageClassification`` / ``AutoModelForObjectDetection``), run here
   with the model blocks' machinery (batches of ``batch-size``, the next batch decoded while
   the model runs, bf16 where fast, ``device``);
+- ``model`` naming an ``.onnx`` file: an ONNX classifier or detector run with onnxruntime,
+  described by a sidecar ``.json`` beside it (:mod:`.onnx_source`);
 - ``source-url`` + ``source-model``: a model served over HTTP in the Roboflow inference API
   (another labelblocks project's published action under `labelblocks serve`, or any such
   server), with the key from the secret ``SOURCE_API_KEY``.
@@ -20,18 +22,22 @@ from __future__ import annotations
 
 import base64
 import difflib
+import hashlib
 import math
 import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labelblocks.accel import ModelBlock, load_pretrained, require_model
 from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, with_provenance
 from labelblocks.errors import BlockError
 from labelblocks.model import BoundingBox, SampleChange
+
+if TYPE_CHECKING:
+    from .onnx_source import OnnxModel
 
 _KEEP = re.compile(r"^(?P<name>[^()]+?)\s*(?:\((?P<rename>[^()]*)\))?$")
 
@@ -90,11 +96,26 @@ class Pretrained(ModelBlock):
             raise ValueError(f"min-confidence: expected 0 to 1, got {args.get('min-confidence')}")
         parse_keep(str(args.get("keep-bounding-boxes") or ""))
 
+    def cache_key(self, args: Mapping[str, Any]) -> str:
+        """An ONNX model's results depend on its file and its sidecar, which may change under
+        the same path: both are part of the key (the file by size and time, the sidecar by content)."""
+        model = str(args.get("model") or "")
+        if not model.lower().endswith(".onnx"):
+            return ""
+        path = Path(model).expanduser()
+        try:
+            st = path.stat()
+            side = hashlib.sha256(path.with_suffix(".json").read_bytes()).hexdigest()[:16]
+        except OSError:
+            return "onnx:missing"
+        return f"onnx:{st.st_size}:{st.st_mtime_ns}:{side}"
+
     def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
         self.keep = parse_keep(str(args.get("keep-bounding-boxes") or ""))
         self.min_conf = float(args.get("min-confidence") or 0)
         self.replace = bool(args.get("delete-existing-bounding-boxes", True))
         self.served = bool(args.get("source-url"))
+        self.onnx: OnnxModel | None = None
         if self.served:
             self.url = str(args["source-url"]).rstrip("/")
             self.source = str(args["source-model"])
@@ -104,6 +125,9 @@ class Pretrained(ModelBlock):
             self._served_classes()
             return
         model = str(args["model"])
+        if model.lower().endswith(".onnx"):
+            self._setup_onnx(model, args, context)
+            return
         require_model(model)
         super().setup(args, context)
         import torch
@@ -128,6 +152,17 @@ class Pretrained(ModelBlock):
                                          model)
         self.model_name = model
         self.classes = [str(config.id2label[i]) for i in sorted(config.id2label)]
+        check_keep(self.keep, self.classes, f"model {model}")
+
+    def _setup_onnx(self, model: str, args: Mapping[str, Any], context: BlockContext) -> None:
+        from .onnx_source import OnnxModel
+
+        super().setup(args, context)
+        self.onnx = OnnxModel(Path(model).expanduser(), self.device)
+        task = str(args.get("task") or "auto")
+        if task not in ("auto", self.onnx.task):
+            raise BlockError(f"task {task}: the model's sidecar says it is a {self.onnx.task} model")
+        self.task, self.classes, self.model_name = self.onnx.task, self.onnx.classes, model
         check_keep(self.keep, self.classes, f"model {model}")
 
     def _served_classes(self) -> None:
@@ -186,6 +221,8 @@ class Pretrained(ModelBlock):
 
     def _forward(self, images: list[Any]) -> list[list[tuple[str, float, tuple[float, ...] | None]]]:
         """Per image: (class, score, xyxy box or None) predictions above min-confidence."""
+        if self.onnx is not None:
+            return self.onnx.predict(images, self.min_conf)
         import torch
 
         inputs = self.processor(images=images, return_tensors="pt")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import sys
 import tempfile
@@ -64,6 +65,7 @@ def import_ray() -> Any:
     return ray
 
 
+_STORAGE_ENV = ("AWS_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_")  # object storage's settings
 _CONNECTED: list[str | None] = []  # the address this process is connected to
 
 
@@ -195,6 +197,8 @@ class RayExecutor:
         remote: dict[str, Any] = {"max_restarts": -1, "max_task_retries": -1}  # a dead worker: restarted, batch retried
         if cls.memory_mb:
             remote["memory"] = cls.memory_mb * 1024 * 1024
+        if "://" in self.store.blobs.location:  # the actors read media from object storage as this process does
+            remote["runtime_env"] = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(_STORAGE_ENV)}}
         blocks = min(len(rows), max(4 * self.engine.workers, min(len(rows) // bs, 200)))  # every actor gets work
         ds = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             BlockActor, batch_size=bs, batch_format="numpy", concurrency=self.engine.workers, num_gpus=gpus or None,
