@@ -166,7 +166,9 @@ class RemoteBlobStore:
 
         self.location = url.rstrip("/")
         try:
-            self.fs, self.base = fsspec.core.url_to_fs(self.location, **options)
+            # a new instance: fsspec's cached one may hold settings (an endpoint, keys) the
+            # environment no longer has
+            self.fs, self.base = fsspec.core.url_to_fs(self.location, skip_instance_cache=True, **options)
         except (ImportError, ValueError) as e:
             raise InvalidInput(f"blob storage {url}: {e} (for s3:// install s3fs: pip install labelblocks[s3])") from None
         self.cache = BlobStore(cache)
