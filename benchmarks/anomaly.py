@@ -9,9 +9,11 @@
    from the cache, scored), against numpy scoring of the same array in memory (and, for
    reference, against the raw read plus numpy scoring). Target: >= 0.5x the numpy throughput.
 3. Feature extraction with a full-size CLIP ViT-B/32 image tower (random weights: the compute
-   of the trained model) on M images (default 64, 640x480 JPEG): the extractor's images/s
-   (decoding, preprocessing and the model) against the bare batched forward of the same
-   model on pixel tensors prepared beforehand. Target: >= 90%.
+   of the trained model) on M images (default 64, 640x480 JPEG) of a project: images/s of the
+   features as `learn anomaly` computes them (labelblocks.learn.compute_features: files read,
+   decoded and preprocessed for the next batch while the model runs, features cached) against
+   the bare batched forward of the same model on pixel tensors prepared beforehand. Target:
+   >= 90%. The extractor called a batch at a time with nothing ahead is printed too.
 
 Usage: python benchmarks/anomaly.py [--samples 100000] [--images 64] [--clusters 32]
 """
@@ -112,10 +114,18 @@ def scoring(project: Path, learn_id: int, key: str) -> tuple[float, float, float
         return ours, len(samples) / numpy_only, len(samples) / (numpy_only + read), len(samples)
 
 
-def extraction(images: int) -> tuple[float, float]:
+def extraction(images: int) -> tuple[float, float, float]:
+    """(images/s of the features `learn anomaly` computes, as it computes them: the project's
+    files read, decoded and preprocessed for the next batch while the model runs on this one,
+    and cached; images/s of the extractor called a batch at a time with nothing ahead; images/s
+    of the bare batched forward)."""
     import torch
     from PIL import Image
 
+    from labelblocks.learn import compute_features
+    from labelblocks.media import open_image
+    from labelblocks.project import open_store
+    from labelblocks.uploads import UploadItem, upload
     from tests.blocks.tiny_models import make_clip
 
     work = Path(tempfile.mkdtemp())
@@ -127,16 +137,23 @@ def extraction(images: int) -> tuple[float, float]:
             buf = io.BytesIO()
             Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
             datas.append(buf.getvalue())
-        ex = extractor("image-embedding", {"model": str(folder), "precision": "fp32"})
+        params = {"model": str(folder), "precision": "fp32"}
+        ex = extractor("image-embedding", params)
         ex.setup()
         bs = ex.batch_size
         ex.extract(datas[:bs])  # warm-up
         t = time.perf_counter()
         for start in range(0, images, bs):
             ex.extract(datas[start : start + bs])
-        ours = images / (time.perf_counter() - t)
-        from labelblocks.media import open_image
-
+        plain = images / (time.perf_counter() - t)
+        project = init_project(work / "p")
+        with open_store(project) as store:
+            upload(store, [UploadItem(source=f"i{i}.jpg", name=f"i{i}.jpg", data=d) for i, d in enumerate(datas)])
+            rows = [(int(r[0]), r[1]) for r in store.scan(SampleFilter(), "content_hash")]
+            t = time.perf_counter()
+            got = compute_features(store, extractor("image-embedding", params), rows)
+            ours = images / (time.perf_counter() - t)
+            assert got.computed == images and not got.failed
         pixels = [ex.processor(images=[open_image(d) for d in datas[s : s + bs]], return_tensors="pt")["pixel_values"]
                   for s in range(0, images, bs)]
         with torch.no_grad():
@@ -145,7 +162,7 @@ def extraction(images: int) -> tuple[float, float]:
             for p in pixels:
                 ex.model.get_image_features(pixel_values=p)
             bare = images / (time.perf_counter() - t)
-        return ours, bare
+        return ours, plain, bare
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -179,9 +196,12 @@ def main() -> None:
                   f"{numpy_rate:,.0f}/s (ratio {block / numpy_rate:.2f}x, target >= 0.5x); raw read + numpy "
                   f"{read_rate:,.0f}/s (ratio {block / read_rate:.2f}x)")
         if args.images:
-            ours_x, bare = extraction(args.images)
-            print(f"image-embedding, full-size CLIP ViT-B/32 (fp32), {args.images} images: {ours_x:.1f} images/s; "
-                  f"bare batched forward {bare:.1f} images/s; {100 * ours_x / bare:.0f}% (target >= 90%)")
+            ours_x, plain, bare = extraction(args.images)
+            print(f"image-embedding, full-size CLIP ViT-B/32 (fp32), {args.images} images: as `learn anomaly` "
+                  f"computes them {ours_x:.1f} images/s; bare batched forward {bare:.1f} images/s; "
+                  f"{100 * ours_x / bare:.0f}% (target >= 90%)")
+            print(f"  (the extractor called a batch at a time, nothing prepared ahead: {plain:.1f} images/s, "
+                  f"{100 * plain / bare:.0f}%)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
