@@ -24,14 +24,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,36 +43,12 @@ from labelblocks.runner import Runner
 from labelblocks.store import NewSample
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
 from _cpu_block import Plugin as CpuPlugin  # a CPU-bound block, importable by Ray's workers
 from _workers import cpu_flags
 
 from runner import _Plugin  # the runner benchmark's no-op block
-
-
-@contextlib.contextmanager
-def postgres() -> Iterator[str]:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        raise SystemExit("PostgreSQL is not installed (apt-get install postgresql), or pass --server URL")
-    bindir = found[-1].parent
-    folder = Path(tempfile.mkdtemp(prefix="lb-bench-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(folder / "db"), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(folder / "db"), "-l", str(folder / "log"), "-w", "-o",
-                    f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(folder / "db"), "-m", "fast", "stop"],
-                       capture_output=True, check=False)
-        shutil.rmtree(folder, ignore_errors=True)
+from tests.services import postgres_cluster, ray_cluster  # the servers the tests start, started alike
 
 
 def new_database(server: str, name: str) -> str:
@@ -168,25 +140,6 @@ def page_phase(server: str, n: int, repeats: int) -> None:
             print(f"  {name:<22} 50 samples in {statistics.median(times) * 1000:6.1f} ms (target <= 50 ms)")
 
 
-@contextlib.contextmanager
-def ray_cluster(cpus: int) -> Iterator[str]:
-    """A Ray cluster on this machine (its workers import benchmarks/ modules); its address."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    here = str(Path(__file__).parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--num-cpus", str(cpus), "--include-dashboard", "false", "--disable-usage-stats"],
-                   check=True, env=env, capture_output=True)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, check=False)
-
-
 def ray_phase(n: int, repeats: int) -> None:
     from PIL import Image
 
@@ -205,7 +158,9 @@ def ray_phase(n: int, repeats: int) -> None:
     plugins._registry = None
     registry = plugins.registry()
     med = statistics.median
-    with open_store(project) as store, ray_cluster(os.cpu_count() or 2) as address:
+    # the cluster's workers import benchmarks/ modules (the CPU-bound block)
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    with open_store(project) as store, ray_cluster([os.cpu_count() or 2], env) as address:
         upload(store, [UploadItem(source=str(p), name=p.name, path=p) for p in sorted(folder.iterdir())])
         action = Action(name="cpu", steps=[Step(block="bench-cpu")], cache_unchanged_steps=False)
         save_action(store, action)
@@ -238,7 +193,7 @@ def main() -> None:
     print(f"CPU: {cpu_flags()}; {os.cpu_count()} cores")
     if args.only != "ray":
         with contextlib.ExitStack() as stack:
-            server = args.server or stack.enter_context(postgres())
+            server = args.server or stack.enter_context(postgres_cluster(durable=True))
             runner_phase(server, args.samples, args.repeats)
             page_phase(server, args.page_samples, args.repeats)
     if args.only != "postgres":

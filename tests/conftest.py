@@ -20,6 +20,8 @@ from labelblocks.cli import main
 from labelblocks.project import DATA_DIR, init_project, open_store
 from labelblocks.store import Store
 
+from .services import postgres_cluster
+
 
 def make_image(path: Path, size: tuple[int, int] = (64, 48), seed: int = 0, mode: str = "RGB", **save: Any) -> Path:
     """A real image file of ``size`` (width, height) with random content."""
@@ -94,47 +96,12 @@ def both_dialects(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("project", ["sqlite", "postgresql"], indirect=True)
 
 
-def _postgres_bin() -> Path:
-    try:
-        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
-        if (Path(out) / "initdb").exists():
-            return Path(out)
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        raise RuntimeError("PostgreSQL is not installed: `apt-get install postgresql` (.ci/run does)")
-    return found[-1].parent
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL server from the Debian binaries, on loopback, for the session; its URL
     without a database."""
-    import shutil
-    import socket
-    import tempfile
-
-    bindir = _postgres_bin()
-    folder = Path(tempfile.mkdtemp(prefix="labelblocks-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(folder, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(folder / "db"), "-A", "trust", "-U", "postgres",
-                    "--no-sync"], check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(folder / "db"), "-l", str(folder / "log"), "-w",
-                    "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off "
-                    "-c synchronous_commit=off -c full_page_writes=off", "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(folder / "db"), "-m", "immediate", "stop"],
-                       capture_output=True, check=False)
-        shutil.rmtree(folder, ignore_errors=True)
+    with postgres_cluster() as url:
+        yield url
 
 
 _DATABASES = iter(range(1, 1_000_000))

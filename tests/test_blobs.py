@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,18 +20,13 @@ from labelblocks.server import BackgroundServer
 from labelblocks.store.keys import create_key
 
 from .conftest import Cli, make_image
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .services import free_port
 
 
 @pytest.fixture
 def bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """An S3-compatible server on loopback with an empty bucket ``media``; the S3 client."""
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",

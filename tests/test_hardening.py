@@ -31,6 +31,7 @@ from labelblocks.store import Store
 from labelblocks.store.blobs import BlobStore
 
 from .conftest import Cli, blob_files, make_audio, make_image, project_sql
+from .services import free_port
 
 # --- fixtures -------------------------------------------------------------------------------------
 
@@ -464,14 +465,6 @@ def _rss_peak(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's peak memory from /proc")
 def test_long_audio_answers_are_bounded_in_size_and_memory(cli: Cli, project: Path, tmp_path: Path) -> None:
     """A 600 s FLAC of 48 kHz answered 28.8 million values,
@@ -485,7 +478,7 @@ def test_long_audio_answers_are_bounded_in_size_and_memory(cli: Cli, project: Pa
     del t
     cli("upload", str(path))
     key = cli.json("keys", "create")["key"]
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "labelblocks", "--project", str(project), "serve", "--port",
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v1/api/1/raw-data/1"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from labelblocks.store.keys import create_key
 
 from .blocks.tiny_models import make_owl
 from .conftest import REPO, Cli, kill_when, make_image, project_sql
+from .services import ray_cluster
 from .test_blobs import bucket  # noqa: F401  (the S3-compatible server fixture)
 
 ray = pytest.importorskip("ray")  # the [ray] extra; .ci/run installs it
@@ -32,27 +32,15 @@ ray = pytest.importorskip("ray")  # the [ray] extra; .ci/run installs it
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A Ray cluster on loopback: its address, and the log file the fake blocks write."""
-    work = tmp_path_factory.mktemp("ray")
-    log = work / "blocks.log"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("ray") / "blocks.log"
     fake = tmp_path_factory.getbasetemp() / "fake-dist"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(REPO)]), "FAKE_BLOCKS_LOG": str(log),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    common = ["--num-cpus", "1", "--object-store-memory", str(80 * 1024 * 1024), "--disable-usage-stats"]
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--include-dashboard", "false", *common], check=True, env=env, capture_output=True)
-    address = f"127.0.0.1:{port}"
-    try:
-        subprocess.run([ray_bin, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
-                       check=True, env=env, capture_output=True)
-        yield address, log
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, check=False)
+    env = {"PYTHONPATH": os.pathsep.join([str(fake), str(REPO)]), "FAKE_BLOCKS_LOG": str(log)}
+    with ray_cluster([1, 1], env, object_store_mb=80) as address:  # a head and one more node
+        try:
+            yield address, log
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
 
 
 def _dataset(project: Path, tmp_path: Path, n: int) -> Cli:

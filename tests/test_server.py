@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import struct
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from labelblocks.server import BackgroundServer, JobScope, Limits
 from labelblocks.store import Store
 
 from .conftest import Cli, corrupt_stored_copy, make_audio, make_image
+from .services import free_port
 
 
 @pytest.fixture
@@ -334,18 +334,12 @@ def test_job_key_is_limited_to_its_step(data: Cli, server: BackgroundServer) -> 
     assert _get(server, "/api/1/raw-data/1", jkey).status_code == 401
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_command(data: Cli, project: Path, tmp_path: Path) -> None:
     from labelblocks.project import init_project
 
     bare = init_project(tmp_path / "bare")  # no key yet: serve says how to make one
     proc = subprocess.Popen([sys.executable, "-m", "labelblocks", "--project", str(bare), "serve", "--port",
-                             str(_free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
         lines = [proc.stderr.readline() for _ in range(2)]
@@ -354,7 +348,7 @@ def test_serve_command(data: Cli, project: Path, tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=10)
     key = data.json("keys", "create")["key"]
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "labelblocks", "--project", str(project), "serve", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

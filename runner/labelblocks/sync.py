@@ -110,7 +110,6 @@ def sync(store: Store, location: str, opts: SyncOptions, on_event: EventFn | Non
         upload(store, run.items(adds), on_progress=run.uploaded)
     for o, sid in run.changed:  # after the adds: a replaced sample's old blob may be a new sample's
         run.change(o, sid)
-    run.progress()
     run.gone(known)
     run.progress()
     return report
@@ -121,8 +120,8 @@ class _Run:
                  on_progress: ProgressFn | None) -> None:
         self.store, self.src, self.opts, self.report, self.event = store, src, opts, report, event
         self.on_progress = on_progress
-        self.listed = 0  # objects the source yielded (new, or not known unchanged)
-        self.unchanged = 0  # of those, found unchanged here
+        self.listed = 0  # objects the source yielded (new, or known with another stamp)
+        self.unchanged = 0  # of those, files found unchanged by content
         self.changed: list[tuple[SourceObject, int]] = []  # (object, sample id)
         self.label: Callable[[SourceObject], Any] = {
             "filename": lambda o: INFER, "folder": lambda o: o.folder, "none": lambda o: None}[opts.label_from]
@@ -143,13 +142,11 @@ class _Run:
 
     def _page(self, objects: list[SourceObject], known: dict[str, Synced]) -> list[SourceObject]:
         adds: list[SourceObject] = []
-        stale: list[tuple[SourceObject, int]] = []  # the stamp differs: compare versions
+        stale: list[tuple[SourceObject, int]] = []  # known with another stamp (the source skipped the same): compare
         for o in objects:
             s = known.pop(o.url, None)
             if s is None:
                 adds.append(o)
-            elif s[1] == o.stamp:  # a source that does not skip the unchanged itself
-                self.unchanged += 1
             else:
                 stale.append((o, s[0]))
         if stale:

@@ -37,8 +37,6 @@ from ..store.jobs import change_json
 from .base import StepPlan, StepResults
 from .inprocess import label_batch, overlaid
 
-RAY_VERSION = "2.52.0"  # the version the extra pins (pyproject.toml)
-
 
 @dataclass(frozen=True)
 class RayEngine:
