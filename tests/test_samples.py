@@ -66,6 +66,8 @@ FILTER_CASES = [
 @pytest.mark.parametrize(("args", "ids"), FILTER_CASES)
 def test_samples_list_filters(dataset: Cli, args: list[str], ids: list[int]) -> None:
     assert [s["id"] for s in dataset.json("samples", "list", *args)] == ids
+    table = dataset("samples", "list", *args).stdout.splitlines()  # the listing's, on SQLite
+    assert [int(line.split()[0]) for line in table[1:]] == ids if ids else table == ["No samples match."]
     if "--limit" not in args:  # counting builds its SQL differently; it must agree
         assert dataset.json("samples", "list", "--count", *args) == {"count": len(ids)}
         assert dataset("samples", "list", "--count", *args).output.strip() == str(len(ids))

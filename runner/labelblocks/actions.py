@@ -47,7 +47,7 @@ class Action(_M):
 
     def selection(self) -> SampleFilter:
         """The samples this action touches: its data category combined with its filter."""
-        f = (self.filter or SampleFilter()).model_copy(deep=True)
+        f = (self.filter or SampleFilter()).replace()
         if self.data_category == "unlabeledData":
             f.unlabeled = True
         elif self.data_category == "enabledData":

@@ -1,5 +1,6 @@
-"""The few values the command line shows in its options' help (choices, defaults), kept apart
-from the modules that use them so that ``labelblocks --help`` imports nothing heavy."""
+"""The few values the command line shows in its options' help (choices, defaults), and the
+names of a project's files, kept apart from the modules that use them so that ``labelblocks
+--help`` and the reading commands import nothing heavy."""
 
 from __future__ import annotations
 
@@ -12,3 +13,14 @@ MAX_IMAGE_PIXELS = 178_956_970
 
 # what `labelblocks export` writes
 EXPORT_FORMATS = ("info", "coco", "yolo")
+
+# a project's data folder (``.labelblocks``) holds the SQLite file, or the URL of its database
+# server, and its blobs (or the URL of where they are, with a cache of local copies)
+DB_NAME = "project.db"
+DB_CONFIG = "database.json"  # a project on a database server: {"url": ...}, never with a password
+BLOB_DIR = "blobs"
+BLOB_CONFIG = "blobs.json"  # in the data folder when the blobs live elsewhere: {"url": ...}
+BLOB_CACHE = "blob-cache"  # local copies of remote blobs
+
+# the schema version the store migrates to (store/schema.py's last migration; a test checks)
+SCHEMA_VERSION = 14

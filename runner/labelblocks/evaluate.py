@@ -115,7 +115,7 @@ def load_items(store: Store, job_id: int, against_job: int | None, f: SampleFilt
                group_by: Sequence[str]) -> list[Item]:
     """The job's selected samples (``f``) as Items, read as raw columns (no Sample per row)."""
     ids = job_store.job_sample_ids(store, job_id)
-    flt = (f or SampleFilter(include_disabled=True)).model_copy(update={"ids": ids})
+    flt = (f or SampleFilter(include_disabled=True)).replace(ids=ids)
     rows = store.scan(flt, "width", "height", "frequency", "label", "bounding_boxes", "structured_labels")
     selected = [r[0] for r in rows]
     mine = job_store.proposal_texts(store, job_id, selected)
@@ -266,7 +266,7 @@ def run_evaluation(store: Store, job_id: int, against_job: int | None = None, gr
         ev = evaluate_labels(items, job_id, compared, group_by, min_group)
     add_commands(job, ev.document)
     # what was evaluated, so that the same evaluation can be made again (the review page's report)
-    ev.document["selection"] = {"filter": f.model_dump(mode="json", exclude_defaults=True) if f is not None else None,
+    ev.document["selection"] = {"filter": f.to_json() if f is not None else None,
                                 "againstJob": against_job, "groupBy": list(group_by), "minGroup": min_group,
                                 "iou": iou, "targetPrecision": target_precision}
     if save:

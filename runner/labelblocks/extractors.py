@@ -40,6 +40,13 @@ class FeatureExtractor:
     def setup(self) -> None:
         """Called once before the first batch: load models here."""
 
+    def ready(self) -> None:
+        """:meth:`setup`, the first time only: an extractor already set up (a model loaded) is
+        used as it is."""
+        if not getattr(self, "_set_up", False):
+            self.setup()
+            self._set_up = True
+
     def extract(self, batch: Sequence[bytes]) -> list[np.ndarray | Exception]:
         """Per file (its bytes), a float32 array [windows, dim], or the exception that made
         this file unreadable (it fails alone)."""

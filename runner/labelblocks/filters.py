@@ -15,31 +15,54 @@ CLI shorthand: ``--where K=V`` (repeatable; several values of one key mean any o
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Iterable
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 from .errors import InvalidInput
-from .model import CATEGORIES, parse_json
+from .text import CATEGORIES, parse_json
+
+# The filter is a plain dataclass, not a pydantic model: commands that only read (`samples
+# list`) build one without importing pydantic. Models that hold one (an action's filter)
+# still validate it, as pydantic validates dataclass fields; input from outside goes through
+# SampleFilter.from_json.
 
 
-class MetadataCondition(BaseModel):
+@dataclass
+class MetadataCondition:
     key: str
     op: Literal["eq", "neq"] = "eq"
-    values: list[str] = Field(default_factory=list)
+    values: list[str] = field(default_factory=list)
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "ignore", "alias_generator": None}
+
+    def to_json(self) -> dict[str, Any]:
+        """The condition as JSON, without the parts left at their defaults."""
+        out: dict[str, Any] = {"key": self.key}
+        if self.op != "eq":
+            out["op"] = self.op
+        if self.values:
+            out["values"] = list(self.values)
+        return out
 
 
-class SampleFilter(BaseModel):
+@dataclass
+class SampleFilter:
     """Which samples a command touches. Every part is ANDed, except the metadata conditions,
     which are combined with ``combinator``."""
 
-    metadata: list[MetadataCondition] = Field(default_factory=list)
+    # inside a pydantic model (an action), the fields keep their names and unknown keys are
+    # ignored, whatever the model's own settings
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "ignore", "alias_generator": None}
+
+    metadata: list[MetadataCondition] = field(default_factory=list)
     no_metadata: bool = False
     combinator: Literal["and", "or"] = "and"
-    labels: list[str] = Field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
     unlabeled: bool = False
-    categories: list[str] = Field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
     include_disabled: bool = True
     disabled_only: bool = False
     search: str | None = None
@@ -48,12 +71,38 @@ class SampleFilter(BaseModel):
     max_id: int | None = None
     data_type: Literal["audio", "image"] | None = None
 
+    @classmethod
+    def from_json(cls, data: Any, what: str = "filter") -> SampleFilter:
+        """A filter from its JSON form (:meth:`to_json`), validated: InvalidInput says what is wrong."""
+        from pydantic import TypeAdapter, ValidationError
+
+        from .model import format_validation_error
+
+        try:
+            return TypeAdapter(SampleFilter).validate_python(data)
+        except ValidationError as e:
+            raise InvalidInput(format_validation_error(e, what)) from None
+
+    def to_json(self) -> dict[str, Any]:
+        """The filter as JSON, without the parts left at their defaults."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if value != default:
+                out[f.name] = [c.to_json() for c in value] if f.name == "metadata" else copy.deepcopy(value)
+        return out
+
+    def replace(self, **changes: Any) -> SampleFilter:
+        """A copy with ``changes``; the rest is copied, so changing the copy leaves this one as it is."""
+        return dataclasses.replace(copy.deepcopy(self), **changes)
+
     def has_metadata_conditions(self) -> bool:
         return bool(self.metadata) or self.no_metadata
 
     def metadata_json(self) -> list[dict[str, Any]]:
         """The metadata part in the protocol's JSON filter-list form."""
-        out: list[dict[str, Any]] = [c.model_dump() for c in self.metadata]
+        out: list[dict[str, Any]] = [dataclasses.asdict(c) for c in self.metadata]
         if self.no_metadata:
             out.append({"no_metadata": True})
         if self.combinator != "and":

@@ -45,7 +45,7 @@ MAX_JSON = 512 * 1024 * 1024  # bytes of an annotation file read whole
 
 def _images(store: Store, f: SampleFilter) -> Iterator[Sample]:
     offset = 0
-    selection = f.model_copy(update={"data_type": "image"})
+    selection = f.replace(data_type="image")
     while page := store.list_samples(selection, limit=_PAGE, offset=offset):
         offset += len(page)
         yield from page

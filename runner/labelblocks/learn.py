@@ -86,7 +86,7 @@ def compute_features(store: Store, ex: FeatureExtractor, rows: Sequence[tuple[in
     if todo:
         from concurrent.futures import ThreadPoolExecutor
 
-        ex.setup()
+        ex.ready()
 
         def prepare(chunk: list[str]) -> Any:
             datas = []
@@ -196,10 +196,9 @@ def _selection(f: SampleFilter | None) -> tuple[SampleFilter, SampleFilter]:
     testing with the same other conditions."""
     base = f or SampleFilter()
     if base.categories:
-        return base, base.model_copy(update={"categories": [c for c in ("validation", "testing")
-                                                            if c in base.categories] or ["__none__"]})
-    return (base.model_copy(update={"categories": ["training"]}),
-            base.model_copy(update={"categories": ["validation", "testing"]}))
+        held_out: list[str] = [c for c in ("validation", "testing") if c in base.categories] or ["__none__"]
+        return base, base.replace(categories=held_out)
+    return base.replace(categories=["training"]), base.replace(categories=["validation", "testing"])
 
 
 def _rows(store: Store, f: SampleFilter, modality: str) -> tuple[list[tuple[int, str]], list[int], dict[int, Any]]:
@@ -243,7 +242,7 @@ def train_anomaly(store: Store, features: str, extractor_params: Mapping[str, st
     train_scores = model.sample_scores([v for _, v in train])
     valid = [(sid, got.vectors[sid]) for sid, _ in valid_rows if sid in got.vectors]
     metadata = anomaly_metadata(model, train_scores, valid, info, anomaly_label)
-    params = {"clusters": clusters, "axes": axes or "", "filter": f.model_dump(mode="json", exclude_defaults=True)
+    params = {"clusters": clusters, "axes": axes or "", "filter": f.to_json()
               if f is not None else None, "anomalyLabel": anomaly_label, "failed": got.failed,
               "computed": got.computed, "dim": dim}
     learn_id = learn_store.save_learn(store, "anomaly", name or f"anomaly on {features}",

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .constants import BLOB_CACHE, BLOB_CONFIG, DB_CONFIG, DB_NAME
 from .errors import InvalidInput, ProjectNotFound
 from .secrets import get_secret
-from .store import BLOB_CACHE, BLOB_CONFIG, DB_CONFIG, DB_NAME, Store
-from .store.blobs import open_blob_store
+
+if TYPE_CHECKING:
+    from .store import Store
 
 DATA_DIR = ".labelblocks"
 ENV_VAR = "LABELBLOCKS_PROJECT"
@@ -29,6 +32,9 @@ def init_project(directory: Path | str, blobs: str | None = None, database: str 
     data = d / DATA_DIR
     if is_project_data(data):
         raise InvalidInput(f"{d} is already a labelblocks project")
+    from .store import Store
+    from .store.blobs import open_blob_store
+
     database = database or os.environ.get(DATABASE_ENV) or None
     if blobs:
         if "@" in blobs.split("://", 1)[-1].split("/", 1)[0]:
@@ -75,5 +81,7 @@ def find_project(explicit: str | Path | None = None, start: Path | None = None) 
 
 
 def open_store(project_dir: Path) -> Store:
+    from .store import Store
+
     return Store.open(project_dir / DATA_DIR, password=database_password() if (
         project_dir / DATA_DIR / DB_CONFIG).exists() else None)

@@ -17,6 +17,7 @@ from ..errors import InvalidInput
 if TYPE_CHECKING:  # imported where used: `labelblocks --help` loads neither SQLAlchemy nor pydantic
     from ..executors.ray import RayEngine
     from ..filters import SampleFilter
+    from ..listing import Listing
     from ..plugins import BlockRegistry
     from ..store import Store
 
@@ -30,6 +31,7 @@ class AppContext:
         self._project_opt = project
         self._store: Store | None = None
         self._project_dir: Path | None = None
+        self._listing: Listing | None = None
 
     @property
     def project_dir(self) -> Path:
@@ -46,6 +48,19 @@ class AppContext:
 
             self._store = open_store(self.project_dir)
         return self._store
+
+    def listing(self) -> Listing | None:
+        """The project's samples table read without the store (:mod:`labelblocks.listing`), or
+        None where the store must read it (a database server, an older schema). Fast to open:
+        for commands that only list."""
+        if self._store is not None:
+            return None
+        from ..listing import open_listing
+        from ..project import DATA_DIR
+
+        if self._listing is None:
+            self._listing = open_listing(self.project_dir / DATA_DIR)
+        return self._listing
 
     def registry(self, need_project: bool = True) -> BlockRegistry:
         """The installed blocks plus the project's external and organization blocks (outside a
@@ -65,6 +80,8 @@ class AppContext:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+        if self._listing is not None:
+            self._listing.close()
 
 
 pass_app = click.make_pass_decorator(AppContext)

@@ -98,7 +98,7 @@ def actions_create(ctx: click.Context, app: AppContext, name: str | None, step_:
         if data_value is not None:
             doc["dataMetadataValue"] = data_value
         if filter_given(kw):
-            doc["filter"] = build_filter(kw).model_dump(exclude_defaults=True)
+            doc["filter"] = build_filter(kw).to_json()
         action = parse_action(doc)
     action.selection()  # checks the data category's key
     validate_steps(action, app.registry())
@@ -152,7 +152,7 @@ def actions_show(app: AppContext, name: str, as_json: bool) -> None:
         params = " ".join(f"{k}={v!r}" for k, v in s.parameters.items())
         click.echo(f"  step {i}: {s.block} {params}")
     if a.filter:
-        click.echo(f"  filter: {json.dumps(a.filter.model_dump(exclude_defaults=True))}")
+        click.echo(f"  filter: {json.dumps(a.filter.to_json())}")
     if a.set_metadata:
         click.echo("  after a run, sets: " + ", ".join(f"{m.key}={m.value}" for m in a.set_metadata))
 

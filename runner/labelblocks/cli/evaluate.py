@@ -202,7 +202,7 @@ def actions_evaluate(app: AppContext, name: str, limit: int | None, **kw: Any) -
     evaluation = {k: kw.pop(k) for k in EVALUATION_OPTIONS}
     given = filter_given(kw)
     flt = build_filter(kw) if given else SampleFilter(include_disabled=True)
-    rows = app.store.scan(flt.model_copy(update={"ids": selected}), "label", "bounding_boxes", "structured_labels")
+    rows = app.store.scan(flt.replace(ids=selected), "label", "bounding_boxes", "structured_labels")
     labeled = [sid for sid, label, boxes, segments in rows if label or boxes != "[]" or segments != "[]"]
     if not labeled:
         raise UsageError(f"action {name} selects no labeled samples{' matching the filters' if given else ''}: "

@@ -37,7 +37,7 @@ def export_cmd(app: AppContext, directory: Path, fmt: str, as_json: bool, **kw: 
     f = build_filter(kw)
     store = app.store
     write = {"info": export_info, "coco": export_coco, "yolo": export_yolo}[fmt]
-    total = store.count(f.model_copy(update={"data_type": "image"}) if fmt != "info" else f)
+    total = store.count(f.replace(data_type="image") if fmt != "info" else f)
     with progress(total, "Exporting", enabled=not as_json) as bar:
         n = write(store, directory, f, on_progress=bar)
     if as_json:

@@ -20,7 +20,9 @@ from ._util import (
 )
 
 if TYPE_CHECKING:
+    from ..listing import ListedSample, Listing
     from ..model import Sample
+    from ..store import Store
 
 
 @click.group("samples")
@@ -28,7 +30,7 @@ def samples_group() -> None:
     """List, inspect and edit samples."""
 
 
-def _summary_line(s: Sample) -> str:
+def _summary_line(s: Sample | ListedSample) -> str:
     what = one_line(s.label or "-")
     if s.bounding_boxes:
         what += f" [{len(s.bounding_boxes)} box{'es' if len(s.bounding_boxes) != 1 else ''}]"
@@ -70,24 +72,29 @@ def list_cmd(app: AppContext, limit: int | None, offset: int, as_json: bool, as_
     if as_json and as_lines:
         raise UsageError("--json and --nl cannot be used together")
     f = build_filter(kw)
-    if count_only:
-        n = app.store.count(f)
-        print_json({"count": n}) if as_json else click.echo(n)
-        return
     if as_json or as_lines:
-        _stream(app, f, limit, offset, as_lines)
+        if count_only:
+            print_json({"count": app.store.count(f)})
+        else:
+            _stream(app, f, limit, offset, as_lines)
+        return
+    # the table and the count read through the listing where they can: it starts without
+    # importing SQLAlchemy or pydantic
+    reader: Listing | Store = app.listing() or app.store
+    if count_only:
+        click.echo(reader.count(f))
         return
     limit = limit or 50
-    rows = app.store.list_samples(f, limit=limit, offset=offset)
+    rows = reader.list_samples(f, limit=limit, offset=offset)
     if not rows:
-        total = app.store.count(f)
+        total = reader.count(f)
         click.echo("No samples match." if not total else f"No samples from offset {offset}: {total} match.")
         return
     click.echo(f"{'id':>7}  {'category':<10} {'filename':<32} {'label':<24} metadata")
     for s in rows:
         click.echo(_summary_line(s))
     if len(rows) == limit:
-        total = app.store.count(f)
+        total = reader.count(f)
         if total > offset + limit:
             click.echo(f"(samples {offset + 1} to {offset + limit} of {total}: --offset {offset + limit} for the next "
                        f"ones, --limit N for more at once, --json or --nl for all)", err=True)

@@ -38,6 +38,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 
+from ..constants import BLOB_CACHE as BLOB_CACHE
+from ..constants import BLOB_CONFIG as BLOB_CONFIG
+from ..constants import BLOB_DIR as BLOB_DIR
+from ..constants import DB_CONFIG as DB_CONFIG
+from ..constants import DB_NAME as DB_NAME
 from ..errors import InvalidInput, NotFound
 from ..filters import SampleFilter
 from ..model import (
@@ -62,12 +67,7 @@ from .schema import (
     source_stamps,
 )
 
-DB_NAME = "project.db"
-DB_CONFIG = "database.json"  # a project on a database server: {"url": ...}, never with a password
 _PG_WRITE_LOCK = "SELECT pg_advisory_xact_lock(7468001)"  # one writer at a time, as SQLite's BEGIN IMMEDIATE
-BLOB_DIR = "blobs"
-BLOB_CONFIG = "blobs.json"  # in the data folder when the blobs live elsewhere: {"url": ...}
-BLOB_CACHE = "blob-cache"  # local copies of remote blobs
 
 
 class NewSample(MediaFields):

@@ -435,7 +435,7 @@ def report(request: Request, session: Signed, job_id: JobId) -> Response:
     if found is None:
         raise NotFound(f"job {job_id} has no evaluation: run `labelblocks evaluate {job_id}` first")
     sel = found[1].get("selection") or {}
-    f = SampleFilter(**sel["filter"]) if sel.get("filter") else None
+    f = SampleFilter.from_json(sel["filter"], "the stored evaluation's filter") if sel.get("filter") else None
     ev = run_evaluation(store, job_id, sel.get("againstJob"), sel.get("groupBy") or (), f,
                         sel.get("minGroup") or 10, save=False, iou=sel.get("iou") or 0.5,
                         target_precision=sel.get("targetPrecision"))
