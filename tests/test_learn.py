@@ -222,3 +222,50 @@ def test_a_jpeg_is_decoded_at_a_reduced_scale_never_below_the_models_size() -> N
     png = _io.BytesIO()
     Image.new("RGB", (800, 600)).save(png, format="PNG")
     assert open_image(png.getvalue(), min_side=224).size == (800, 600)  # only JPEG has a cheaper scale
+
+
+@pytest.mark.parametrize(("shortest", "crop"), [(224, 224), (256, 224), (32, 30)])
+def test_the_extractors_own_preprocessing_gives_the_processors_pixels(shortest: int, crop: int) -> None:
+    """image-embedding resizes, crops and normalises a CLIP-like processor's way itself
+    (cheaper); the pixels are the processor's, for every shape, mode and format."""
+    import io as _io
+
+    from PIL import Image
+    from transformers import CLIPImageProcessor, ViTImageProcessor
+
+    from labelblocks.builtin_features import pil_steps
+    from labelblocks.media import open_image
+
+    processor = CLIPImageProcessor(size={"shortest_edge": shortest}, crop_size={"height": crop, "width": crop})
+    steps = pil_steps(processor)
+    assert steps is not None
+    rng = np.random.default_rng(0)
+    for (w, h), fmt, mode in [((640, 480), "JPEG", "RGB"), ((480, 640), "PNG", "RGB"), ((100, 37), "PNG", "L"),
+                              ((33, 300), "PNG", "RGBA"), ((shortest, shortest), "JPEG", "RGB"),
+                              ((1001, 999), "JPEG", "RGB")]:
+        buf = _io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).convert(mode).save(buf, format=fmt)
+        theirs = processor(images=[open_image(buf.getvalue(), min_side=shortest)], return_tensors="pt")["pixel_values"]
+        ours = steps.pixels([steps.crop_image(buf.getvalue())])
+        assert tuple(ours.shape) == tuple(theirs.shape) == (1, 3, crop, crop)
+        assert float((ours - theirs).abs().max()) < 1e-5, (w, h, fmt, mode)
+    # other processors (a fixed height and width, no crop) are called as they are
+    assert pil_steps(ViTImageProcessor(size={"height": 224, "width": 224})) is None
+    assert pil_steps(CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
+                                        do_normalize=False)) is None
+
+
+def test_decoding_threads_on_the_cpu_run_at_the_lowest_priority() -> None:
+    """They use what the model's threads leave idle instead of slowing them."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from labelblocks.accel import lowest_priority
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    with ThreadPoolExecutor(1, initializer=lowest_priority) as pool:
+        assert pool.submit(nice).result() == 19
+    assert nice() == os.getpriority(os.PRIO_PROCESS, 0) != 19  # the calling thread keeps its own

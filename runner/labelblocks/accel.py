@@ -169,6 +169,16 @@ def _first_line(e: BaseException) -> str:
     return text[0][:300] if text else type(e).__name__
 
 
+def lowest_priority() -> None:
+    """Run the calling thread at the lowest priority (Linux: a thread's own nice value 19), so
+    that it uses only what other threads leave idle: a thread that decodes the next inputs
+    while a model's threads use every core then takes nothing from them. Elsewhere, nothing."""
+    import threading
+
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 def decode_workers(device: str) -> int:
     """Threads that decode and preprocess inputs: one on the CPU, where the model's own
     threads need the cores; on a GPU the cores are free, and one thread cannot feed it."""

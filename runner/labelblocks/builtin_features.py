@@ -8,14 +8,24 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .accel import autocast, decode_workers, load_pretrained, pick_device, pick_precision, require_model
+from .accel import (
+    autocast,
+    decode_workers,
+    load_pretrained,
+    lowest_priority,
+    pick_device,
+    pick_precision,
+    require_model,
+)
 from .extractors import FeatureExtractor
 from .hookspecs import hookimpl
 from .media import open_image, read_audio
@@ -81,7 +91,7 @@ class AudioSpectral(FeatureExtractor):
 
 class _TorchExtractor(FeatureExtractor):
     """What the model extractors share: device and precision as the model blocks pick them,
-    files decoded ahead in threads while the model runs."""
+    files decoded in threads (ahead, while the model runs, on a GPU)."""
 
     def setup(self) -> None:
         import torch
@@ -89,7 +99,12 @@ class _TorchExtractor(FeatureExtractor):
         require_model(self.params["model"])
         self.device = pick_device(self.params.get("device", "auto"))
         self.precision = pick_precision(self.params.get("precision", "auto"), self.device)
-        self.pool = ThreadPoolExecutor(decode_workers(self.device))
+        # on the CPU the model's threads take every core: the decoding threads run at the
+        # lowest priority, on what the model leaves idle, instead of slowing its threads
+        # (measured in benchmarks/anomaly.py); a GPU leaves the cores free
+        on_cpu = self.device == "cpu"
+        self.pool = ThreadPoolExecutor((os.cpu_count() or 1) if on_cpu else decode_workers(self.device),
+                                       initializer=lowest_priority if on_cpu else None)
         torch.set_grad_enabled(False)
         self.load()
 
@@ -127,6 +142,7 @@ class ImageEmbedding(_TorchExtractor):
 
         # what the processor resizes to: a JPEG is decoded at no smaller a scale
         self.min_side = int(side("shortest_edge") or min(side("height") or 224, side("width") or 224))
+        self.steps = pil_steps(self.processor)
 
     def embed(self, pixels: Any) -> Any:
         if hasattr(self.model, "get_image_features"):  # CLIP-like: the projected image features
@@ -141,9 +157,14 @@ class ImageEmbedding(_TorchExtractor):
 
     def prepare(self, batch: Sequence[bytes]) -> Any:
         """Decoded (in threads) and preprocessed: (per file the image or its error, pixels)."""
-        images = self.decode_all(batch, partial(open_image, min_side=self.min_side))
-        ok = [im for im in images if not isinstance(im, Exception)]
-        pixels = self.processor(images=ok, return_tensors="pt")["pixel_values"] if ok else None
+        if self.steps is not None:  # the processor's own steps, cheaper: see PilSteps
+            images = self.decode_all(batch, self.steps.crop_image)
+            ok = [im for im in images if not isinstance(im, Exception)]
+            pixels = self.steps.pixels(ok) if ok else None
+        else:
+            images = self.decode_all(batch, partial(open_image, min_side=self.min_side))
+            ok = [im for im in images if not isinstance(im, Exception)]
+            pixels = self.processor(images=ok, return_tensors="pt")["pixel_values"] if ok else None
         return [e if isinstance(e, Exception) else None for e in images], pixels
 
     def run(self, prepared: Any) -> list[np.ndarray | Exception]:
@@ -155,6 +176,70 @@ class ImageEmbedding(_TorchExtractor):
             vectors = list(emb.float().cpu().numpy())
         it = iter(vectors)
         return [e if e is not None else next(it)[None, :].astype(np.float32) for e in errors]
+
+
+@dataclass(frozen=True)
+class PilSteps:
+    """What a CLIP-like image processor does (resize the shortest edge, centre crop, rescale,
+    normalise), done as it does it but cheaper, all in the decoding thread: the image resized
+    and cropped by Pillow, then rescaled and normalised in one pass of numpy (the processor
+    converts, checks and copies each image at every step). The same pixels: the tests compare
+    both."""
+
+    shortest_edge: int
+    crop: tuple[int, int]  # (height, width)
+    resample: int
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def crop_image(self, data: bytes) -> np.ndarray:
+        """One file decoded (a JPEG at a reduced scale where it stays large enough), resized so
+        that its shortest edge is ``shortest_edge``, centre-cropped, rescaled and normalised:
+        float32 [3, height, width]."""
+        img = open_image(data, min_side=self.shortest_edge)
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(self.shortest_edge * long / short)  # as transformers' get_resize_output_image_size
+        size = (self.shortest_edge, new_long) if w <= h else (new_long, self.shortest_edge)
+        if size != (w, h):
+            img = img.resize(size, resample=self.resample)
+        ch, cw = self.crop
+        top, left = (size[1] - ch) // 2, (size[0] - cw) // 2  # as transformers' center_crop
+        x = np.asarray(img.crop((left, top, left + cw, top + ch)), dtype=np.float32) * np.float32(self.scale)
+        x -= np.asarray(self.mean, dtype=np.float32)
+        x /= np.asarray(self.std, dtype=np.float32)
+        return x.transpose(2, 0, 1)
+
+    def pixels(self, crops: Sequence[np.ndarray]) -> Any:
+        import torch
+
+        return torch.from_numpy(np.stack(crops))
+
+
+def pil_steps(processor: Any) -> PilSteps | None:
+    """The processor's steps when it is CLIP-like (and nothing else), else None (the processor
+    itself is then called)."""
+    get = partial(getattr, processor)
+    size, crop = get("size", None), get("crop_size", None)
+
+    def field(d: Any, name: str) -> Any:
+        return d.get(name) if isinstance(d, dict) else getattr(d, name, None)
+
+    short = field(size, "shortest_edge")
+    if not (short and not field(size, "longest_edge") and not field(size, "height")):
+        return None
+    ch, cw = field(crop, "height"), field(crop, "width")
+    expected = {"do_resize": True, "do_center_crop": True, "do_rescale": True, "do_normalize": True}
+    if any(get(k, None) is not v for k, v in expected.items()) or get("do_convert_rgb", True) is False:
+        return None
+    if not (ch and cw and ch <= short and cw <= short) or get("do_pad", False) or get("do_reduce_labels", False):
+        return None
+    mean, std = get("image_mean", None), get("image_std", None)
+    if not (isinstance(mean, (list, tuple)) and len(mean) == 3 and isinstance(std, (list, tuple)) and len(std) == 3):
+        return None
+    return PilSteps(int(short), (int(ch), int(cw)), int(get("resample", 3)), float(get("rescale_factor")),
+                    tuple(map(float, mean)), tuple(map(float, std)))  # type: ignore[arg-type]
 
 
 class AudioEmbedding(_TorchExtractor):

@@ -98,11 +98,14 @@ def compute_features(store: Store, ex: FeatureExtractor, rows: Sequence[tuple[in
                     errors[h] = f"cannot read the file: {e}"
             return ex.prepare(datas)
 
-        chunks = [todo[i : i + ex.batch_size] for i in range(0, len(todo), ex.batch_size)]
+        # a small first batch: the model starts on it while the next whole batch is prepared,
+        # instead of waiting for a whole batch to be read and decoded with nothing else to do
+        first = max(1, ex.batch_size // 4)
+        chunks = [todo[:first], *(todo[i : i + ex.batch_size] for i in range(first, len(todo), ex.batch_size))]
         ahead = ThreadPoolExecutor(1, thread_name_prefix="labelblocks-features")
         pending = ahead.submit(prepare, chunks[0])
+        finished = 0
         for k, chunk in enumerate(chunks):
-            start = k * ex.batch_size
             prepared = pending.result()
             if k + 1 < len(chunks):  # the next batch is read and prepared while this one runs
                 pending = ahead.submit(prepare, chunks[k + 1])
@@ -118,8 +121,9 @@ def compute_features(store: Store, ex: FeatureExtractor, rows: Sequence[tuple[in
             learn_store.save_features(store, key, done)
             cached.update(done)
             out.computed += len(done)
+            finished += len(chunk)
             if on_progress:
-                on_progress("features", min(start + len(chunk), len(todo)), len(todo))
+                on_progress("features", finished, len(todo))
         ahead.shutdown(wait=False, cancel_futures=True)
     for sid, h in rows:
         if h in cached:
