@@ -262,7 +262,7 @@ class Anomaly(Block):
                 out.append(SampleFailure(failed.get(s.id, "no features")))
                 continue
             windows = scores[s.id]
-            score = float(windows.max())
+            score = float(windows[0]) if len(windows) == 1 else float(windows.max())
             flagged = score >= threshold
             record: dict[str, Any] = {"anomaly_score": round(score, 6)}
             if len(windows) > 1:

@@ -157,6 +157,8 @@ class AnomalyModel:
         if not per_sample:
             return []
         flat = self.scores(np.concatenate(per_sample))
+        if all(len(v) == 1 for v in per_sample):  # one window each (images): nothing to split
+            return list(flat[:, None])
         return np.split(flat, np.cumsum([len(v) for v in per_sample])[:-1])
 
     def sample_scores(self, per_sample: Sequence[np.ndarray]) -> np.ndarray:
