@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -15,6 +16,11 @@ from labelblocks.hookspecs import hookimpl
 from labelblocks.model import BoundingBox, SampleChange
 
 CALLS: list[dict[str, Any]] = []
+# fake-boxer's setup with a label named here waits for the event (a slow model load), and marks
+# that it started in SETUP_STARTED
+SETUP_GATES: dict[str, threading.Event] = {}
+SETUP_STARTED: dict[str, threading.Event] = {}
+SETUPS: dict[str, int] = {}  # fake-boxer setups, by label
 
 
 def _record(block: str, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext) -> None:
@@ -60,6 +66,12 @@ class FakeBoxer(Block):
 
     name = "fake-boxer"
     parameters = _spec("Fake boxer", [{"name": "Label", "type": "string", "param": "label", "value": "thing"}])
+
+    def setup(self, args, context):
+        SETUPS[args["label"]] = SETUPS.get(args["label"], 0) + 1
+        if args["label"] in SETUP_GATES:
+            SETUP_STARTED.setdefault(args["label"], threading.Event()).set()
+            SETUP_GATES[args["label"]].wait(30)
 
     def label(self, batch, args, context):
         _record(self.name, batch, args, context)

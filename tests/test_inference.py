@@ -265,6 +265,51 @@ def test_a_single_block_served_as_a_model(cli: Cli, tmp_path: Path) -> None:
     assert [p["class"] for p in r["predictions"]] == ["thing"]
 
 
+def test_a_slow_model_load_does_not_hold_up_the_other_models(cli: Cli, tmp_path: Path) -> None:
+    """While one model loads (seconds for a detector), requests to a model already loaded are
+    answered, and a second request for the loading model waits for that same load."""
+    from labelblocks.server import BackgroundServer
+
+    from . import fake_blocks
+
+    img = _b64(make_image(tmp_path / "one.png", size=(64, 48)))
+    cli("actions", "publish", "quick", "--step", "fake-boxer", "-p", "label=thing")
+    cli("actions", "publish", "slow", "--step", "fake-boxer", "-p", "label=slowpoke")
+    key = cli.json("keys", "create")["key"]
+    gate = fake_blocks.SETUP_GATES["slowpoke"] = threading.Event()
+    fake_blocks.SETUP_STARTED.pop("slowpoke", None)
+    fake_blocks.SETUPS.pop("slowpoke", None)
+    try:
+        with BackgroundServer(cli.project) as srv:
+            url = srv.url.removesuffix("/v1") + "/infer/object_detection"
+
+            def infer(model: str) -> list[str]:
+                r = requests.post(url, timeout=60, json={"api_key": key, "model_id": model, "image": img})
+                assert r.status_code == 200, r.text
+                return [p["class"] for p in r.json()["predictions"]]
+
+            assert infer("quick/1") == ["thing"]
+            slow: list[list[str]] = []
+            waiting = [threading.Thread(target=lambda: slow.append(infer("slow/1"))) for _ in range(2)]
+            for t in waiting:
+                t.start()
+            assert fake_blocks.SETUP_STARTED.setdefault("slowpoke", threading.Event()).wait(30)
+            t0 = time.monotonic()
+            assert infer("quick/1") == ["thing"]  # answered while slow/1 is still loading
+            assert time.monotonic() - t0 < 10 and not gate.is_set() and not slow
+            gate.set()
+            for t in waiting:
+                t.join(60)
+            assert slow == [["slowpoke"], ["slowpoke"]]
+            assert fake_blocks.SETUPS["slowpoke"] == 1  # one load for both requests
+            loaded = requests.get(srv.url.removesuffix("/v1") + "/model/registry", params={"api_key": key},
+                                  timeout=30).json()
+            assert sorted(m["model_id"] for m in loaded["models"]) == ["quick/1", "slow/1"]
+    finally:
+        gate.set()
+        fake_blocks.SETUP_GATES.pop("slowpoke", None)
+
+
 def test_keep_images_low_confidence_only(cli: Cli, tmp_path: Path) -> None:
     from labelblocks.inference import parse_keep
 

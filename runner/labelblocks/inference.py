@@ -263,9 +263,13 @@ class ModelPool:
         self.store, self.max_models, self.max_delay, self.max_pixels = store, max_models, max_delay, max_pixels
         self.keep = parse_keep(keep_images)
         self.models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self.loading: dict[str, Future[LoadedModel]] = {}  # models being loaded, by key
         self.lock = threading.Lock()
 
     def get(self, model_id: str, load: bool = True) -> LoadedModel:
+        """The model, loaded on first use. A load (seconds for a detector) happens outside the
+        pool's lock: the other models answer meanwhile, and concurrent requests for the model
+        being loaded wait for that one load."""
         name, version = parse_model_id(model_id)
         with self.lock:
             key = f"{name}/{version}" if version is not None else None
@@ -276,12 +280,29 @@ class ModelPool:
                 return self.models[key]
             if not load:
                 raise NotFound(f"model {key} is not loaded")
+            pending = self.loading.get(key)
+            if pending is None:
+                pending = self.loading[key] = Future()
+                loads = True
+            else:
+                loads = False
+        if not loads:
+            return pending.result()
+        try:
             model = LoadedModel(self.store, key, self._log, self.max_delay)
+        except BaseException as e:
+            with self.lock:
+                del self.loading[key]
+            pending.set_exception(e)
+            raise
+        with self.lock:
+            del self.loading[key]
             self.models[key] = model
             while len(self.models) > self.max_models:
                 _, old = self.models.popitem(last=False)
                 old.close()
-            return model
+        pending.set_result(model)
+        return model
 
     def remove(self, model_id: str) -> None:
         with self.lock:
