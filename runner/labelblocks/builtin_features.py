@@ -91,7 +91,7 @@ class AudioSpectral(FeatureExtractor):
 
 class _TorchExtractor(FeatureExtractor):
     """What the model extractors share: device and precision as the model blocks pick them,
-    files decoded in threads (ahead, while the model runs, on a GPU)."""
+    files decoded in threads ahead, while the model runs (on the CPU, at the lowest priority)."""
 
     def setup(self) -> None:
         import torch
@@ -158,13 +158,13 @@ class ImageEmbedding(_TorchExtractor):
     def prepare(self, batch: Sequence[bytes]) -> Any:
         """Decoded (in threads) and preprocessed: (per file the image or its error, pixels)."""
         if self.steps is not None:  # the processor's own steps, cheaper: see PilSteps
-            images = self.decode_all(batch, self.steps.crop_image)
-            ok = [im for im in images if not isinstance(im, Exception)]
-            pixels = self.steps.pixels(ok) if ok else None
+            decode, to_pixels = self.steps.crop_image, self.steps.pixels
         else:
-            images = self.decode_all(batch, partial(open_image, min_side=self.min_side))
-            ok = [im for im in images if not isinstance(im, Exception)]
-            pixels = self.processor(images=ok, return_tensors="pt")["pixel_values"] if ok else None
+            decode = partial(open_image, min_side=self.min_side)
+            to_pixels = lambda crops: self.processor(images=crops, return_tensors="pt")["pixel_values"]  # noqa: E731
+        images = self.decode_all(batch, decode)
+        ok = [im for im in images if not isinstance(im, Exception)]
+        pixels = to_pixels(ok) if ok else None
         return [e if isinstance(e, Exception) else None for e in images], pixels
 
     def run(self, prepared: Any) -> list[np.ndarray | Exception]:

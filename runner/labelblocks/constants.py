@@ -22,5 +22,9 @@ BLOB_DIR = "blobs"
 BLOB_CONFIG = "blobs.json"  # in the data folder when the blobs live elsewhere: {"url": ...}
 BLOB_CACHE = "blob-cache"  # local copies of remote blobs
 
+# ids bound as parameters of one IN (...) up to this many; more go as one JSON list (json_each):
+# SQLite binds at most 32,766 parameters
+IDS_AS_PARAMETERS = 500
+
 # the schema version the store migrates to (store/schema.py's last migration; a test checks)
 SCHEMA_VERSION = 14

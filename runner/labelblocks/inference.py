@@ -280,14 +280,11 @@ class ModelPool:
                 return self.models[key]
             if not load:
                 raise NotFound(f"model {key} is not loaded")
-            pending = self.loading.get(key)
-            if pending is None:
+            loading = self.loading.get(key)
+            if loading is None:
                 pending = self.loading[key] = Future()
-                loads = True
-            else:
-                loads = False
-        if not loads:
-            return pending.result()
+        if loading is not None:  # another request is loading it
+            return loading.result()
         try:
             model = LoadedModel(self.store, key, self._log, self.max_delay)
         except BaseException as e:

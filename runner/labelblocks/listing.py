@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .constants import DB_CONFIG, DB_NAME, SCHEMA_VERSION
+from .constants import DB_CONFIG, DB_NAME, IDS_AS_PARAMETERS, SCHEMA_VERSION
 from .filters import SampleFilter
 
-IDS_AS_PARAMETERS = 500  # as the store: up to this many ids as bound parameters, more as one JSON list
 _COLUMNS = "id, filename, category, label, bounding_boxes, structured_labels, is_disabled"
 
 

@@ -53,8 +53,6 @@ class AppContext:
         """The project's samples table read without the store (:mod:`labelblocks.listing`), or
         None where the store must read it (a database server, an older schema). Fast to open:
         for commands that only list."""
-        if self._store is not None:
-            return None
         from ..listing import open_listing
         from ..project import DATA_DIR
 

@@ -43,6 +43,7 @@ from ..constants import BLOB_CONFIG as BLOB_CONFIG
 from ..constants import BLOB_DIR as BLOB_DIR
 from ..constants import DB_CONFIG as DB_CONFIG
 from ..constants import DB_NAME as DB_NAME
+from ..constants import IDS_AS_PARAMETERS
 from ..errors import InvalidInput, NotFound
 from ..filters import SampleFilter
 from ..model import (
@@ -139,14 +140,13 @@ def _writable(root: Path, db: Path) -> bool:
     return os.access(db, os.W_OK) and os.access(root, os.W_OK)
 
 
-_IDS_AS_PARAMETERS = 500  # up to this many ids as bound parameters; more as one JSON list (json_each)
 
 
 def _id_in(column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
     """``column IN ids``, for any number of ids (SQLite binds at most 32,766 parameters)."""
     if not ids:
         return false()
-    if len(ids) <= _IDS_AS_PARAMETERS:
+    if len(ids) <= IDS_AS_PARAMETERS:
         return column.in_(ids)  # type: ignore[no-any-return]
     return column.op("IN", is_comparison=True)(json_ids(literal(json.dumps(list(ids)))))  # type: ignore[no-any-return]
 
