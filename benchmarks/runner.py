@@ -5,7 +5,8 @@ sample) over N samples (default 100,000), and compare each phase with the floor:
 same changes with one batched SQL statement (executemany) in one transaction, on a plain
 sqlite3 connection with the store's settings:
   preview floor: INSERT the same proposal rows;   apply floor: UPDATE the same labels.
-Target: runner time <= 2x the floor in each phase.
+Target: runner time <= 2x the floor in each phase. The runner also records who wrote each label
+(the samples' provenance, checked after each apply); the floor writes the label alone.
 
 The runner's time includes the no-op block's own (it builds one SampleChange per sample);
 that is measured inside the block and reported. The runner alone is measured too: the same
@@ -97,11 +98,19 @@ def floor_apply(db: Path, ids: list[int]) -> float:
     return time.perf_counter() - t
 
 
+def recorded(db: Path, n: int, job_id: int) -> None:
+    """Untimed: every sample's label is recorded as written by this job of the action (its provenance)."""
+    con = sqlite3.connect(db)
+    found = con.execute("SELECT count(*) FROM samples WHERE provenance LIKE ?", (f'%"label":{{"by":{{"action":"bench","job":{job_id},%',)).fetchone()[0]
+    con.close()
+    assert found == n, f"{found} of {n} samples record who wrote their label"
+
+
 def reset(db: Path) -> None:
     """Untimed: every sample back to unlabeled, so that the next repetition does the same work."""
     con = sqlite3.connect(db)
     with con:
-        con.execute("UPDATE samples SET label = NULL")
+        con.execute("UPDATE samples SET label = NULL, provenance = NULL")
     con.close()
 
 
@@ -139,10 +148,12 @@ def main() -> None:
                 ours_bare.append(time.perf_counter() - t)
                 NoOp.shared = None
                 floors_apply.append(floor_apply(db, ids))
+                reset(db)  # the floor wrote the labels: put them back, so that apply writes every one again
                 t = time.perf_counter()
                 applied = runner.apply(summary.job_id)
                 ours_apply.append(time.perf_counter() - t)
                 assert applied == n
+                recorded(db, n, summary.job_id)
                 reset(db)
         med = statistics.median
         t_prev, f_prev, t_block = med(ours_prev), med(floors_prev), med(inside)

@@ -502,7 +502,11 @@ def test_applying_no_change_keeps_the_sample_untouched(ds: Cli, project: Path) -
     ds("proposals", "apply", str(job))
     assert "6 applied" in ds("jobs", "show", str(job)).output
     assert con.execute("SELECT id, updated_at FROM samples ORDER BY id").fetchall() == before
-    assert ds.json("actions", "run", "noop")["cached"] == 6
+    # the applied preview counts as the action's run on those samples: a run passes them over
+    ran = ds.json("actions", "run", "noop")
+    assert ran["unchanged"] == 6 and ran["cached"] == 0
+    # with --all it computes them again, and the preview's results (same revision) are reused
+    assert ds.json("actions", "run", "noop", "--all")["cached"] == 6
 
 
 def test_a_sample_deleted_during_a_run_fails_alone(ds: Cli, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
-from .model import Sample, SampleChange
+from .model import BoundingBox, Sample, SampleChange, box_iou
 from .parameters import ParametersFile, load_parameters
 
 
@@ -248,6 +248,40 @@ def input_key(sample: Sample, reads: frozenset[str]) -> str:
 
 
 PROVENANCE_SEP = " | "
+
+
+SAME_OBJECT_IOU = 0.9  # boxes overlapping at least this much are one object
+
+
+def one_box_per_object(boxes: Sequence[BoundingBox], iou_threshold: float = SAME_OBJECT_IOU
+                       ) -> tuple[list[BoundingBox], list[dict[str, Any]]]:
+    """One box per object: where several boxes (a zero-shot detector's prompt lines, a
+    detector's classes) cover the same object (IoU >= ``iou_threshold``), the best-scoring one
+    stays and the others become near misses.
+
+    Args:
+        boxes: the detections, each with its ``score`` (None counts as 0).
+        iou_threshold: how much two boxes must overlap to be one object.
+
+    Returns:
+        The boxes kept (best first), and the others as records ``{label, score, x, y, width,
+        height, sameObjectAs}`` (the label of the box kept in their place) for the job's record.
+
+    Example:
+        >>> kept, near = one_box_per_object(found)
+        >>> context.records[sample.id] = {"near_misses": near}
+    """
+    order = sorted(boxes, key=lambda b: -(b.score or 0.0))
+    kept: list[BoundingBox] = []
+    near: list[dict[str, Any]] = []
+    for b in order:
+        same = next((k for k in kept if box_iou(k, b) >= iou_threshold), None)
+        if same is None:
+            kept.append(b)
+        else:
+            near.append({"label": b.label, "score": b.score, "x": b.x, "y": b.y, "width": b.width,
+                         "height": b.height, "sameObjectAs": same.label})
+    return kept, near
 
 
 def with_provenance(sample: Sample, **values: str) -> dict[str, str]:

@@ -27,4 +27,4 @@ BLOB_CACHE = "blob-cache"  # local copies of remote blobs
 IDS_AS_PARAMETERS = 500
 
 # the schema version the store migrates to (store/schema.py's last migration; a test checks)
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15

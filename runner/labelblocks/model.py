@@ -82,6 +82,15 @@ class BoundingBox(_Model):
         return self.x + self.width <= width and self.y + self.height <= height
 
 
+def box_iou(a: BoundingBox, b: BoundingBox) -> float:
+    """Intersection over union of two boxes (0 when they do not overlap)."""
+    ix = max(0, min(a.x + a.width, b.x + b.width) - max(a.x, b.x))
+    iy = max(0, min(a.y + a.height, b.y + b.height) - max(a.y, b.y))
+    inter = ix * iy
+    union = a.width * a.height + b.width * b.height - inter
+    return inter / union if union > 0 else 0.0
+
+
 class StructuredLabel(_Model):
     """A label over value indices ``startIndex..endIndex`` (both inclusive)."""
 

@@ -78,7 +78,9 @@ class Runner:
         before any sample is touched."""
         resolved = validate_steps(action, self.registry)
         plans: list[StepPlan] = []
-        chain: list[Any] = []
+        # a step computes from the sample without its action's earlier contributions, so results
+        # are reused within one action (its previews and runs), never across actions
+        chain: list[Any] = [action.name]
         for i, (step, res) in enumerate(zip(action.steps, resolved, strict=True), 1):
             reg = self.registry.get(step.block)
             spec = reg.cls.spec()
@@ -104,7 +106,7 @@ class Runner:
         sample_ids = self.select(action, ids=ids, limit=limit)
         out: list[dict[str, Any]] = []
         samples = None
-        chain: list[Any] = []
+        chain: list[Any] = [action.name]
         revisions: dict[int, float] | None = None
         for i, (step, res) in enumerate(zip(action.steps, resolved, strict=True), 1):
             reg = self.registry.get(step.block)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from labelblocks.accel import ModelBlock
-from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, with_provenance
+from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, one_box_per_object, with_provenance
 from labelblocks.errors import BlockError
 from labelblocks.model import BoundingBox, SampleChange
 
@@ -279,6 +279,8 @@ class OwlVit(ModelBlock):
             max_area_pct=float(args.get("ignore-objects-larger-than", 100)),
             nms_iou=float(args.get("nms-iou-threshold", 0.3)) if args.get("nms") else None,
         )
+        # several prompt lines firing on one object give one box, the best line's (off: one per line)
+        self.one_box = str(args.get("one-box-per-object", True)).lower() not in ("false", "0", "no")
         self.delete_mode = str(args.get("delete_existing_bounding_boxes") or "no")
         if self.delete_mode not in DELETE_MODES:
             raise BlockError(f"delete_existing_bounding_boxes: expected one of {', '.join(DELETE_MODES)}, "
@@ -376,6 +378,9 @@ class OwlVit(ModelBlock):
                 found, near = detections(probs[k], self.pixel_boxes(boxes[k], width, height), self.queries,
                                          width, height, self.filters)
                 k += 1
+                if self.one_box:
+                    found, same = one_box_per_object(found)
+                    near = same + near
                 context.records[s.id] = {"boxes": len(found), "near_misses": near}
                 context.count("images")
                 results.append(SampleChange(

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labelblocks.accel import ModelBlock, load_pretrained, require_model
-from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, with_provenance
+from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, one_box_per_object, with_provenance
 from labelblocks.errors import BlockError
 from labelblocks.model import BoundingBox, SampleChange
 
@@ -114,6 +114,7 @@ class Pretrained(ModelBlock):
         self.keep = parse_keep(str(args.get("keep-bounding-boxes") or ""))
         self.min_conf = float(args.get("min-confidence") or 0)
         self.replace = bool(args.get("delete-existing-bounding-boxes", True))
+        self.one_box = str(args.get("one-box-per-object", False)).lower() not in ("false", "0", "no", "")
         self.served = bool(args.get("source-url"))
         self.onnx: OnnxModel | None = None
         if self.served:
@@ -263,7 +264,12 @@ class Pretrained(ModelBlock):
             b = pixel_box(self.keep.get(c, c), sc, *(xyxy or (0, 0, 0, 0)), width, height)
             if b is not None:
                 boxes.append(b)
-        context.records[s.id] = {"boxes": len(boxes)}
+        record: dict[str, Any] = {}
+        if self.one_box:
+            boxes, same = one_box_per_object(boxes)
+            if same:
+                record["near_misses"] = same
+        context.records[s.id] = {"boxes": len(boxes), **record}
         existing = [] if self.replace else list(s.bounding_boxes)
         return SampleChange(bounding_boxes=existing + boxes, metadata=metadata)
 

@@ -24,7 +24,7 @@ from ._util import (
     pass_app,
     print_json,
 )
-from .render import errors_json, print_estimate, print_preview, record_order
+from .render import changes_json, errors_json, print_estimate, print_preview, record_order
 
 if TYPE_CHECKING:
     from ..executors.ray import RayEngine
@@ -268,6 +268,7 @@ def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_
 
         out = summary.to_json()
         out["proposals"] = job_store.job_proposals(app.store, summary.job_id)
+        out.update(changes_json(app.store, summary.job_id))
         out["errors"] = errors_json(job_store.job_errors(app.store, summary.job_id))
         print_json(out)
     else:

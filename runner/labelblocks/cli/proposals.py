@@ -9,7 +9,7 @@ import click
 from ..errors import InvalidInput, NotFound
 from ._util import AppContext, parse_ids, pass_app, print_json
 from .jobs import get_job
-from .render import print_preview, record_order
+from .render import changes_json, print_preview, record_order
 
 if TYPE_CHECKING:
     from ..store.jobs import JobRecord
@@ -40,7 +40,8 @@ def proposals_show(app: AppContext, job_id: int, sort_by: str | None, as_json: b
     items = job_store.job_proposals(app.store, job_id)
     order = record_order(items, sort_by, job_id) if sort_by else None
     if as_json:
-        print_json({"proposedChanges": items})
+        # the protocol's listing, then what applying it writes (counted as apply counts)
+        print_json({"proposedChanges": items, **changes_json(app.store, job_id)})
         return
     if print_preview(app.store, job_id, limit=1000, order=order) == 0:
         click.echo(_why_no_proposals(row))

@@ -3,7 +3,6 @@ failures, and cost estimates."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -11,50 +10,28 @@ import click
 from ._util import print_json
 
 if TYPE_CHECKING:
-    from ..model import Sample, SampleChange
+    from ..model import Sample
     from ..store import Store
 
 
-def describe_change(before: Sample, change: SampleChange) -> list[str]:
-    """Human-readable lines of what ``change`` does to ``before``."""
-    lines: list[str] = []
-    if change.label is not None and change.label != before.label:
-        lines.append(f"label: {before.label or '-'} -> {change.label}")
-    if change.is_disabled is not None and change.is_disabled != before.is_disabled:
-        lines.append("disabled" if change.is_disabled else "enabled")
-    if change.bounding_boxes is not None:
-        old = {(b.x, b.y, b.width, b.height): b.label for b in before.bounding_boxes}
-        new = {(b.x, b.y, b.width, b.height): b.label for b in change.bounding_boxes}
-        added = [new[k] for k in new if k not in old]
-        removed = [old[k] for k in old if k not in new]
-        renamed = [f"{old[k]} -> {new[k]}" for k in new if k in old and old[k] != new[k]]
-        if added:
-            lines.append(f"boxes added: {len(added)} ({', '.join(_counts(added))})")
-        if removed:
-            lines.append(f"boxes removed: {len(removed)} ({', '.join(_counts(removed))})")
-        if renamed:
-            lines.append(f"boxes renamed: {', '.join(renamed)}")
-    if change.structured_labels is not None:
-        old_sl = [(x.start_index, x.end_index, x.label) for x in before.structured_labels]
-        new_sl = [(x.start_index, x.end_index, x.label) for x in change.structured_labels]
-        if old_sl != new_sl:
-            lines.append(f"structured labels: {len(new_sl)} ranges ({', '.join(_counts([x[2] for x in new_sl]))})")
-    if change.metadata is not None:
-        for k, v in change.metadata.items():
-            if before.metadata.get(k) != v:
-                shown = v if len(v) <= 60 else v[:57] + "..."
-                lines.append(f"metadata {k}: {before.metadata.get(k, '-')} -> {shown}")
-        for k in before.metadata:
-            if k not in change.metadata:
-                lines.append(f"metadata {k}: removed")
-    return lines
+def describe_change(before: Sample, after: Sample) -> list[str]:
+    """Human-readable lines of what turning ``before`` into ``after`` changes (counted as a
+    multiset: :mod:`labelblocks.diff`)."""
+    from ..diff import diff
+
+    return diff(before, after).lines()
 
 
-def _counts(labels: Sequence[str]) -> list[str]:
-    c: dict[str, int] = {}
-    for lab in labels:
-        c[lab] = c.get(lab, 0) + 1
-    return [f"{n}x {lab}" if n > 1 else lab for lab, n in c.items()]
+def describe_total(total: dict[str, int]) -> str:
+    """One line of what applying writes over a whole job (:func:`labelblocks.apply.total_diff`)."""
+    parts = [f"{total['samples']} sample{'s' if total['samples'] != 1 else ''} change"]
+    for key, word in (("boxesAdded", "boxes added"), ("boxesRemoved", "boxes removed"),
+                      ("boxesRenamed", "boxes renamed"), ("labels", "labels changed"),
+                      ("disabled", "disabled"), ("enabled", "enabled"),
+                      ("structuredLabels", "structured labels replaced"), ("metadataValues", "metadata values")):
+        if total.get(key):
+            parts.append(f"{word}: {total[key]}")
+    return "In all, applying writes: " + "; ".join(parts) + "."
 
 
 def record_order(items: list[dict[str, Any]], key: str, job_id: int) -> list[int]:
@@ -75,13 +52,27 @@ def record_order(items: list[dict[str, Any]], key: str, job_id: int) -> list[int
     return order
 
 
-def print_preview(store: Store, job_id: int, limit: int = 50, order: list[int] | None = None) -> int:
-    """Prints up to ``limit`` samples' proposals and failures (by id, or in ``order`` then by
-    id); returns how many samples have either."""
-    from ..model import compose
+def changes_json(store: Store, job_id: int) -> dict[str, Any]:
+    """What applying the job's pending proposals writes, per sample and in all (``--json``)."""
+    from ..apply import job_finals, total_diff
     from ..store import jobs as job_store
 
-    changes = job_store.read_proposals(store, job_id)
+    pending = set(job_store.job_state(store, job_id).pending())
+    finals = [f for f in job_finals(store, job_id) if f.before.id in pending]
+    stale = job_store.stale_samples(store, job_id, [f.before.id for f in finals])
+    finals = [f for f in finals if f.before.id not in stale]
+    return {"changes": [{"sampleId": f.before.id, **f.diff().to_json()} for f in finals if not f.diff().is_empty()],
+            "total": total_diff(finals)}
+
+
+def print_preview(store: Store, job_id: int, limit: int = 50, order: list[int] | None = None) -> int:
+    """Prints up to ``limit`` samples' proposals and failures (by id, or in ``order`` then by
+    id), then what applying writes in all; returns how many samples have either."""
+    from ..apply import job_finals, total_diff
+    from ..store import jobs as job_store
+
+    finals = {f.before.id: f for f in job_finals(store, job_id)}
+    changes = job_store.proposal_texts(store, job_id)
     errors = job_store.job_errors(store, job_id)
     ids = sorted(set(changes) | set(errors))
     if order is not None:
@@ -101,12 +92,16 @@ def print_preview(store: Store, job_id: int, limit: int = 50, order: list[int] |
             click.echo(f"sample {sid} {s.filename}: changed since the job ran; applying leaves it as it is "
                        f"(preview again for what it needs now)")
             continue
-        lines = describe_change(s, compose(changes[sid]))
+        lines = describe_change(s, finals[sid].after) if sid in finals else []
         click.echo(f"sample {sid} {s.filename}: " + ("no change" if not lines else lines[0]))
         for line in lines[1:]:
             click.echo(f"    {line}")
     if len(ids) > limit:
         click.echo(f"... and {len(ids) - limit} more: `labelblocks proposals show {job_id}`")
+    pending = set(job_store.job_state(store, job_id).pending())
+    fresh = set(finals) - job_store.stale_samples(store, job_id, sorted(finals))
+    if ids and pending:
+        click.echo(describe_total(total_diff([f for sid, f in finals.items() if sid in pending and sid in fresh])))
     return len(ids)
 
 

@@ -207,11 +207,11 @@ def label_cmd(app: AppContext, sample_id: int, label: str | None, clear: bool, b
     store = app.store
     store.get_sample(sample_id)
     if parsed_boxes is not None:
-        store.set_bounding_boxes(sample_id, parsed_boxes)
+        store.set_bounding_boxes(sample_id, parsed_boxes, by="cli")
     if parsed_sl is not None:
         store.set_structured_labels(sample_id, parsed_sl)
     if label is not None or clear:
-        store.set_label(sample_id, None if clear else label)
+        store.set_label(sample_id, None if clear else label, by="cli")
     click.echo(f"Updated sample {sample_id}.")
 
 

@@ -9,7 +9,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 
+from .. import provenance
 from ..constants import BLOB_CACHE as BLOB_CACHE
 from ..constants import BLOB_CONFIG as BLOB_CONFIG
 from ..constants import BLOB_DIR as BLOB_DIR
@@ -375,10 +376,40 @@ class Store:
             raise NotFound(f"no sample with id {sample_id}")
         return row
 
-    def set_label(self, sample_id: int, label: str | None) -> None:
+    def set_label(self, sample_id: int, label: str | None, by: str = "api") -> None:
+        """Give the sample its single label, written by a person (``by``: api, cli, page)."""
         with self.transaction() as conn:
-            self._require(conn, sample_id)
-            self._touch(conn, [sample_id], label=label)
+            row = self._require(conn, sample_id)
+            before = _row_to_sample(row, {})
+            after = before.model_copy(update={"label": label})
+            record = provenance.contribute(before, provenance.load(row.provenance), after, provenance.person_writer(by))
+            self._touch(conn, [sample_id], label=label, provenance=provenance.dump(record))
+
+    def label_states(self, ids: Sequence[int]) -> dict[int, tuple[str | None, bool, str | None]]:
+        """{id: (label, is disabled, provenance record text)} of the samples that exist among
+        ``ids``, read in one range scan (what applying a label-only change needs)."""
+        out: dict[int, tuple[str | None, bool, str | None]] = {}
+        if not ids:
+            return out
+        wanted = set(ids)
+        with self._read() as conn:
+            rows = run(conn, "SELECT id, label, is_disabled, provenance FROM samples WHERE id BETWEEN ? AND ?",
+                       (min(ids), max(ids)))
+            for sid, label, disabled, text in rows.cursor.fetchall():
+                if sid in wanted:
+                    out[sid] = (label, bool(disabled), text)
+        return out
+
+    def provenance_texts(self, ids: Sequence[int], conn: Connection | None = None) -> dict[int, str]:
+        """The stored provenance records (:mod:`labelblocks.provenance`) of those of ``ids`` that have one."""
+        if conn is None:
+            with self._read() as c:
+                return self.provenance_texts(ids, c)
+        out: dict[int, str] = {}
+        for chunk in _chunks(ids, 10_000):
+            out.update((r[0], r[1]) for r in conn.execute(select(samples.c.id, samples.c.provenance).where(
+                and_(_id_in(samples.c.id, chunk), samples.c.provenance.is_not(None)))))
+        return out
 
     def set_labels(self, ids: Sequence[int], label: str | None) -> int:
         """Give every sample of ``ids`` the single label ``label``, in one transaction."""
@@ -406,11 +437,16 @@ class Store:
             self._require(conn, sample_id)
             self._touch(conn, [sample_id], filename=filename)
 
-    def set_bounding_boxes(self, sample_id: int, boxes: Sequence[BoundingBox]) -> None:
+    def set_bounding_boxes(self, sample_id: int, boxes: Sequence[BoundingBox], by: str = "api") -> None:
+        """Replace the sample's boxes, written by a person (``by``: api, cli, page): a box
+        that replaces one an action wrote at the same place is recorded as taken over."""
         with self.transaction() as conn:
             row = self._require(conn, sample_id)
             _check_boxes_fit(boxes, row.width, row.height, f"sample {sample_id}")
-            self._touch(conn, [sample_id], bounding_boxes=_dump_boxes(boxes))
+            before = _row_to_sample(row, {})
+            after = before.model_copy(update={"bounding_boxes": list(boxes)})
+            record = provenance.contribute(before, provenance.load(row.provenance), after, provenance.person_writer(by))
+            self._touch(conn, [sample_id], bounding_boxes=_dump_boxes(boxes), provenance=provenance.dump(record))
 
     def set_structured_labels(self, sample_id: int, labels: Sequence[StructuredLabel]) -> None:
         with self.transaction() as conn:
@@ -503,16 +539,17 @@ class Store:
         self.write_changes(conn, self.prepare_changes(items, conn))
 
     def prepare_changes(self, items: Sequence[tuple[int, SampleChange]], conn: Connection | None = None,
-                        missing_ok: bool = False) -> PreparedChanges:
+                        missing_ok: bool = False, records: Mapping[int, str | None] | None = None) -> PreparedChanges:
         """Validate many samples' changes and turn them into the few statements that write
         them (one per combination of changed fields). One bad change raises here, before
         any write. Reads only what never changes (the samples' dimensions), so this may run
         outside the writing transaction. A sample that does not exist raises NotFound when
         its change needs its dimensions, or with ``missing_ok`` is left out (``count`` says
-        how many changes were kept)."""
+        how many changes were kept). ``records`` are the provenance records written with the
+        changes (:mod:`labelblocks.provenance`; a sample not in it keeps its record)."""
         if conn is None:
             with self._read() as c:
-                return self.prepare_changes(items, c, missing_ok)
+                return self.prepare_changes(items, c, missing_ok, records)
         # dimensions are needed only to check boxes and normalise structured labels
         dims_ids = [sid for sid, ch in items if ch.bounding_boxes is not None or ch.structured_labels is not None]
         dims: dict[int, Any] = {}
@@ -548,6 +585,9 @@ class Store:
                 if sid not in dims:
                     raise NotFound(f"no sample with id {sid}")
                 vals.append(_dump_structured(_normalise_for(dims[sid], ch.structured_labels)))
+            if records is not None and sid in records:
+                cols.append("provenance")
+                vals.append(records[sid])
             if ch.metadata is not None:
                 md_ids.append(sid)
                 md_rows.extend((sid, k, v) for k, v in ch.metadata.items())

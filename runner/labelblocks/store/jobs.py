@@ -23,6 +23,8 @@ from typing import Any
 from pydantic import TypeAdapter
 from sqlalchemy import Connection, and_, delete, insert, select, update
 
+from .. import provenance
+from ..errors import NotFound
 from ..model import Sample, SampleChange, compose
 from . import PreparedChanges, Store
 from .dialect import Dialects, run, upsert
@@ -149,7 +151,7 @@ def unfinished_run(store: Store, action: str, definition_hash: str) -> JobRecord
     with store.engine.connect() as conn:
         row = conn.execute(
             select(*_JOB_COLUMNS)
-            .where(and_(jobs.c.action == action, jobs.c.kind == "run", jobs.c.definition_hash == definition_hash,
+            .where(and_(jobs.c.action == action, jobs.c.definition_hash == definition_hash,
                         jobs.c.status.in_(["running", "interrupted", "failed"])))
             .order_by(jobs.c.id.desc())
         ).first()
@@ -405,6 +407,21 @@ def proposal_texts(store: Store, job_id: int, ids: Sequence[int] | None = None,
     return out
 
 
+def step_texts(store: Store, job_id: int, ids: Sequence[int]) -> dict[int, list[tuple[int, str]]]:
+    """The stored change texts of ``ids``, per sample in step order, with their step."""
+    if not ids:
+        return {}
+    wanted = set(ids)
+    with store.engine.connect() as conn:
+        rows = run(conn, "SELECT sample_id, step, change FROM proposals WHERE job_id = ? AND sample_id BETWEEN ? AND ? "
+                         "ORDER BY sample_id, step", (job_id, min(ids), max(ids))).cursor.fetchall()
+    out: dict[int, list[tuple[int, str]]] = {}
+    for sid, step, text in rows:
+        if sid in wanted:
+            out.setdefault(sid, []).append((step, text))
+    return out
+
+
 def read_proposals(store: Store, job_id: int, ids: Sequence[int] | None = None,
                    max_step: int | None = None) -> dict[int, list[SampleChange]]:
     """A job's proposals of ``ids`` (all when None), per sample in step order."""
@@ -449,10 +466,12 @@ def job_proposals(store: Store, job_id: int, records: bool = True) -> list[dict[
 
 
 def overlay(store: Store, job_id: int, stored: Sequence[Sample], max_step: int | None = None) -> list[Sample]:
-    """``stored`` samples with the job's proposals up to ``max_step`` (all when None) applied:
-    what step ``max_step + 1`` of a chain sees."""
+    """``stored`` samples without the job's action's earlier contributions (what it computes
+    from: :func:`labelblocks.provenance.strip`), with the job's proposals up to ``max_step``
+    (all when None) applied: what step ``max_step + 1`` of a chain sees."""
+    stored = strip_action(store, job_id, stored)
     if max_step is not None and max_step < 1:
-        return list(stored)
+        return stored
     changes = read_proposals(store, job_id, [s.id for s in stored], max_step)
     out = []
     for s in stored:
@@ -460,6 +479,31 @@ def overlay(store: Store, job_id: int, stored: Sequence[Sample], max_step: int |
             s = s.with_change(ch)
         out.append(s)
     return out
+
+
+def job_action(store: Store, job_id: int) -> str:
+    """The name of the action job ``job_id`` runs."""
+    with store.engine.connect() as conn:
+        name = conn.execute(select(jobs.c.action).where(jobs.c.id == job_id)).scalar_one_or_none()
+    if name is None:
+        raise NotFound(f"no job {job_id}")
+    return str(name)
+
+
+def stripped(store: Store, job_id: int, stored: Sequence[Sample]) -> dict[int, provenance.Stripped]:
+    """The samples of ``stored`` that hold contributions of the job's action, without them."""
+    texts = store.provenance_texts([s.id for s in stored])
+    if not texts:
+        return {}
+    action = job_action(store, job_id)
+    return {s.id: provenance.strip(s, provenance.load(texts[s.id]), action)
+            for s in stored if provenance.mentions(texts.get(s.id), action)}
+
+
+def strip_action(store: Store, job_id: int, stored: Sequence[Sample]) -> list[Sample]:
+    """``stored`` without the contributions of the job's action (what a run of it computes from)."""
+    found = stripped(store, job_id, stored)
+    return [found[s.id].sample if s.id in found else s for s in stored] if found else list(stored)
 
 
 def stale_samples(store: Store, job_id: int, ids: Sequence[int], conn: Connection | None = None) -> set[int]:
@@ -479,7 +523,7 @@ def stale_samples(store: Store, job_id: int, ids: Sequence[int], conn: Connectio
 
 
 def apply_chunk(store: Store, job_id: int, chunk: list[int], writes: list[tuple[int, SampleChange]],
-                prepared: PreparedChanges) -> int:
+                prepared: PreparedChanges, records: Mapping[int, str | None] | None = None) -> int:
     """Apply one chunk's prepared changes in one transaction, with the samples' status:
     samples deleted or changed since the job proposed are left out (discarded, with why).
     Returns how many samples were applied."""
@@ -494,7 +538,7 @@ def apply_chunk(store: Store, job_id: int, chunk: list[int], writes: list[tuple[
             run(conn, _INSERT_DISCARDED, left_out)
             keep = alive.keys() - stale
             chunk = [sid for sid in chunk if sid in keep]
-            prepared = store.prepare_changes([it for it in writes if it[0] in keep], conn)
+            prepared = store.prepare_changes([it for it in writes if it[0] in keep], conn, records=records)
         store.write_changes(conn, prepared)
         if chunk:  # after the writes, in their transaction: every sample written has updated_at <= it
             conn.execute(insert(job_applied).values(job_id=job_id, sample_ids=pack_ids(chunk), applied_at=time.time()))
@@ -502,14 +546,15 @@ def apply_chunk(store: Store, job_id: int, chunk: list[int], writes: list[tuple[
 
 
 def unchanged_since_applied(store: Store, action: str, definition_hash: str, ids: Sequence[int]) -> set[int]:
-    """The samples among ``ids`` that a run of ``action`` with this definition applied, and
-    that nothing has written since: running the same action on them again changes nothing."""
+    """The samples among ``ids`` that a run of ``action`` with this definition applied (or a
+    preview of it, applied), and that nothing has written since: running the same action on
+    them again changes nothing."""
     applied_at: dict[int, float] = {}
     with store.engine.connect() as conn:
         rows = conn.execute(
             select(job_applied.c.sample_ids, job_applied.c.applied_at)
             .join(jobs, jobs.c.id == job_applied.c.job_id)
-            .where(and_(jobs.c.action == action, jobs.c.kind == "run", jobs.c.definition_hash == definition_hash,
+            .where(and_(jobs.c.action == action, jobs.c.definition_hash == definition_hash,
                         job_applied.c.applied_at.is_not(None))))
         for packed, at in rows:
             for sid in unpack_ids(packed):

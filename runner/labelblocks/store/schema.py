@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    inspect,
     select,
 )
 
@@ -58,6 +59,8 @@ samples = Table(
     Column("content_hash", String(64), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # who wrote each box, label and metadata value (labelblocks.provenance; JSON, NULL: nobody recorded); v15
+    Column("provenance", Text, nullable=True),
     Index("ix_samples_content_hash", "content_hash"),
     Index("ix_samples_category", "category"),
     Index("ix_samples_label", "label"),
@@ -545,6 +548,13 @@ def _v14(conn: Connection) -> None:
     source_stamps.create(conn, checkfirst=True)
 
 
+def _v15(conn: Connection) -> None:
+    """Each sample records who wrote its boxes, labels and metadata (a project made at v15 or
+    later has the column from v1's tables already)."""
+    if "provenance" not in {c["name"] for c in inspect(conn).get_columns("samples")}:
+        conn.exec_driver_sql("ALTER TABLE samples ADD COLUMN provenance TEXT")
+
+
 def _v8(conn: Connection) -> None:
     step_inputs.create(conn, checkfirst=True)
 
@@ -576,6 +586,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (12, _v12),
     (13, _v13),
     (14, _v14),
+    (15, _v15),
 ]
 
 

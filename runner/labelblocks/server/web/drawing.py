@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...diff import diff
 from ...model import BoundingBox, Sample, StructuredLabel
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -42,28 +43,26 @@ def audio_card(s: Sample) -> dict[str, Any]:
 
 def box_diff(before: Sample, after: Sample) -> dict[str, Any]:
     """The proposal drawn: every box of either side with its kind (kept, added, removed,
-    renamed: same place, another label), the label's and metadata's changes, disabled or not,
-    and the proposed segments of audio."""
-    old = {(b.x, b.y, b.width, b.height): b for b in before.bounding_boxes}
-    new = {(b.x, b.y, b.width, b.height): b for b in after.bounding_boxes}
+    renamed: same place, another label), counted as a multiset (:mod:`labelblocks.diff`: two
+    boxes at one place with different labels are two boxes), the label's and metadata's
+    changes, disabled or not, and the proposed segments of audio."""
+    d = diff(before, after)
     boxes = []
-    for place, b in new.items():
-        if place not in old:
-            boxes.append(_box(b, "added"))
-        elif old[place].label != b.label:
-            boxes.append(_box(b, "renamed", f"{old[place].label} → {b.label}"))
+    for bd in d.boxes:
+        if bd.kind == "renamed":
+            boxes.append(_box(bd.box, "renamed", f"{bd.was} → {bd.box.label}"))
+        elif bd.kind == "removed":
+            boxes.append(_box(bd.box, "removed", f"{bd.box.label} (removed)"))
         else:
-            boxes.append(_box(b, "kept"))
-    boxes += [_box(b, "removed", f"{b.label} (removed)") for place, b in old.items() if place not in new]
+            boxes.append(_box(bd.box, bd.kind if d.boxes_changed else "box"))
     md_changes = []
     for k in sorted(set(before.metadata) | set(after.metadata)):
         was, now = before.metadata.get(k), after.metadata.get(k)
         if was != now:
             md_changes.append({"key": k, "old": was, "new": now})
     out: dict[str, Any] = {
-        "boxes": boxes if before.bounding_boxes != after.bounding_boxes else [_box(b, "box") for b in before.bounding_boxes],
-        "counts": {k: sum(1 for b in boxes if b["kind"] == k) for k in ("added", "removed", "renamed")}
-        if before.bounding_boxes != after.bounding_boxes else {},
+        "boxes": boxes,
+        "counts": d.counts(),
         "label_change": (before.label or "", after.label or "") if (before.label or "") != (after.label or "") else None,
         "md_changes": md_changes,
         "disabled_change": (before.is_disabled, after.is_disabled) if before.is_disabled != after.is_disabled else None,

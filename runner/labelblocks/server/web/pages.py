@@ -15,9 +15,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from ...api.state import JobId, SampleId, json_body
+from ...apply import job_finals
 from ...errors import InvalidInput, LabelblocksError, NotFound
 from ...filters import SampleFilter, check_categories, from_shorthand, parse_metadata_json
-from ...model import MAX_INT, Sample, check_text, compose
+from ...model import MAX_INT, Sample, check_text
 from ...store import jobs as job_store
 from ...store import reviews
 from ...store.keys import verify_key
@@ -348,11 +349,13 @@ def job_page(request: Request, session: Signed, job_id: JobId,
     page_ids = state.ids[offset : offset + per]
     samples = store.get_samples(page_ids, missing_ok=True)
     changes = job_store.read_proposals(store, job_id, page_ids)
+    # what applying writes to each (the same computation as apply: the counts are what it writes)
+    finals = {f.before.id: f.after for f in job_finals(store, job_id, [s.id for s in samples if s.id in changes])}
     decided = reviews.decisions(store, job_id)
     errors = job_store.job_errors(store, job_id)
     cards = []
     for s in samples:
-        proposed = s.with_change(compose(changes[s.id])) if s.id in changes else s
+        proposed = finals.get(s.id, s)
         c = card(s)
         c.update(box_diff(s, proposed))
         status = ("applied" if s.id in state.applied else "failed" if s.id in state.failed else
