@@ -232,8 +232,24 @@ class FakeTagger(Block):
         return out
 
 
+class FakeNoter(Block):
+    """Labels every sample ``label`` and writes its provenance as a model block does
+    (``labeled_by``, ``prompt``), overwriting what an earlier step wrote there."""
+
+    name = "fake-noter"
+    parameters = _spec("Fake noter", [
+        {"name": "Label", "type": "string", "param": "label", "value": "noted"},
+        {"name": "Model", "type": "string", "param": "model", "value": "noter-v1"},
+        {"name": "Prompt", "type": "string", "param": "prompt", "value": "what is it?"},
+    ])
+
+    def label(self, batch, args, context):
+        return [SampleChange(label=args["label"], metadata={**s.sample.metadata, "labeled_by": args["model"],
+                                                            "prompt": args["prompt"]}) for s in batch]
+
+
 BLOCKS = [FakeLabeler, FakeBoxer, FakeRenamer, FakeFail, FakeLeaky, FakeConstant, FakeMeddler, FakeDetector,
-          FakeTagger]
+          FakeTagger, FakeNoter]
 
 
 @hookimpl

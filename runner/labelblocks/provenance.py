@@ -263,8 +263,8 @@ def contribute(base: Sample, record: Record, final: Sample, writer: Writer,
                field_steps: Mapping[str, int] | None = None) -> Record:
     """The record after ``base`` (with ``record``, its valid entries) became ``final`` by
     ``writer``'s hand. A box in both keeps its writer; a new box at the place of one that went
-    (another label) is a rename that remembers the box it replaced; other new boxes are the
-    writer's. ``box_steps`` / ``field_steps`` name the step of an action's chain that wrote a
+    (another label, or moved a little) is an edit that remembers the box it replaced and who
+    wrote that; other new boxes are the writer's. ``box_steps`` / ``field_steps`` name the step of an action's chain that wrote a
     box or a field (``label``, ``isDisabled``, ``structuredLabels``, ``metadata.KEY``)."""
 
     def by(step_key: str | None = None, box: BoxKey | None = None) -> Writer:
@@ -295,7 +295,9 @@ def contribute(base: Sample, record: Record, final: Sample, writer: Writer,
                 fresh.append(k)
         gone = list(old.elements())
         for k in fresh:
-            same_place = next((g for g in gone if g[1:] == k[1:]), None)
+            # a new box where one went (the same place, or nearly: IoU >= TAKEOVER_IOU) is that box, edited
+            same_place = next((g for g in gone if g[1:] == k[1:]), None) or \
+                next((g for g in gone if iou(g[1:], k[1:]) >= TAKEOVER_IOU), None)
             e: dict[str, Any] = {"box": list(k), "by": by(box=k)}
             if same_place is not None:
                 gone.remove(same_place)

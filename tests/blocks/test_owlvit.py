@@ -396,3 +396,69 @@ def test_evaluation_tunes_the_prompt_from_scores_and_near_misses(cli: Cli, tmp_p
     assert f"From the evaluation of job {doc['jobId']}" in out
     assert cli.json("actions", "show", "tune")["steps"][0]["parameters"]["prompt"] == \
         f"a cat (cat, {t['suggestedValue']:g})"
+
+
+SAME_PLACE_PROMPT = "a circle (circle, 0.05)\na round thing (circle, 0.05)\na triangle (triangle, 0.05)"
+
+
+def _boxes(cli: Cli) -> dict[str, list[tuple[Any, ...]]]:
+    return {s["filename"]: sorted((b["label"], b["x"], b["y"], b["width"], b["height"]) for b in s["boundingBoxes"])
+            for s in cli.json("samples", "list", "--include-disabled")}
+
+
+def test_readme_detect_then_rename_leaves_one_runs_boxes(cli: Cli, tmp_path: Path, owlvit: Path) -> None:
+    """The README's owlvit -> relabel pattern, previewed, applied, run, run --all, split and run
+    again: every sample holds exactly one run's boxes, one per object."""
+    for i in range(5):
+        make_image(tmp_path / "d" / f"shape.{i}.png", size=(64, 48), seed=i)
+    cli("upload", str(tmp_path / "d"), "--no-label")
+    cli("actions", "create", "b", "--step", "owlvit", "-p", f"model={owlvit}", "-p", "prompt=" + SAME_PLACE_PROMPT,
+        "-p", "delete_existing_bounding_boxes=matching-prompt", "-p", "precision=fp32", "-p", "batch-size=2",
+        "--step", "relabel", "-p", "mapping=circle -> ring")
+    job = cli.json("actions", "preview", "b", "--limit", "2")["jobId"]
+    cli("proposals", "apply", str(job))
+    assert cli.json("actions", "run", "b")["unchanged"] == 2  # previewed images are not computed again
+    once = _boxes(cli)
+    assert all(once.values())
+    for boxes in once.values():  # one box per object: no two boxes at one place
+        assert all(iou(BoundingBox(label=a[0], x=a[1], y=a[2], width=a[3], height=a[4]),
+                       BoundingBox(label=b[0], x=b[1], y=b[2], width=b[3], height=b[4])) < 0.9
+                   for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert {b[0] for boxes in once.values() for b in boxes} <= {"ring", "triangle"}
+    cli("actions", "run", "b")
+    assert _boxes(cli) == once
+    cli("actions", "run", "b", "--all")
+    assert _boxes(cli) == once
+    cli("split", "--train", "0.5", "--validation", "0.25", "--test", "0.25", "--stratify", "none")
+    cli("actions", "run", "b")
+    assert _boxes(cli) == once
+
+
+def test_one_box_per_prompt_line_is_described_as_apply_writes_it(cli: Cli, tmp_path: Path, owlvit: Path) -> None:
+    for i in range(2):
+        make_image(tmp_path / "d" / f"shape.{i}.png", size=(64, 48), seed=i)
+    cli("upload", str(tmp_path / "d"), "--no-label")
+    cli("actions", "create", "lines", "--step", "owlvit", "-p", f"model={owlvit}", "-p", "prompt=" + SAME_PLACE_PROMPT,
+        "-p", "precision=fp32", "-p", "one-box-per-object=false")
+    preview = cli.json("actions", "preview", "lines")
+    added = preview["total"]["boxesAdded"]
+    places = sum(len({b[1:] for b in bs}) for bs in preview_boxes(cli, preview["jobId"]).values())
+    assert added > places  # several lines' boxes at the same places, each one counted
+    shown = cli("proposals", "show", str(preview["jobId"])).stdout
+    assert f"boxes added: {added}" in shown and "triangle" in shown and "circle" in shown
+    before = sum(len(b) for b in _boxes(cli).values())
+    cli("proposals", "apply", str(preview["jobId"]))
+    assert sum(len(b) for b in _boxes(cli).values()) - before == added
+    # by default the same prompt gives one box per object; the others are near misses in the record
+    cli("actions", "create", "one", "--step", "owlvit", "-p", f"model={owlvit}", "-p", "prompt=" + SAME_PLACE_PROMPT,
+        "-p", "precision=fp32")
+    one = cli.json("actions", "preview", "one")
+    assert one["total"]["boxesAdded"] < added
+    records = [p["record"] for p in one["proposals"] if p.get("record")]
+    assert any(n.get("sameObjectAs") for r in records for n in r["near_misses"])
+
+
+def preview_boxes(cli: Cli, job: int) -> dict[int, list[tuple[Any, ...]]]:
+    props = cli.json("proposals", "show", str(job))["proposedChanges"]
+    return {p["sampleId"]: [(b["label"], b["x"], b["y"], b["width"], b["height"])
+                            for b in p["proposedChanges"]["boundingBoxes"]] for p in props}

@@ -130,23 +130,32 @@ def show_cmd(app: AppContext, sample_id: int, as_json: bool) -> None:
     Example:
       labelblocks samples show 12 --json
     """
+    from .. import provenance
+
     s = app.store.get_sample(sample_id)
+    record = provenance.load(app.store.provenance_texts([sample_id]).get(sample_id))
+    boxes_by = provenance.box_writers(s, record)
+    fields_by = provenance.field_writers(s, record)
     if as_json:
-        print_json(s.to_json())
+        # who wrote what, beside the protocol's shape: per box (in order), the label, the
+        # disabled state, the structured labels and each metadata value (absent: uploaded)
+        print_json({**s.to_json(), "writtenBy": {"boundingBoxes": boxes_by, **fields_by}})
         return
+    by = provenance.describe_writer
     click.echo(f"Sample {s.id}: {s.filename}")
     click.echo(f"  category:  {s.category}{'  (disabled)' if s.is_disabled else ''}")
-    click.echo(f"  label:     {s.label or '-'}")
+    click.echo(f"  label:     {s.label or '-'}" + (f"  (by {by(fields_by['label'])})" if 'label' in fields_by else ""))
     if s.width is not None:
         click.echo(f"  image:     {s.width}x{s.height} {s.media_type}")
     if s.frequency is not None:
         click.echo(f"  audio:     {s.frequency:g} Hz, {s.values_count} values, {s.total_length_ms or 0:.0f} ms")
-    for b in s.bounding_boxes:
-        click.echo(f"  box:       {b.label} x={b.x} y={b.y} w={b.width} h={b.height}")
+    for b, w in zip(s.bounding_boxes, boxes_by, strict=True):
+        click.echo(f"  box:       {b.label} x={b.x} y={b.y} w={b.width} h={b.height}  (by {by(w)})")
     for sl in s.structured_labels:
         click.echo(f"  range:     {sl.start_index}..{sl.end_index} {sl.label}")
+    md_by = fields_by.get("metadata", {})
     for k, v in s.metadata.items():
-        click.echo(f"  metadata:  {k}={v}")
+        click.echo(f"  metadata:  {k}={v}" + (f"  (by {by(md_by[k])})" if k in md_by else ""))
     click.echo(f"  hash:      {s.content_hash}")
 
 
