@@ -38,12 +38,21 @@ def export_cmd(app: AppContext, directory: Path, fmt: str, as_json: bool, **kw: 
     store = app.store
     write = {"info": export_info, "coco": export_coco, "yolo": export_yolo}[fmt]
     total = store.count(f.replace(data_type="image") if fmt != "info" else f)
+    # what the format cannot hold is said, never dropped silently
+    left = [] if fmt == "info" else store.select_ids(f.replace(data_type="audio"))
     with progress(total, "Exporting", enabled=not as_json) as bar:
         n = write(store, directory, f, on_progress=bar)
+    why = f"{fmt.upper()} holds images only"
     if as_json:
-        print_json({"exported": n, "directory": str(directory.resolve()), "format": fmt})
+        out: dict[str, Any] = {"exported": n, "directory": str(directory.resolve()), "format": fmt}
+        if left:
+            out["notExported"] = {"count": len(left), "reason": why, "sampleIds": left}
+        print_json(out)
     else:
         click.echo(f"Exported {n} sample{'s' if n != 1 else ''} to {directory}")
+        if left:
+            click.echo(f"{len(left)} audio sample{'s' if len(left) != 1 else ''} not exported: {why} "
+                       f"(`--format info` exports every sample).")
 
 
 def register(group: click.Group) -> None:

@@ -11,6 +11,7 @@ from ..errors import UsageError
 from ._util import (
     AppContext,
     build_filter,
+    filter_given,
     filter_options,
     load_json_arg,
     one_line,
@@ -159,31 +160,81 @@ def show_cmd(app: AppContext, sample_id: int, as_json: bool) -> None:
     click.echo(f"  hash:      {s.content_hash}")
 
 
-def _ids_command(name: str, help_text: str) -> Any:
-    def deco(fn: Any) -> Any:
-        fn = click.argument("ids", nargs=-1, required=True)(fn)
-        fn = pass_app(fn)
-        return samples_group.command(name, help=help_text)(fn)
-
-    return deco
-
-
-@_ids_command("disable", "Disable samples (they stay, but blocks and training skip them).\n\n\b\nExample:\n  labelblocks samples disable 3 4 10-20")
-def disable_cmd(app: AppContext, ids: tuple[str, ...]) -> None:
-    n = app.store.set_disabled(parse_ids(ids), True)
-    click.echo(f"Disabled {n} sample{'s' if n != 1 else ''}.")
+def _selected(app: AppContext, ids: tuple[str, ...], kw: dict[str, Any], verb: str) -> tuple[list[int], bool]:
+    """The samples a command acts on: ``ids``, the filters' matches, or both (the ids that
+    match); and whether filters chose them."""
+    by_filter = filter_given(kw)
+    if not ids and not by_filter:
+        raise click.UsageError(f"which samples? give ids (`samples {verb} 3 4 10-20`) or filters as `samples list` "
+                               f"takes them (`samples {verb} --where site=Paris`)")
+    f = build_filter(kw, parse_ids(ids) if ids else None)
+    if not by_filter:
+        return list(f.ids or []), False  # explicit ids: one that does not exist is an error, named
+    return app.store.select_ids(f), True
 
 
-@_ids_command("enable", "Enable disabled samples.\n\n\b\nExample:\n  labelblocks samples enable 3,4")
-def enable_cmd(app: AppContext, ids: tuple[str, ...]) -> None:
-    n = app.store.set_disabled(parse_ids(ids), False)
-    click.echo(f"Enabled {n} sample{'s' if n != 1 else ''}.")
+def _done(n: int, verb: str, as_json: bool, ids: list[int]) -> None:
+    if as_json:
+        print_json({verb: n, "sampleIds": ids})
+    else:
+        click.echo(f"{verb.capitalize()} {n} sample{'s' if n != 1 else ''}.")
 
 
-@_ids_command("delete", "Delete samples and their metadata (blobs no other sample uses are removed).\n\n\b\nExample:\n  labelblocks samples delete 7")
-def delete_cmd(app: AppContext, ids: tuple[str, ...]) -> None:
-    n = app.store.delete_samples(parse_ids(ids))
-    click.echo(f"Deleted {n} sample{'s' if n != 1 else ''}.")
+@samples_group.command("disable")
+@click.argument("ids", nargs=-1)
+@filter_options(include_disabled_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print how many and which samples as JSON.")
+@pass_app
+def disable_cmd(app: AppContext, ids: tuple[str, ...], as_json: bool, **kw: Any) -> None:
+    """Disable samples (they stay, but blocks and training skip them): by id, or every sample
+    the filters select (the same filters as `samples list`).
+
+    
+    Examples:
+      labelblocks samples disable 3 4 10-20
+      labelblocks samples disable --where device=broken-mic
+    """
+    chosen, _ = _selected(app, ids, kw, "disable")
+    _done(app.store.set_disabled(chosen, True) if chosen else 0, "disabled", as_json, chosen)
+
+
+@samples_group.command("enable")
+@click.argument("ids", nargs=-1)
+@filter_options(include_disabled_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print how many and which samples as JSON.")
+@pass_app
+def enable_cmd(app: AppContext, ids: tuple[str, ...], as_json: bool, **kw: Any) -> None:
+    """Enable disabled samples: by id, or every sample the filters select.
+
+    
+    Examples:
+      labelblocks samples enable 3,4
+      labelblocks samples enable --where site=Paris
+    """
+    chosen, _ = _selected(app, ids, kw, "enable")
+    _done(app.store.set_disabled(chosen, False) if chosen else 0, "enabled", as_json, chosen)
+
+
+@samples_group.command("delete")
+@click.argument("ids", nargs=-1)
+@filter_options(include_disabled_default=True)
+@click.option("--yes", "-y", is_flag=True, help="Delete the samples the filters select without asking.")
+@click.option("--json", "as_json", is_flag=True, help="Print how many and which samples as JSON.")
+@pass_app
+def delete_cmd(app: AppContext, ids: tuple[str, ...], yes: bool, as_json: bool, **kw: Any) -> None:
+    """Delete samples and their metadata (blobs no other sample uses are removed): by id, or
+    every sample the filters select, after saying how many and asking (--yes: do not ask).
+
+    
+    Examples:
+      labelblocks samples delete 7
+      labelblocks samples delete --where source=old-bucket --yes
+    """
+    chosen, by_filter = _selected(app, ids, kw, "delete")
+    if by_filter and chosen and not yes:  # no answer (no terminal, no input) deletes nothing
+        click.confirm(f"Delete {len(chosen)} sample{'s' if len(chosen) != 1 else ''} and their labels and "
+                      "metadata?", abort=True)
+    _done(app.store.delete_samples(chosen) if chosen else 0, "deleted", as_json, chosen)
 
 
 @samples_group.command("label")
