@@ -187,3 +187,116 @@ def test_what_a_preview_counts_is_what_apply_writes(six: Cli) -> None:
     before = sum(sum(c.values()) for c in boxes_of(cli).values())
     cli("proposals", "apply", str(preview["jobId"]))
     assert sum(sum(c.values()) for c in boxes_of(cli).values()) - before == 24
+
+
+# -- nothing changes without a word ---------------------------------------------------------------
+
+
+@pytest.fixture
+def example(cli: Cli, tmp_path: Path) -> tuple[Cli, Path]:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "examples" / "make_dataset.py"), str(tmp_path / "ex")], check=True,
+                   capture_output=True)
+    return cli, tmp_path / "ex"
+
+
+def test_an_info_file_onto_existing_samples_is_staged_for_review(example: tuple[Cli, Path]) -> None:
+    cli, ex = example
+    cli("upload", str(ex / "images"), "--no-label")
+    out = cli("upload", "--info-file", str(ex / "images" / "info.labels")).stdout
+    assert "Added 0 samples, skipped 24 duplicates" in out
+    assert "24 of the 24 samples already in the project differ from the file" in out and "--update-existing" in out
+    assert all(not s["boundingBoxes"] for s in cli.json("samples", "list"))  # nothing written
+    doc = cli.json("upload", "--info-file", str(ex / "images" / "info.labels"), "--update-existing")
+    staged = doc["existingSamples"]
+    assert staged["differing"] == 24 and staged["existing"] == 24
+    job = staged["jobId"]
+    total = cli.json("proposals", "show", str(job))["total"]
+    cli("proposals", "apply", str(job))
+    listed = cli.json("samples", "list")
+    assert sum(len(s["boundingBoxes"]) for s in listed) == total["boxesAdded"] > 0
+    assert all(s["label"] and s["metadata"].get("site") for s in listed)
+    # the file again: nothing differs
+    again = cli.json("upload", "--info-file", str(ex / "images" / "info.labels"))
+    assert again["existingSamples"]["differing"] == 0
+
+
+def test_coco_and_yolo_exports_say_what_they_cannot_hold(example: tuple[Cli, Path], tmp_path: Path) -> None:
+    cli, ex = example
+    cli("upload", "--info-file", str(ex / "images" / "info.labels"))
+    cli("upload", str(ex / "audio"), "--no-label")
+    for fmt in ("coco", "yolo"):
+        out = cli("export", str(tmp_path / f"out-{fmt}"), "--format", fmt).stdout
+        assert "Exported 24 samples" in out
+        assert f"6 audio samples not exported: {fmt.upper()} holds images only" in out
+        doc = cli.json("export", str(tmp_path / f"out2-{fmt}"), "--format", fmt)
+        assert doc["notExported"]["count"] == 6 and len(doc["notExported"]["sampleIds"]) == 6
+    assert "notExported" not in cli.json("export", str(tmp_path / "all"))
+
+
+def test_sync_remembers_a_sources_metadata(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i in range(2):
+        make_image(src / f"a{i}.png", seed=i)
+    cli("sync", str(src), "--metadata", "site=X")
+    make_image(src / "later.png", seed=9)
+    assert cli.json("sync", str(src))["added"] == 1
+    assert {s["metadata"].get("site") for s in cli.json("samples", "list")} == {"X"}
+    [listed] = cli.json("sync", "--list")
+    assert listed["metadata"] == {"site": "X"}
+    assert "site=X" in cli("sync", "--list").stdout
+    # a new value for a key replaces the remembered one for files added from then on
+    cli("sync", str(src), "--metadata", "site=Y")
+    make_image(src / "latest.png", seed=10)
+    cli("sync", str(src))
+    by_name = {s["filename"]: s["metadata"]["site"] for s in cli.json("samples", "list")}
+    assert by_name["latest.png"] == "Y" and by_name["later.png"] == "X"
+
+
+def test_samples_delete_and_disable_take_filters(six: Cli) -> None:
+    cli = six
+    cli("metadata", "set", "1-3", "site=A")
+    assert cli.json("samples", "disable", "--where", "site=A")["disabled"] == 3
+    assert {s["id"] for s in cli.json("samples", "list", "--include-disabled") if s["isDisabled"]} == {1, 2, 3}
+    assert cli.json("samples", "enable", "--where", "site=A", "--label", "nothing")["enabled"] == 0
+    cli("samples", "enable", "2", "--where", "site=A")  # ids and filters: the ids that match
+    assert {s["id"] for s in cli.json("samples", "list", "--include-disabled") if s["isDisabled"]} == {1, 3}
+    refused = cli("samples", "delete", "--where", "site=A", expect=1, input="n\n")
+    assert "Delete 3 samples" in refused.output and cli.json("samples", "list", "--count", "--include-disabled")["count"] == 6
+    assert "Aborted" in cli("samples", "delete", "--where", "site=A", expect=1).output  # no answer: nothing
+    cli("samples", "delete", "--where", "site=A", input="y\n")
+    assert cli.json("samples", "list", "--count", "--include-disabled")["count"] == 3
+    assert cli.json("samples", "delete", "--where-not", "site=A", "--yes")["deleted"] == 3
+    assert "which samples?" in cli("samples", "delete", expect=2).output
+
+
+def test_a_renaming_action_has_nothing_to_tune(example: tuple[Cli, Path]) -> None:
+    cli, ex = example
+    cli("upload", "--info-file", str(ex / "images" / "info.labels"))
+    cli("actions", "create", "r", "--step", "relabel", "-p", "mapping=square -> box")
+    job = cli.json("actions", "preview", "r", "--limit", "24")["jobId"]
+    doc = cli.json("evaluate", str(job))
+    assert doc["thresholds"] == [] and "nothing to tune" in doc["thresholdsNote"]
+    out = cli("evaluate", str(job)).stdout
+    assert "nothing to tune" in out and "owlvit" not in out and "now 1.000" not in out
+
+
+def test_demo_keeps_a_changed_demo_unless_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from labelblocks.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = CliRunner().invoke
+    assert run(main, ["demo", "--json"]).exit_code == 0
+    assert run(main, ["demo", "--json"]).exit_code == 0  # unchanged: replaced
+    demo = tmp_path / "labelblocks-demo"
+    assert run(main, ["--project", str(demo), "metadata", "set", "1", "mine=yes"]).exit_code == 0
+    refused = run(main, ["demo"])
+    assert refused.exit_code == 1 and "--force" in refused.output
+    assert run(main, ["--project", str(demo), "samples", "show", "1", "--json"]).output.count("mine") == 1
+    assert run(main, ["demo", "--force", "--json"]).exit_code == 0
+    assert "mine" not in run(main, ["--project", str(demo), "samples", "show", "1", "--json"]).output

@@ -115,6 +115,7 @@ def final_samples(store: Store, job_id: int, chunk: Sequence[int], extra: Mappin
     if job is None:
         raise NotFound(f"no job {job_id}")
     blocks = {int(st["step"]): str(st["block"]) for st in job.definition.get("steps", [])}
+    replaces = job.definition.get("replacesEarlier", True)  # a run takes back its action's earlier contributions
     if parsed is None:
         # a chunk's proposals, each distinct text parsed once (labeling jobs repeat a few
         # changes many times); parsed changes are shared, so never modified below
@@ -131,7 +132,7 @@ def final_samples(store: Store, job_id: int, chunk: Sequence[int], extra: Mappin
             continue
         text = texts.get(sid)
         record = provenance.load(text)
-        base = provenance.strip(s, record, job.action) if provenance.mentions(text, job.action) \
+        base = provenance.strip(s, record, job.action) if replaces and provenance.mentions(text, job.action) \
             else provenance.Stripped(s, record)
         after, box_steps, field_steps = _compose(base.sample, parsed.get(sid, []), blocks)
         update: dict[str, Any] = {}
@@ -219,6 +220,9 @@ def final_writes(store: Store, job_id: int, chunk: Sequence[int], extra: Mapping
             rest.append(sid)
             continue
         text = state[2]
+        if not job.definition.get("replacesEarlier", True):
+            rest.append(sid)
+            continue
         if text not in light_records:  # the action wrote nothing but labels and disabled states here
             rec = provenance.load(text)
             light_records[text] = not provenance.mentions(provenance.dump(

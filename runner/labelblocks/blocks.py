@@ -182,6 +182,13 @@ class Block:
         `actions set` command that applies a suggestion."""
         return None
 
+    @classmethod
+    def threshold_value(cls, parameters: Mapping[str, str], key: str) -> float | None:
+        """The score threshold the step's ``parameters`` set for ``key`` (a box label), as
+        `labelblocks evaluate` reports it beside its suggestion; None where the block has no
+        such threshold."""
+        return None
+
     def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
         """Called once per run before the first batch: load models here."""
 

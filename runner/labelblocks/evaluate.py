@@ -769,7 +769,10 @@ def evaluate_boxes(items: Sequence[Item], added: Sequence[list[dict[str, Any]]],
         return {"mAP50": group_stats[1], "mAP50Interval": Map50(truth, pred, matched50, k, idx).interval(),
                 "mAP": group_stats[0], "confusionMatrix": g_cm.tolist(), "report": box_report(g_cm, classes)}
 
-    thresholds, curves = box_thresholds(truth, pred, near, classes, iou, target_precision)
+    # thresholds only where a step recorded scores (a renaming step's boxes have none: nothing to tune)
+    scored = any(b.get("score") is not None for bs in p_lists for b in bs)
+    thresholds, curves = box_thresholds(truth, pred, near, classes, iou, target_precision) if scored else ([], [])
+    step_thresholds(job, thresholds)
     order = np.argsort(f1_i, kind="stable")[:WORST]
     worst = [{"sampleId": imgs[i].id, "truth": t_lists[i], "prediction": p_lists[i], "score": f1_list[i]}
              for i in order.tolist() if f1_list[i] < 1.0]
@@ -780,7 +783,30 @@ def evaluate_boxes(items: Sequence[Item], added: Sequence[list[dict[str, Any]]],
            "classes": [*classes, BACKGROUND], "notEvaluated": _not_evaluated(imgs, "boxes"),
            "thresholds": thresholds, "modelValidationMetrics": [_metrics_item(measured, predictions)],
            "groups": _groups(imgs, group_by, measure, "mAP50", min_group)}
+    if not scored:
+        doc["thresholdsNote"] = ("nothing to tune: the job's boxes carry no scores (none of its steps records one, "
+                                 "as a renaming step does not)")
     return Evaluation(doc, curves, worst)
+
+
+def step_thresholds(job: job_store.JobRecord, thresholds: list[dict[str, Any]]) -> None:
+    """Each box threshold's current value as the step that proposes that label set it
+    (Block.threshold_value: owlvit's prompt line), instead of the lowest score it proposed."""
+    from .errors import LabelblocksError
+    from .plugins import get_registry
+
+    for st in job.definition.get("steps", []):
+        try:
+            cls = get_registry().get(str(st["block"])).cls
+        except (LabelblocksError, KeyError):
+            continue
+        params = {str(k): str(v) for k, v in (st.get("parameters") or {}).items()}
+        for t in thresholds:
+            if "currentFrom" in t:
+                continue
+            value = cls.threshold_value(params, t["key"])
+            if value is not None:
+                t.update(value=value, step=int(st["step"]), currentFrom="step")
 
 
 # --- audio segments ------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from .errors import InvalidInput
 from .model import check_text
 from .sources import PAGE, FolderSource, Source, SourceObject, open_source
 from .store import Store
-from .store.sources import Synced, replace_media, set_stamps, synced, versions
+from .store.sources import Synced, remember_source, replace_media, set_stamps, source_settings, synced, versions
 from .uploads import INFER, Outcome, UploadItem, prepare, upload
 
 OnDelete = Literal["delete", "disable", "keep"]
@@ -74,6 +74,7 @@ class SyncReport:
     ignored: int = 0  # files that are not media
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (URL, reason), the first SHOWN_FAILURES
+    metadata: dict[str, str] = field(default_factory=dict)  # what new files got (remembered for the source)
 
     def fail(self, url: str, reason: str) -> None:
         self.failed += 1
@@ -84,7 +85,8 @@ class SyncReport:
         return {"success": self.failed == 0, "source": self.source, "dryRun": self.dry_run, "added": self.added,
                 "replaced": self.replaced, "removed": self.removed, "unchanged": self.unchanged,
                 "keptChanged": self.kept_changed, "keptGone": self.kept_gone, "ignored": self.ignored,
-                "failed": self.failed, "failures": [{"source": u, "error": e} for u, e in self.failures]}
+                "failed": self.failed, "failures": [{"source": u, "error": e} for u, e in self.failures],
+                "metadata": self.metadata}
 
 
 # what a sync does to one object or sample: add, replace, delete, disable, keep-changed,
@@ -98,7 +100,13 @@ def sync(store: Store, location: str, opts: SyncOptions, on_event: EventFn | Non
     """Sync the project with the folder or fsspec URL ``location`` (``source``: an opened one)."""
     opts.check()
     src = source or open_source(location)
+    # the metadata given to this source's new files before is given again, with this sync's on top
+    remembered = source_settings(store, src.url) or {}
+    given = dict(opts.metadata)
+    opts.metadata = {**remembered.get("metadata", {}), **given}
+    opts.check()
     report = SyncReport(src.url, opts.dry_run)
+    report.metadata = dict(opts.metadata)
     known = synced(store, src.prefix)
     run = _Run(store, src, opts, report, on_event or (lambda *_: None), on_progress)
     adds = run.walk(src.pages(page, known), known)
@@ -112,6 +120,8 @@ def sync(store: Store, location: str, opts: SyncOptions, on_event: EventFn | Non
         run.change(o, sid)
     run.gone(known)
     run.progress()
+    if not opts.dry_run and (given or remembered) and opts.metadata != remembered.get("metadata"):
+        remember_source(store, src.url, {**remembered, "metadata": opts.metadata})
     return report
 
 

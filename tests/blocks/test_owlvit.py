@@ -390,6 +390,7 @@ def test_evaluation_tunes_the_prompt_from_scores_and_near_misses(cli: Cli, tmp_p
     doc = cli.json("actions", "evaluate", "tune")
     [t] = doc["thresholds"]
     assert t["key"] == "cat" and t["nearMisses"] > 0 and t["scores"] > t["nearMisses"]
+    assert t["value"] == high and t["currentFrom"] == "step"  # the prompt line's own threshold
     # the truth's boxes between `low` and `high` are near misses: keeping them is right
     assert t["suggestedValue"] < high
     assert t["command"] == f"labelblocks actions set tune --step 1 -p 'prompt=a cat (cat, {t['suggestedValue']:g})'"

@@ -246,6 +246,15 @@ class OwlVit(ModelBlock):
         return {"prompt": "\n".join(lines)}
 
     @classmethod
+    def threshold_value(cls, parameters: Mapping[str, str], key: str) -> float | None:
+        """The minimum confidence of label ``key``'s prompt lines (the lowest, when several)."""
+        try:
+            found = [q.min_confidence for q in parse_prompt(str(parameters.get("prompt") or "")) if q.label == key]
+        except ValueError:
+            return None
+        return min(found) if found else None
+
+    @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> None:
         try:
             parse_prompt(str(args.get("prompt") or ""))

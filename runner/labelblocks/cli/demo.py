@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,15 +19,18 @@ OWLVIT_PROMPT = "a yellow square (box, 0.1)\na yellow circle (ring, 0.1)"
 
 @click.command("demo")
 @click.argument("directory", default="labelblocks-demo", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an earlier demo even if it was changed since it ran.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
-def demo_cmd(directory: Path, as_json: bool) -> None:
+def demo_cmd(directory: Path, force: bool, as_json: bool) -> None:
     """Run the main job on example data: create a project (SQLite and a local blob folder),
     upload example images (with boxes and metadata) and audio, create a two-step action,
     preview it, show the proposals, apply them.
 
     Needs no network and no model weights; when OWL-ViT's weights are in the local Hugging
     Face cache, an OWL-ViT step is added (and the output says so). DIRECTORY (default
-    ./labelblocks-demo) must be new or empty, or an earlier demo, which is replaced.
+    ./labelblocks-demo) must be new or empty, or an earlier demo, which is replaced unless
+    something was changed there since it ran (samples, labels, metadata, actions or jobs added
+    or edited by hand: --force replaces it all the same).
 
     \b
     Example:
@@ -40,7 +45,7 @@ def demo_cmd(directory: Path, as_json: bool) -> None:
     from .render import print_preview
 
     say = (lambda *a, **k: None) if as_json else click.echo
-    _make_room(directory)
+    _make_room(directory, force)
     project = init_project(directory)
     (project / MARKER).write_text("made by `labelblocks demo`; the next demo in this folder replaces it\n")
     say(f"1. Created a project in {project} (SQLite database and blob folder in {project / '.labelblocks'}).")
@@ -88,6 +93,8 @@ def demo_cmd(directory: Path, as_json: bool) -> None:
             progress.close()
         say(f"5. Applied the proposals of job {preview.job_id} to {applied} samples (and set ai-labeled=true).")
         disabled = sum(1 for s in store.list_samples(limit=None) if s.is_disabled)
+        # what the demo left: the next demo replaces the folder only while it is still this
+        (project / MARKER).write_text(json.dumps({"madeBy": "labelblocks demo", "state": _fingerprint(store)}))
     if as_json:
         print_json({"project": str(project), "samples": len(report.added), "action": "clean",
                     "steps": [s["block"] for s in steps], "jobId": preview.job_id, "failed": preview.failed,
@@ -100,18 +107,52 @@ def demo_cmd(directory: Path, as_json: bool) -> None:
                "  labelblocks split --keep-together video_file --dry-run")
 
 
-def _make_room(directory: Path) -> None:
-    """``directory`` new or empty; an earlier demo there is removed first."""
+def _fingerprint(store: Any) -> str:
+    """A digest of everything a person could change in a project: each sample's id and
+    revision (every write to a sample changes it), the jobs, the actions."""
+    from ..actions import list_actions
+    from ..filters import SampleFilter
+    from ..store import jobs as job_store
+
+    ids = store.select_ids(SampleFilter(include_disabled=True))
+    state = [sorted(store.revisions(ids).items()), [(j.id, j.status) for j in job_store.list_jobs(store)],
+             [a.to_json() for a in list_actions(store)]]
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _make_room(directory: Path, force: bool) -> None:
+    """``directory`` new or empty; an earlier demo there, unchanged since it ran (or with
+    ``force``), is removed first."""
     if not directory.exists():
         return
     if not directory.is_dir():
         raise InvalidInput(f"{directory} exists and is not a folder: give a new folder for the demo")
     if (directory / MARKER).is_file():
+        if not force and not _unchanged_demo(directory):
+            raise InvalidInput(f"{directory} holds an earlier demo with changes made since it ran (samples, labels, "
+                               "metadata, actions or jobs): `labelblocks demo --force` replaces it all the same; "
+                               "or give another folder")
         shutil.rmtree(directory)
         return
     if any(directory.iterdir()):
         raise InvalidInput(f"{directory} exists and is not empty: give a new folder for the demo "
                            "(an earlier demo's folder is replaced)")
+
+
+def _unchanged_demo(directory: Path) -> bool:
+    """Whether the demo in ``directory`` is as the demo left it (a demo that did not finish,
+    whose marker holds no state, is replaced as before)."""
+    from ..project import open_store
+
+    try:
+        left = json.loads((directory / MARKER).read_text())["state"]
+    except (ValueError, KeyError, TypeError):
+        return True
+    try:
+        with open_store(directory) as store:
+            return bool(_fingerprint(store) == left)
+    except Exception:  # a project that no longer opens: not replaced without --force
+        return False
 
 
 def _owlvit_model(registry: Any) -> str | None:

@@ -134,7 +134,9 @@ def print_evaluation(doc: dict[str, Any]) -> None:
                 v = t["targetPrecisionValue"]
                 reach = (f"; precision {t['targetPrecision']:.2f} from {v:.3f}" if v is not None
                          else f"; precision {t['targetPrecision']:.2f} is not reached")
-            click.echo(f"  {t['key']:<20} now {t['value']:.3f}; {t['suggestedValueText']}{reach}")
+            now = f"now {t['value']:g} (step {t['step']})" if t.get("currentFrom") == "step" else \
+                f"lowest proposed score {t['value']:.3f}"
+            click.echo(f"  {t['key']:<20} {now}; {t['suggestedValueText']}{reach}")
             if t.get("command"):
                 click.echo(f"    apply: {t['command']}")
         if doc.get("applyAll"):
@@ -142,6 +144,8 @@ def print_evaluation(doc: dict[str, Any]) -> None:
         if any(not t.get("command") for t in doc["thresholds"]):
             click.echo("  apply one with `labelblocks actions set ACTION --step N -p PARAM=VALUE` (for owlvit, the "
                        "minimum confidence in the prompt line: `-p prompt=\"a cat (cat, 0.42)\"`)")
+    if doc.get("thresholdsNote"):
+        click.echo(f"\nthresholds: {doc['thresholdsNote']}")
     for g in doc["groups"]:
         click.echo(f"\nby {g['key']} (worst first):")
         for v in g["values"]:

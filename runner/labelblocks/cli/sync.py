@@ -19,7 +19,8 @@ _VERB = {"add": "add", "replace": "replace", "delete": "delete", "disable": "dis
 
 
 @click.command("sync")
-@click.argument("source")
+@click.argument("source", required=False)
+@click.option("--list", "list_sources", is_flag=True, help="List the sources synced and the settings each remembers.")
 @click.option("--key", default="source", show_default=True,
               help="The metadata key naming each sample's source object (its version goes in KEY_etag).")
 @click.option("--on-delete", type=click.Choice(["delete", "disable", "keep"]), default="delete", show_default=True,
@@ -37,8 +38,8 @@ _VERB = {"add": "add", "replace": "replace", "delete": "delete", "disable": "dis
 @click.option("--dry-run", is_flag=True, help="Print what the sync would do, and change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (and in a dry run the plan) as JSON.")
 @pass_app
-def sync_cmd(app: AppContext, source: str, key: str, on_delete: str, on_change: str, metadata: tuple[str, ...],
-             label_from: str, category: str, dry_run: bool, as_json: bool) -> None:
+def sync_cmd(app: AppContext, source: str | None, list_sources: bool, key: str, on_delete: str, on_change: str,
+             metadata: tuple[str, ...], label_from: str, category: str, dry_run: bool, as_json: bool) -> None:
     """Keep the project in step with a folder or bucket (SOURCE: a folder, or an fsspec URL
     such as s3://bucket/prefix; credentials come from the environment).
 
@@ -47,15 +48,32 @@ def sync_cmd(app: AppContext, source: str, key: str, on_delete: str, on_change: 
     among samples synced from SOURCE. Each carries metadata `source` (its URL) and
     `source_etag` (its version), so actions select them with `--where source=...` or
     `--has source`. Running it again changes nothing; a sync that was interrupted finishes
-    when it is run again.
+    when it is run again. `--metadata` is remembered for SOURCE: later syncs give its new
+    files the same (`sync --list` shows what each source remembers).
 
     \b
     Examples:
       labelblocks sync photos/ --dry-run
       labelblocks sync photos/ --metadata site=Paris --label-from folder
       labelblocks sync s3://bucket/cameras --on-delete disable --json
+      labelblocks sync --list
     """
     from ..sync import SyncOptions, sync
+
+    if list_sources:
+        from ..store.sources import list_sources as listed
+
+        rows = listed(app.store)
+        if as_json:
+            print_json([{"source": src, **settings} for src, settings, _ in rows])
+        elif not rows:
+            click.echo("No source remembers settings yet (`labelblocks sync SOURCE --metadata KEY=VALUE`).")
+        for src, settings, _ in ([] if as_json else rows):
+            md = settings.get("metadata", {})
+            click.echo(f"{src}\n  metadata for new files: " + (", ".join(f"{k}={v}" for k, v in md.items()) or "-"))
+        return
+    if source is None:
+        raise click.UsageError("give the SOURCE to sync (a folder or an fsspec URL), or --list")
 
     opts = SyncOptions(key=key, on_delete=on_delete, on_change=on_change,  # type: ignore[arg-type]
                        metadata=parse_key_values(metadata, "--metadata"), label_from=label_from,  # type: ignore[arg-type]

@@ -39,12 +39,15 @@ if TYPE_CHECKING:
                    "(by default it is skipped, so that repeating an upload adds nothing).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_IMAGE_PIXELS, show_default=True,
               help="Refuse images larger than this many pixels (width x height).")
+@click.option("--update-existing", is_flag=True,
+              help="Stage what the info file (or COCO/YOLO file) says about samples already in the project "
+                   "(labels, boxes, metadata that differ) as a job to review and apply, like an action's preview.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-file results as JSON.")
 @pass_app
 def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, label: str | None, no_label: bool,
                metadata: tuple[str, ...], info_file: Path | None, coco: Path | None, images_dir: Path | None,
                yolo: Path | None, disallow_duplicates: bool, allow_duplicates: bool, max_pixels: int,
-               as_json: bool) -> None:
+               update_existing: bool, as_json: bool) -> None:
     """Upload images (PNG, JPEG, ...) and audio (WAV, FLAC, OGG) from files and folders.
 
     Folders are walked. Labels come from --label, else from the file name's leading
@@ -56,6 +59,7 @@ def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, l
     Examples:
       labelblocks upload photos/ --metadata site=Paris --category split
       labelblocks upload --info-file dataset/info.labels
+      labelblocks upload --info-file dataset/info.labels --update-existing
       labelblocks upload --coco coco/annotations.json --images coco/val2017
       labelblocks upload --yolo yolo-dataset/data.yaml
       labelblocks upload clips/*.wav --label noise --json
@@ -98,10 +102,35 @@ def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, l
         click.echo("\nInterrupted: the samples committed so far are in the project, the rest is not "
                    "(uploading the same files again adds only the missing ones).", err=True)
         sys.exit(130)
+    described = info_file is not None or coco is not None or yolo is not None
+    differ = None
+    job_id = None
+    if described and not allow_duplicates:
+        from ..info_updates import existing_differences, stage_updates
+
+        differ = existing_differences(store, items, report.outcomes)
+        if update_existing and differ.changes:
+            job_id = stage_updates(store, differ.changes, str(info_file or coco or yolo))
+    elif update_existing:
+        raise UsageError("--update-existing goes with --info-file, --coco or --yolo (a file that describes samples)")
     if as_json:
-        print_json(report.to_json())
+        doc = report.to_json()
+        if differ is not None:
+            doc["existingSamples"] = {**differ.to_json(), **({"jobId": job_id} if job_id is not None else {})}
+        print_json(doc)
     else:
         _print_summary(report.outcomes, len(report.added), len(report.duplicates), report.rejected)
+        if differ is not None and differ.changes:
+            n = len(differ.changes)
+            if job_id is None:
+                click.echo(f"{n} of the {differ.matched} samples already in the project differ from the file "
+                           f"(labels, boxes or metadata): add --update-existing to stage those changes for review.")
+            else:
+                from .render import print_preview
+
+                click.echo(f"Staged the file's changes to {n} existing sample{'s' if n != 1 else ''} as job {job_id}:")
+                print_preview(store, job_id)
+                click.echo(f"Apply with `labelblocks proposals apply {job_id}` (or review them: `labelblocks review`).")
     if report.rejected:
         sys.exit(1)
 

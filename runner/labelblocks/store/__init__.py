@@ -837,15 +837,18 @@ class Store:
         cutoff = time.time() - min_age
         return [f for f in self.blobs.files() if f.hash not in used and f.mtime <= cutoff]
 
-    def existing_files(self, files: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-        """The (content hash, file name) pairs among ``files`` that a sample has already."""
+    def existing_files(self, files: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The (content hash, file name) pairs among ``files`` that a sample has already, each
+        with the id of the first such sample."""
         wanted = set(files)
-        out: set[tuple[str, str]] = set()
+        out: dict[tuple[str, str], int] = {}
         with self._read() as conn:
             for chunk in _chunks(sorted({h for h, _ in wanted}), 500):
-                rows = conn.execute(select(samples.c.content_hash, samples.c.filename)
-                                    .where(samples.c.content_hash.in_(chunk)))
-                out.update((h, n) for h, n in rows if (h, n) in wanted)
+                rows = conn.execute(select(samples.c.content_hash, samples.c.filename, samples.c.id)
+                                    .where(samples.c.content_hash.in_(chunk)).order_by(samples.c.id))
+                for h, n, i in rows:
+                    if (h, n) in wanted:
+                        out.setdefault((h, n), i)
         return out
 
     def existing_hashes(self, hashes: Iterable[str]) -> set[str]:

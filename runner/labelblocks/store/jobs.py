@@ -481,21 +481,17 @@ def overlay(store: Store, job_id: int, stored: Sequence[Sample], max_step: int |
     return out
 
 
-def job_action(store: Store, job_id: int) -> str:
-    """The name of the action job ``job_id`` runs."""
-    with store.engine.connect() as conn:
-        name = conn.execute(select(jobs.c.action).where(jobs.c.id == job_id)).scalar_one_or_none()
-    if name is None:
-        raise NotFound(f"no job {job_id}")
-    return str(name)
-
-
 def stripped(store: Store, job_id: int, stored: Sequence[Sample]) -> dict[int, provenance.Stripped]:
     """The samples of ``stored`` that hold contributions of the job's action, without them."""
     texts = store.provenance_texts([s.id for s in stored])
     if not texts:
         return {}
-    action = job_action(store, job_id)
+    job = get_job(store, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    if not job.definition.get("replacesEarlier", True):
+        return {}
+    action = job.action
     return {s.id: provenance.strip(s, provenance.load(texts[s.id]), action)
             for s in stored if provenance.mentions(texts.get(s.id), action)}
 

@@ -548,11 +548,23 @@ def _v14(conn: Connection) -> None:
     source_stamps.create(conn, checkfirst=True)
 
 
+# What `labelblocks sync SOURCE` remembers of each source (v15): the metadata its new files get
+# (JSON), so that a later sync of the same source gives new files the same.
+sync_sources = Table(
+    "sync_sources",
+    metadata,
+    Column("source", Text, primary_key=True),
+    Column("settings", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+
 def _v15(conn: Connection) -> None:
     """Each sample records who wrote its boxes, labels and metadata (a project made at v15 or
-    later has the column from v1's tables already)."""
+    later has the column from v1's tables already); sync remembers each source's settings."""
     if "provenance" not in {c["name"] for c in inspect(conn).get_columns("samples")}:
         conn.exec_driver_sql("ALTER TABLE samples ADD COLUMN provenance TEXT")
+    sync_sources.create(conn, checkfirst=True)
 
 
 def _v8(conn: Connection) -> None:

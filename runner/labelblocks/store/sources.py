@@ -1,9 +1,12 @@
 """Every statement on what ``labelblocks sync`` keeps: which samples were synced from which
-source object, with the object's stamp when it was synced (``source_stamps``), and the
-replacement of a sample's media when its source object changed."""
+source object, with the object's stamp when it was synced (``source_stamps``), the
+replacement of a sample's media when its source object changed, and each source's settings
+(``sync_sources``)."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +17,7 @@ from ..errors import NotFound
 from ..model import MediaFields
 from . import Store, _chunks
 from .dialect import run, upsert
-from .schema import samples, source_stamps
+from .schema import samples, source_stamps, sync_sources
 
 # a synced sample: its id, and its source object's stamp when it was last synced
 Synced = tuple[int, str]
@@ -76,3 +79,25 @@ def replace_media(store: Store, sample_id: int, content_hash: str, media_type: s
     if old != content_hash and used is None:
         store.blobs.remove(old)
 
+
+
+def source_settings(store: Store, source: str) -> dict[str, Any] | None:
+    """The settings remembered for ``source`` (its URL), or None."""
+    with store._read() as conn:
+        text = conn.execute(select(sync_sources.c.settings).where(sync_sources.c.source == source)).scalar_one_or_none()
+    return json.loads(text) if text else None
+
+
+def remember_source(store: Store, source: str, settings: dict[str, Any]) -> None:
+    """Remember ``settings`` for ``source``, replacing what was remembered."""
+    with store.transaction() as conn:
+        upsert(conn, sync_sources, [{"source": source, "settings": json.dumps(settings, sort_keys=True),
+                                     "updated_at": time.time()}])
+
+
+def list_sources(store: Store) -> list[tuple[str, dict[str, Any], float]]:
+    """Every source synced, with its settings and when they were last written."""
+    with store._read() as conn:
+        return [(src, json.loads(text), at) for src, text, at in conn.execute(
+            select(sync_sources.c.source, sync_sources.c.settings, sync_sources.c.updated_at)
+            .order_by(sync_sources.c.source))]
