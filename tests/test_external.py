@@ -115,6 +115,10 @@ def test_python_block_chained_preview_apply_and_run(ds: Cli, project: Path) -> N
     for s in after.values():
         assert s["label"] == "P-car" and [b["label"] for b in s["boundingBoxes"]] == ["vehicle"]
         assert s["metadata"] == {"site": "Paris", "labeled_by": "fake-boxer", "boxes_seen": "1", "ai-labeled": "true"}
+    # applied again, the same as once: every step (the external one too) saw the samples without
+    # the action's earlier boxes, label and metadata
+    ds("actions", "run", "chain", "--all")
+    assert _samples(ds) == after
     for f in (project / ".labelblocks").rglob("*"):
         if f.is_file():
             assert TOKEN.encode() not in f.read_bytes(), f

@@ -184,6 +184,8 @@ def test_what_a_preview_counts_is_what_apply_writes(six: Cli) -> None:
     assert "boxes added: 24" in shown
     listed = cli.json("proposals", "show", str(preview["jobId"]))
     assert listed["total"]["boxesAdded"] == 24
+    assert cli.json("jobs", "show", str(preview["jobId"]))["pendingChanges"]["boxesAdded"] == 24
+    assert "boxes added: 24" in cli("jobs", "show", str(preview["jobId"])).stdout
     before = sum(sum(c.values()) for c in boxes_of(cli).values())
     cli("proposals", "apply", str(preview["jobId"]))
     assert sum(sum(c.values()) for c in boxes_of(cli).values()) - before == 24

@@ -66,6 +66,8 @@ def list_samples(project_id: ProjectId, state: State, a: Auth, category: str = "
     page = store.list_samples(f, limit=limit, offset=offset, descending=desc)
     if proposedActionsJobId is not None:
         page = overlay(store, proposedActionsJobId, page, overlay_step(a, proposedActionsJobId))
+    elif a.scope is not None:  # a job's block sees the samples without its action's earlier contributions
+        page = overlay(store, a.scope.job_id, page, 0)
     return {"success": True, "samples": [sample_json(s, project_id) for s in page], "totalCount": store.count(f)}
 
 
@@ -107,6 +109,8 @@ def _sample_of(state: ServerState, a: Caller, sample_id: SampleId, job_id: int |
     s = state.store.get_sample(sample_id)
     if job_id is not None:
         [s] = overlay(state.store, job_id, [s], overlay_step(a, job_id))
+    elif a.scope is not None:  # a job's block sees the sample without its action's earlier contributions
+        [s] = overlay(state.store, a.scope.job_id, [s], 0)
     return s
 
 

@@ -9,7 +9,7 @@ import click
 
 from ..errors import NotFound
 from ._util import AppContext, pass_app, print_json
-from .render import errors_json
+from .render import changes_json, describe_total, errors_json
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -83,14 +83,21 @@ def jobs_show(app: AppContext, job_id: int, as_json: bool) -> None:
 
     j = _job_json(app.store, get_job(app.store, job_id))
     errors = job_store.job_errors(app.store, job_id)
+    # what applying its pending proposals writes (the same count as `proposals show` and apply)
+    pending = j["kind"] == "preview" and j["status"] == "completed" and j["counts"].get("pending")
+    total = changes_json(app.store, job_id)["total"] if pending else None
     if as_json:
         j["failures"] = errors_json(errors)
+        if total is not None:
+            j["pendingChanges"] = total
         print_json(j)
         return
     click.echo(f"job {j['id']}: {j['kind']} of action {j['action']} — {j['status']}")
     for s in j["definition"].get("steps", []):
         click.echo(f"  step {s['step']}: {s['block']} {s['version']} {json.dumps(s['parameters'])}")
     click.echo("  samples: " + ", ".join(f"{n} {s}" for s, n in sorted(j["counts"].items())))
+    if total is not None:
+        click.echo("  " + describe_total(total).replace("In all, applying writes", "applying its proposals writes"))
     if j["usage"]:
         click.echo("  usage: " + ", ".join(f"{k}={v:g}" for k, v in sorted(j["usage"].items())))
     if j["error"]:
