@@ -32,7 +32,7 @@ def test_blocks_list_finds_entry_point_plugin_with_version() -> None:
     r = _cli("plugins", "--json")
     info = {p["name"]: p for p in json.loads(r.stdout)}
     assert info["fakeblocks"]["blocks"] == ["fake-labeler", "fake-boxer", "fake-renamer", "fake-fail", "fake-leaky", "fake-constant",
-                                                "fake-meddler", "fake-detector", "fake-tagger"]
+                                                "fake-meddler", "fake-detector", "fake-tagger", "fake-noter"]
 
 
 def test_blocks_info_lists_parameters_and_secrets() -> None:

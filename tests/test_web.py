@@ -122,6 +122,18 @@ def test_sign_in_dataset_filter_and_metadata(browser: Any, site: tuple[Cli, str,
     page.get_by_role("button", name="Add metadata").click()
     assert "the key is empty" in page.get_by_role("alert").inner_text()
     assert cli.json("samples", "show", str(sid))["metadata"] == md
+    # who wrote each box and the label: after an action renamed them, the page names it
+    cli("actions", "create", "web-rename", "--step", "relabel", "-p", "mapping=square -> box\ncircle -> ring")
+    cli("actions", "run", "web-rename")
+    shown = cli.json("samples", "show", str(sid))
+    renamed = [b["label"] in ("box", "ring") for b in shown["boundingBoxes"]]
+    assert any(renamed) and not all(renamed)  # a speck box stays the upload's
+    page.goto(f"{base}/samples/{sid}")
+    rows = page.locator("table.boxes tbody tr")
+    assert rows.count() == len(shown["boundingBoxes"])
+    assert [("action web-rename (job" in rows.nth(i).inner_text()) for i in range(rows.count())] == renamed
+    assert "upload or a person" in rows.nth(renamed.index(False)).inner_text()
+    assert "by action web-rename" in page.locator(".facts p").first.inner_text()
     shot(page, "sample")
     # a state-changing request without the CSRF token is refused, even with the session
     r = page.request.post(f"{base}/samples/{sid}/metadata", form={"op": "set", "key": "x", "value": "y"})

@@ -114,7 +114,8 @@ def final_samples(store: Store, job_id: int, chunk: Sequence[int], extra: Mappin
     job = job_store.get_job(store, job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
-    blocks = {int(st["step"]): str(st["block"]) for st in job.definition.get("steps", [])}
+    blocks = {int(st.get("step", i)): str(st.get("block", f"step{i}"))
+              for i, st in enumerate(job.definition.get("steps", []), 1)}
     replaces = job.definition.get("replacesEarlier", True)  # a run takes back its action's earlier contributions
     if parsed is None:
         # a chunk's proposals, each distinct text parsed once (labeling jobs repeat a few
@@ -260,8 +261,8 @@ def _label_write(state: tuple[str | None, bool, str | None], steps: Sequence[tup
     record = provenance.load(text)
     label, disabled = stored_label, stored_disabled
     if provenance.mentions(text, action):  # its label or disabled state put back as they were before it
-        now = Sample.model_construct(label=label, is_disabled=disabled, bounding_boxes=[], structured_labels=[],
-                                     metadata={})
+        now = Sample.model_construct(id=0, filename="", label=label, is_disabled=disabled, bounding_boxes=[],
+                                     structured_labels=[], metadata={})
         base = provenance.strip(now, {k: v for k, v in record.items() if k in ("label", "disabled")}, action)
         label, disabled = base.sample.label, base.sample.is_disabled
         record = {k: v for k, v in record.items() if k not in ("label", "disabled")}
@@ -276,10 +277,9 @@ def _label_write(state: tuple[str | None, bool, str | None], steps: Sequence[tup
     if new_label == stored_label and new_disabled == stored_disabled and (label, disabled) == (stored_label, stored_disabled):
         return None
     fields = {"label": label_step, "isDisabled": disabled_step}
-    before = Sample.model_construct(label=label, is_disabled=disabled, bounding_boxes=[], structured_labels=[],
-                                    metadata={})
-    after = Sample.model_construct(label=new_label, is_disabled=new_disabled, bounding_boxes=[],
-                                   structured_labels=[], metadata={})
+    before = Sample.model_construct(id=0, filename="", label=label, is_disabled=disabled, bounding_boxes=[],
+                                    structured_labels=[], metadata={})
+    after = before.model_copy(update={"label": new_label, "is_disabled": new_disabled})
     new = provenance.dump(provenance.contribute(before, record, after, writer,
                                                 field_steps={k: v for k, v in fields.items() if v is not None}))
     change = SampleChange.model_construct(label=new_label if new_label != stored_label else None,

@@ -795,7 +795,7 @@ def step_thresholds(job: job_store.JobRecord, thresholds: list[dict[str, Any]]) 
     from .errors import LabelblocksError
     from .plugins import get_registry
 
-    for st in job.definition.get("steps", []):
+    for i, st in enumerate(job.definition.get("steps", []), 1):
         try:
             cls = get_registry().get(str(st["block"])).cls
         except (LabelblocksError, KeyError):
@@ -806,7 +806,7 @@ def step_thresholds(job: job_store.JobRecord, thresholds: list[dict[str, Any]]) 
                 continue
             value = cls.threshold_value(params, t["key"])
             if value is not None:
-                t.update(value=value, step=int(st["step"]), currentFrom="step")
+                t.update(value=value, step=int(st.get("step", i)), currentFrom="step")
 
 
 # --- audio segments ------------------------------------------------------------------------------------

@@ -131,9 +131,10 @@ def field_writers(sample: Sample, record: Record) -> dict[str, Any]:
 
 
 def describe_writer(w: Writer | None) -> str:
-    """A writer in words: `action clean (job 3, step 2)`, `a person (page)`, `upload`."""
+    """A writer in words: `action clean (job 3, step 2)`, `a person (page)`, or `upload or a
+    person` where nothing was recorded (uploads and bulk edits record no writer)."""
     if not w:
-        return "upload"
+        return "upload or a person"
     if "action" in w:
         step = f", step {w['step']}" if w.get("step") else ", after running"
         return f"action {w['action']} (job {w['job']}{step})"
@@ -280,8 +281,8 @@ def contribute(base: Sample, record: Record, final: Sample, writer: Writer,
     out: Record = {k: v for k, v in record.items()}
     if final.bounding_boxes != base.bounding_boxes:
         entries: dict[BoxKey, list[dict[str, Any]]] = {}
-        for e in record.get("boxes", []):
-            entries.setdefault(tuple(e["box"]), []).append(e)  # type: ignore[arg-type]
+        for entry in record.get("boxes", []):
+            entries.setdefault(tuple(entry["box"]), []).append(entry)  # type: ignore[arg-type]
         old = Counter(box_key(b) for b in base.bounding_boxes)
         new_keys = [box_key(b) for b in final.bounding_boxes]
         fresh: list[BoxKey] = []

@@ -320,18 +320,18 @@ def upload(
             return
         if disallow_duplicates or skip_same_files:
             key: Callable[[NewSample], Any]
-            ids: dict[Any, int] = {}
+            known: dict[Any, int] = {}
             if disallow_duplicates:  # the same content, whatever its name
                 key, why = (lambda n: n.content_hash), SAME_CONTENT
                 there: set[Any] = store.existing_hashes({n.content_hash for _, n in pending})
             else:  # the same file again: content and name (the outcome names the sample it is)
                 key, why = (lambda n: (n.content_hash, n.filename)), "already in the project (the same content and name)"
-                ids = store.existing_files({(n.content_hash, n.filename) for _, n in pending})
-                there = set(ids)
+                known = store.existing_files({(n.content_hash, n.filename) for _, n in pending})
+                there = set(known)
             if there:
                 for it, n in pending:
                     if key(n) in there:
-                        emit(Outcome(it.source, "duplicate", id=ids.get(key(n)), error=why))
+                        emit(Outcome(it.source, "duplicate", id=known.get(key(n)), error=why))
                 pending[:] = [(it, n) for it, n in pending if key(n) not in there]
         store.blobs.sync(n.content_hash for _, n in pending)  # durable before a row references them
         ids = store.add_samples([n for _, n in pending])

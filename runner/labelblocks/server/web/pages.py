@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 
+from ... import provenance
 from ...api.state import JobId, SampleId, json_body
 from ...apply import job_finals
 from ...errors import InvalidInput, LabelblocksError, NotFound
@@ -157,7 +158,17 @@ def sample_page(request: Request, session: Signed, sample_id: SampleId, error: s
                 field: str = "") -> HTMLResponse:
     store = api_state(request).store
     s = store.get_sample(sample_id)
-    return render(request, "sample.html", s=s, c=card(s), error=error, field=field)
+    c = card(s)
+    # who wrote each box, the label and each metadata value (upload: nobody recorded)
+    record = provenance.load(store.provenance_texts([sample_id]).get(sample_id))
+    by_field = provenance.field_writers(s, record)
+    box_by = [provenance.describe_writer(w) for w in provenance.box_writers(s, record)] if not c["audio"] else []
+    for b, who in zip(c.get("boxes", []), box_by, strict=False):
+        b["title"] = f"{b['title']} (by {who})"
+    written = {"label": provenance.describe_writer(by_field.get("label")),
+               "boxes": [(b, who) for b, who in zip(s.bounding_boxes, box_by, strict=False)],
+               "metadata": {k: provenance.describe_writer(w) for k, w in by_field.get("metadata", {}).items()}}
+    return render(request, "sample.html", s=s, c=c, error=error, field=field, written=written)
 
 
 @router.post("/samples/{sample_id}/metadata")
@@ -356,6 +367,12 @@ def job_page(request: Request, session: Signed, job_id: JobId,
     cards = []
     for s in samples:
         proposed = finals.get(s.id, s)
+        if s.id in changes:  # the boxes' scores (kept in the job's record, not written) drawn beside them
+            scores = {provenance.box_key(b): b.score for ch in changes[s.id] for b in ch.bounding_boxes or []
+                      if b.score is not None}
+            if scores:
+                proposed = proposed.model_copy(update={"bounding_boxes": [
+                    b.model_copy(update={"score": scores.get(provenance.box_key(b))}) for b in proposed.bounding_boxes]})
         c = card(s)
         c.update(box_diff(s, proposed))
         status = ("applied" if s.id in state.applied else "failed" if s.id in state.failed else
