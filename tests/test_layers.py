@@ -55,3 +55,33 @@ def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         failed = [(n, err) for n, rc, err in pool.map(imports, modules) if rc != 0]
     assert failed == []
+
+
+def test_the_block_authors_face_hands_on_every_name_lazily() -> None:
+    """`from labelblocks import Block, ...` works for every name the face lists; importing the
+    face loads none of them (the CLI's start-up stays light)."""
+    for name in labelblocks.__all__:
+        assert getattr(labelblocks, name) is not None, name
+    assert "Block" in dir(labelblocks)
+    r = subprocess.run([sys.executable, "-c", "import sys, labelblocks; "
+                        "print(sorted(m for m in ('pydantic', 'labelblocks.blocks', 'labelblocks.model') "
+                        "if m in sys.modules))"], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+    try:
+        labelblocks.Nothing  # noqa: B018
+    except AttributeError as e:
+        assert "no attribute 'Nothing'" in str(e)
+    else:
+        raise AssertionError("an unknown name must raise AttributeError")
+
+
+def test_bundled_blocks_import_only_the_face() -> None:
+    """The blocks' contract is an allow-list: a bundled block importing below the face is reported."""
+    probe = ROOT / "blocks" / "owlvit" / "labelblocks_owlvit" / "_face_probe.py"
+    probe.write_text("from labelblocks.model import Sample  # noqa: F401\n")
+    try:
+        r = subprocess.run(LINT_IMPORTS, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        probe.unlink()
+    assert r.returncode != 0
+    assert "labelblocks_owlvit._face_probe -> labelblocks.model" in r.stdout

@@ -31,10 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from labelblocks.accel import ModelBlock
-from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, with_provenance
-from labelblocks.errors import BlockError
-from labelblocks.model import Sample, SampleChange, StructuredLabel
+from labelblocks import (
+    BlockContext,
+    BlockError,
+    ModelBlock,
+    Sample,
+    SampleChange,
+    SampleFailure,
+    SampleInput,
+    StructuredLabel,
+    with_provenance,
+)
 
 DEFAULT_MODEL = "MIT/ast-finetuned-audioset-10-10-0.4593"
 RECORD_TOP = 3  # scores of the best classes of interest kept per window in the job's record
@@ -233,7 +240,7 @@ class AudioSet(ModelBlock):
         super().check_args(args)
 
     def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
-        from labelblocks.accel import load_pretrained, require_model
+        from labelblocks import load_pretrained, require_model
 
         self.model_id = str(args.get("model") or DEFAULT_MODEL)
         require_model(self.model_id)  # before the heavy imports
@@ -270,7 +277,7 @@ class AudioSet(ModelBlock):
     # -- audio -> features (background thread) ------------------------------------------------
 
     def prepare(self, inp: SampleInput, values_count: int | None) -> _Prepared | SampleFailure:
-        from labelblocks.media import open_audio
+        from labelblocks import open_audio
 
         try:
             with inp.open() as file, open_audio(file) as f:

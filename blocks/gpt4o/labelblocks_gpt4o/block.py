@@ -19,9 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labelblocks.blocks import Block, BlockContext, CostEstimate, SampleFailure, SampleInput, merged_metadata
-from labelblocks.errors import MissingSecret, StopJob
-from labelblocks.model import BoundingBox, Sample, SampleChange
+from labelblocks import (
+    Block,
+    BlockContext,
+    BoundingBox,
+    CostEstimate,
+    MissingSecret,
+    Sample,
+    SampleChange,
+    SampleFailure,
+    SampleInput,
+    StopJob,
+    merged_metadata,
+)
 
 from .client import DEFAULT_BASE_URL, ApiError, AuthError, ChatClient, ResponseCache, UnreadableAnswer
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import requests
 
-from labelblocks.secrets import redact
+from labelblocks import redact
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from labelblocks.hookspecs import hookimpl
+from labelblocks import hookimpl
 
 from .block import BoxRelabel, BoxValidate, ImageLabel
 

@@ -26,10 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from labelblocks.accel import ModelBlock
-from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, one_box_per_object, with_provenance
-from labelblocks.errors import BlockError
-from labelblocks.model import BoundingBox, SampleChange
+from labelblocks import (
+    BlockContext,
+    BlockError,
+    BoundingBox,
+    ModelBlock,
+    SampleChange,
+    SampleFailure,
+    SampleInput,
+    one_box_per_object,
+    with_provenance,
+)
 
 DEFAULT_MIN_CONFIDENCE = 0.1
 DELETE_MODES = ("no", "matching-prompt", "yes")
@@ -274,7 +281,7 @@ class OwlVit(ModelBlock):
         super().check_args(args)
 
     def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
-        from labelblocks.accel import load_pretrained, require_model
+        from labelblocks import load_pretrained, require_model
 
         require_model(str(args.get("model") or "google/owlvit-base-patch32"))  # before the heavy imports
         import torch

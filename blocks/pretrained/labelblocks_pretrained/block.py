@@ -31,10 +31,19 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from labelblocks.accel import ModelBlock, load_pretrained, require_model
-from labelblocks.blocks import BlockContext, SampleFailure, SampleInput, one_box_per_object, with_provenance
-from labelblocks.errors import BlockError
-from labelblocks.model import BoundingBox, SampleChange
+from labelblocks import (
+    BlockContext,
+    BlockError,
+    BoundingBox,
+    ModelBlock,
+    SampleChange,
+    SampleFailure,
+    SampleInput,
+    load_pretrained,
+    one_box_per_object,
+    require_model,
+    with_provenance,
+)
 
 if TYPE_CHECKING:
     from .onnx_source import OnnxModel

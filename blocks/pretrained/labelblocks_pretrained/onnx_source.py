@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from labelblocks.errors import BlockError
+from labelblocks import BlockError
 
 Prediction = tuple[str, float, tuple[float, ...] | None]  # (class, score, xyxy box in image pixels or None)
 
