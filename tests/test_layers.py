@@ -60,6 +60,7 @@ def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
 def test_the_block_authors_face_hands_on_every_name_lazily() -> None:
     """`from labelblocks import Block, ...` works for every name the face lists; importing the
     face loads none of them (the CLI's start-up stays light)."""
+    assert set(labelblocks.__all__) == {"__version__", *labelblocks._FACE}
     for name in labelblocks.__all__:
         assert getattr(labelblocks, name) is not None, name
     assert "Block" in dir(labelblocks)

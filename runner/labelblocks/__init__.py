@@ -53,7 +53,12 @@ _FACE = {
     "open_audio": "media",
 }
 
-__all__ = ["__version__", *_FACE]
+__all__ = [
+    "Block", "BlockContext", "BlockError", "BoundingBox", "CostEstimate", "MissingSecret", "ModelBlock", "Sample",
+    "SampleChange", "SampleFailure", "SampleInput", "StopJob", "StructuredLabel", "__version__", "hookimpl",
+    "load_pretrained", "merged_metadata", "one_box_per_object", "open_audio", "redact", "require_model",
+    "with_provenance",
+]
 
 
 def __getattr__(name: str) -> Any:
