@@ -86,3 +86,19 @@ def test_bundled_blocks_import_only_the_face() -> None:
         probe.unlink()
     assert r.returncode != 0
     assert "labelblocks_owlvit._face_probe -> labelblocks.model" in r.stdout
+
+
+def test_an_import_circle_through_a_function_level_import_is_reported() -> None:
+    """No module is imported only to be imported alone: two siblings importing each other, one of
+    them inside a function, break the acyclic contract."""
+    a = ROOT / "runner" / "labelblocks" / "cli" / "_circle_a.py"
+    b = ROOT / "runner" / "labelblocks" / "cli" / "_circle_b.py"
+    a.write_text("from . import _circle_b  # noqa: F401\n")
+    b.write_text("def later() -> None:\n    from . import _circle_a  # noqa: F401\n")
+    try:
+        r = subprocess.run(LINT_IMPORTS, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        a.unlink()
+        b.unlink()
+    assert r.returncode != 0
+    assert "no import circles BROKEN" in r.stdout

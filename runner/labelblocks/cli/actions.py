@@ -181,8 +181,6 @@ def actions_set(app: AppContext, name: str, step_no: int | None, params: tuple[s
     if suggested:
         if params or unset or step_no is not None:
             raise UsageError("--suggested sets what the evaluation suggests: give it without --step, -p or --unset")
-        from .evaluate import suggested_parameters
-
         changes = suggested_parameters(app, name)
         if not changes:
             return
@@ -362,6 +360,26 @@ def _print_skips(summary: Any) -> None:
                    "(left as they are).")
     for note in summary.notes:
         click.echo(f"  {note}")
+
+
+def suggested_parameters(app: AppContext, name: str) -> dict[int, tuple[dict[str, str], tuple[str, ...]]]:
+    """Per step, the parameters the latest evaluation of the action's jobs suggests."""
+    from ..store.evaluations import latest_for_action
+
+    found = latest_for_action(app.store, name)
+    if found is None:
+        raise UsageError(f"no job of action {name} has been evaluated: run `labelblocks actions evaluate {name}` "
+                         "(or `labelblocks evaluate JOB`) first")
+    job_id, _, doc = found
+    apply = doc.get("apply") or []
+    if not apply:
+        none = [t["key"] for t in doc.get("thresholds", []) if t.get("noSuggestion")]
+        why = (f": no recorded score finds a true one for {', '.join(none)}" if none else
+               "" if doc.get("thresholds") else ": it has no thresholds (its blocks recorded no scores)")
+        click.echo(f"The evaluation of job {job_id} suggests no change to action {name}{why}. Nothing changed.")
+        return {}
+    click.echo(f"From the evaluation of job {job_id}:")
+    return {int(a["step"]): ({str(k): str(v) for k, v in a["parameters"].items()}, ()) for a in apply}
 
 
 def register(group: click.Group) -> None:

@@ -163,26 +163,6 @@ def print_evaluation(doc: dict[str, Any]) -> None:
                        f"[{lo:.0%}, {hi:.0%}]{f1}{small}")
 
 
-def suggested_parameters(app: AppContext, name: str) -> dict[int, tuple[dict[str, str], tuple[str, ...]]]:
-    """Per step, the parameters the latest evaluation of the action's jobs suggests."""
-    from ..store.evaluations import latest_for_action
-
-    found = latest_for_action(app.store, name)
-    if found is None:
-        raise UsageError(f"no job of action {name} has been evaluated: run `labelblocks actions evaluate {name}` "
-                         "(or `labelblocks evaluate JOB`) first")
-    job_id, _, doc = found
-    apply = doc.get("apply") or []
-    if not apply:
-        none = [t["key"] for t in doc.get("thresholds", []) if t.get("noSuggestion")]
-        why = (f": no recorded score finds a true one for {', '.join(none)}" if none else
-               "" if doc.get("thresholds") else ": it has no thresholds (its blocks recorded no scores)")
-        click.echo(f"The evaluation of job {job_id} suggests no change to action {name}{why}. Nothing changed.")
-        return {}
-    click.echo(f"From the evaluation of job {job_id}:")
-    return {int(a["step"]): ({str(k): str(v) for k, v in a["parameters"].items()}, ()) for a in apply}
-
-
 @actions_group.command("evaluate")
 @click.argument("name")
 @filter_options(include_disabled_default=True)

@@ -17,7 +17,9 @@ from fastapi import FastAPI
 from ..api import Limits, create_api_app
 from ..project import open_store
 from ..store import Store
+from .logs import redact_access_log
 from .routes import ROUTERS
+from .web import install
 
 
 def create_app(project_dir: Path | str, store: Store | None = None, limits: Limits | None = None) -> FastAPI:
@@ -25,16 +27,12 @@ def create_app(project_dir: Path | str, store: Store | None = None, limits: Limi
     project_dir = Path(project_dir).resolve()
     store = store or open_store(project_dir)
     app = create_api_app(store, project_dir, limits, routers=ROUTERS)
-    from .web import install
-
     install(app, store)  # the review page, at /
     return app
 
 
 def app_from_env() -> FastAPI:
     """The app factory of `labelblocks serve --workers N` (each worker process calls it)."""
-    from . import redact_access_log
-
     limits = Limits(**json.loads(os.environ["LABELBLOCKS_SERVE_LIMITS"]))
     redact_access_log()
     return create_app(os.environ["LABELBLOCKS_SERVE_PROJECT"], limits=limits)

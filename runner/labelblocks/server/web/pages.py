@@ -23,7 +23,8 @@ from ...model import MAX_INT, Sample, check_text
 from ...store import jobs as job_store
 from ...store import reviews
 from ...store.keys import verify_key
-from . import (
+from .drawing import audio_card, box_diff, image_card
+from .session import (
     COOKIE,
     Session,
     Task,
@@ -36,7 +37,6 @@ from . import (
     set_cookie,
     web,
 )
-from .drawing import audio_card, box_diff, image_card
 from .thumbs import thumbnail, waveform_png
 
 router = APIRouter(include_in_schema=False)
