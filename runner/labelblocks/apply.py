@@ -22,7 +22,7 @@ from typing import Any
 from . import provenance
 from .actions import MetadataItem
 from .diff import SampleDiff, diff
-from .errors import NotFound
+from .errors import InvalidInput, NotFound
 from .model import Sample, SampleChange
 from .store import PreparedChanges, Store
 from .store import jobs as job_store
@@ -288,6 +288,31 @@ def _label_write(state: tuple[str | None, bool, str | None], steps: Sequence[tup
     if change.is_empty() and provenance.same_contributions(new, text):
         return None
     return change, new
+
+
+@dataclass
+class Applied:
+    """What applying a reviewed job did: samples applied, and those left out (changed or
+    deleted since the job proposed)."""
+
+    applied: int
+    left_out: list[int]
+
+
+def apply_reviewed(store: Store, job_id: int, ids: Sequence[int] | None = None,
+                   on_progress: ProgressFn | None = None) -> Applied:
+    """Apply a reviewed job's proposals (all pending, or those of ``ids``: the page's accepted
+    samples, the CLI's --ids) with its action's metadata: the one path of `proposals apply`
+    and the review page's "Apply accepted"."""
+    job = job_store.get_job(store, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    if job.status == "discarded":
+        raise InvalidInput(f"job {job_id}'s proposals were discarded")
+    before = job_store.job_state(store, job_id).discarded
+    n = apply_job(store, job_id, ids=ids, set_metadata=action_metadata(store, job.action), on_progress=on_progress) \
+        if ids is None or ids else 0
+    return Applied(n, sorted(job_store.job_state(store, job_id).discarded - before))
 
 
 def action_metadata(store: Store, action: str) -> list[MetadataItem]:

@@ -72,6 +72,7 @@ def _register() -> None:
         export,
         inferences,
         jobs,
+        keys,
         learn,
         metadata,
         org,
@@ -79,14 +80,15 @@ def _register() -> None:
         proposals,
         registry,
         samples,
+        secrets,
         server,
         split,
         sync,
         upload,
     )
 
-    for mod in (demo, project, upload, sync, samples, metadata, split, export, blocks, registry, actions, jobs, proposals,
-                evaluate, learn, inferences, server, org):
+    for mod in (demo, project, upload, sync, samples, metadata, split, export, blocks, secrets, registry, actions, jobs,
+                proposals, evaluate, learn, inferences, server, keys, org):
         mod.register(main)
 
 

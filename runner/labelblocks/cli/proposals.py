@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import InvalidInput, NotFound
 from ._util import AppContext, parse_ids, pass_app, print_json
 from .jobs import get_job
 from .render import changes_json, print_preview, record_order
@@ -70,20 +69,11 @@ def proposals_apply(app: AppContext, job_id: int, ids: str | None) -> None:
       labelblocks proposals apply 3
       labelblocks proposals apply 3 --ids 12,14
     """
-    from ..actions import get_action
-    from ..apply import apply_job
-    from ..store import jobs as job_store
+    from ..apply import apply_reviewed
 
-    row = get_job(app.store, job_id)
-    if row.status == "discarded":
-        raise InvalidInput(f"job {job_id}'s proposals were discarded")
-    try:
-        set_md = get_action(app.store, row.action).set_metadata
-    except NotFound:
-        set_md = []
-    left_before = job_store.discarded_count(app.store, job_id)
-    n = apply_job(app.store, job_id, ids=parse_ids([ids]) if ids else None, set_metadata=set_md)
-    left = job_store.discarded_count(app.store, job_id) - left_before
+    get_job(app.store, job_id)
+    done = apply_reviewed(app.store, job_id, ids=parse_ids([ids]) if ids else None)
+    n, left = done.applied, len(done.left_out)
     click.echo(f"Applied job {job_id}'s proposals to {n} sample{'s' if n != 1 else ''}."
                + (f" Left out {left} that changed or were deleted since the job ran (`labelblocks proposals show "
                   f"{job_id}` lists them; preview again for what they need now)." if left else ""))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import click
 
 from ..constants import MAX_IMAGE_PIXELS
-from ._util import AppContext, pass_app, print_json
+from ._util import AppContext, pass_app
 
 
 @click.command("serve")
@@ -78,72 +76,6 @@ def serve_cmd(app: AppContext, host: str, port: int, max_upload_mb: int, max_fil
     serve(project_dir, host, port, limits=limits)
 
 
-@click.group("keys")
-def keys_group() -> None:
-    """Project API keys for the HTTP API (`labelblocks serve`)."""
-
-
-@keys_group.command("create")
-@click.option("--name", default="", help="A name to tell the key apart (default: its creation time).")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-@pass_app
-def keys_create(app: AppContext, name: str, as_json: bool) -> None:
-    """Create a project API key and print it once: only its hash is kept.
-
-    \b
-    Example:
-      KEY=$(labelblocks keys create --name ci --json | jq -r .key)
-    """
-    from ..store.keys import create_key
-
-    rec, key = create_key(app.store, name)
-    if as_json:
-        print_json({**rec.to_json(), "key": key})
-        return
-    click.echo(key)
-    click.echo(f"Key {rec.id} ({rec.name}) created. It is shown only now: store it somewhere safe.", err=True)
-
-
-@keys_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-@pass_app
-def keys_list(app: AppContext, as_json: bool) -> None:
-    """List the project's keys (their first characters, never the keys).
-
-    \b
-    Example:
-      labelblocks keys list
-    """
-    from ..store.keys import list_keys
-
-    keys = list_keys(app.store)
-    if as_json:
-        print_json([k.to_json() for k in keys])
-        return
-    if not keys:
-        click.echo("No keys: create one with `labelblocks keys create`.")
-    for k in keys:
-        when = datetime.fromtimestamp(k.created_at).strftime("%Y-%m-%d %H:%M")
-        status = "revoked" if k.revoked_at else "active"
-        click.echo(f"{k.id:>4}  {k.prefix}...  {status:<8} {when}  {k.name}")
-
-
-@keys_group.command("revoke")
-@click.argument("key")
-@pass_app
-def keys_revoke(app: AppContext, key: str) -> None:
-    """Revoke a key (by id, name or its shown first characters): it stops working at once.
-
-    \b
-    Example:
-      labelblocks keys revoke 2
-    """
-    from ..store.keys import revoke_key
-
-    k = revoke_key(app.store, key)
-    click.echo(f"Revoked key {k.id} ({k.name}).")
-
-
 @click.command("review")
 @click.argument("job_id", type=int, required=False)
 @click.option("--port", type=click.IntRange(0, 65535), default=4800, show_default=True,
@@ -204,5 +136,5 @@ def review_cmd(app: AppContext, job_id: int | None, port: int, no_browser: bool)
 
 
 def register(group: click.Group) -> None:
-    for c in (serve_cmd, keys_group, review_cmd):
+    for c in (serve_cmd, review_cmd):
         group.add_command(c)

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 
 from ... import provenance
 from ...api.state import JobId, SampleId, json_body
-from ...apply import job_finals
+from ...apply import apply_reviewed, job_finals
 from ...errors import InvalidInput, LabelblocksError, NotFound
 from ...filters import SampleFilter, check_categories, from_shorthand, parse_metadata_json
 from ...model import MAX_INT, Sample, check_text
@@ -418,27 +418,14 @@ async def review(request: Request, session: Signed, job_id: JobId) -> dict[str, 
 @router.post("/jobs/{job_id}/apply")
 async def apply_accepted(request: Request, session: Signed, job_id: JobId) -> Response:
     """Apply exactly the accepted samples, through the same path as `proposals apply`."""
-    from ...actions import get_action
-    from ...apply import apply_job
-
     form = await request.form()
     await require_csrf(request, session, form)
     store = api_state(request).store
-    job = job_store.get_job(store, job_id)
-    if job is None:
-        raise NotFound(f"no job {job_id}")
     accepted = [sid for sid, d in reviews.decisions(store, job_id).items() if d == "accepted"]
-    state = job_store.job_state(store, job_id)
-    pending = set(state.pending())
-    todo = [sid for sid in accepted if sid in pending]
-    try:
-        set_md = get_action(store, job.action).set_metadata
-    except NotFound:
-        set_md = []
-    before = job_store.job_state(store, job_id).discarded
-    n = apply_job(store, job_id, ids=todo, set_metadata=set_md) if todo else 0
-    left = sorted(job_store.job_state(store, job_id).discarded - before)
-    return RedirectResponse(f"/jobs/{job_id}?" + urlencode({"applied": n, "left": ",".join(map(str, left))}),
+    pending = set(job_store.job_state(store, job_id).pending())
+    done = apply_reviewed(store, job_id, ids=[sid for sid in accepted if sid in pending])
+    return RedirectResponse(f"/jobs/{job_id}?" + urlencode({"applied": done.applied,
+                                                            "left": ",".join(map(str, done.left_out))}),
                             status_code=303)
 
 
