@@ -15,7 +15,19 @@ from ..errors import InvalidInput
 from ..filters import SampleFilter
 from ..model import CATEGORIES, MAX_INT, parse_json
 from .raw_data import list_filter
-from .state import ApiError, Auth, Caller, OptionalQueryInt, ProjectId, SampleId, State, json_body
+from .state import (
+    ApiError,
+    Auth,
+    DeletesSamples,
+    MovesSamples,
+    OptionalQueryInt,
+    ProjectId,
+    RenamesSamples,
+    SampleId,
+    State,
+    WritesInBatches,
+    json_body,
+)
 
 router = APIRouter(prefix="/v1/api/{project_id}/raw-data", tags=["raw-data"])
 _PAGE = 1000
@@ -26,11 +38,6 @@ def _category(value: Any, name: str) -> str:
     if value not in CATEGORIES:
         raise ApiError(400, f"{name}: expected one of {', '.join(CATEGORIES)}, got {value!r}")
     return str(value)
-
-
-def _no_job_key(a: Caller, what: str) -> None:
-    if a.scope is not None:
-        raise ApiError(403, f"a job's key cannot {what}: use a project key")
 
 
 @router.get("/count")
@@ -83,31 +90,27 @@ def metadata_filter_options(project_id: ProjectId, state: State, a: Auth, catego
 
 
 @router.post("/delete-all")
-def delete_all(project_id: ProjectId, state: State, a: Auth) -> dict[str, Any]:
+def delete_all(project_id: ProjectId, state: State, a: DeletesSamples) -> dict[str, Any]:
     """Delete every sample of the project (one transaction)."""
-    _no_job_key(a, "delete samples")
     return {"success": True, "samples": state.store.delete_samples(state.store.select_ids(SampleFilter()))}
 
 
 @router.post("/delete-all/{category}")
-def delete_all_in_category(project_id: ProjectId, category: str, state: State, a: Auth) -> dict[str, Any]:
+def delete_all_in_category(project_id: ProjectId, category: str, state: State, a: DeletesSamples) -> dict[str, Any]:
     """Delete every sample of a category (one transaction)."""
-    _no_job_key(a, "delete samples")
     ids = state.store.select_ids(SampleFilter(categories=[_category(category, "category")]))
     return {"success": True, "samples": state.store.delete_samples(ids)}
 
 
 @router.delete("/{sample_id}")
-def delete_sample(project_id: ProjectId, sample_id: SampleId, state: State, a: Auth) -> JSONResponse:
-    _no_job_key(a, "delete samples")
+def delete_sample(project_id: ProjectId, sample_id: SampleId, state: State, a: DeletesSamples) -> JSONResponse:
     state.store.delete_samples([sample_id])
     return JSONResponse({"success": True})
 
 
 @router.post("/{sample_id}/rename")
 async def rename_sample(project_id: ProjectId, sample_id: SampleId, request: Request, state: State,
-                        a: Auth) -> JSONResponse:
-    _no_job_key(a, "rename samples")
+                        a: RenamesSamples) -> JSONResponse:
     body = await json_body(request)
     name = body.get("name")
     if not isinstance(name, str):
@@ -118,8 +121,7 @@ async def rename_sample(project_id: ProjectId, sample_id: SampleId, request: Req
 
 @router.post("/{sample_id}/move")
 async def move_sample(project_id: ProjectId, sample_id: SampleId, request: Request, state: State,
-                      a: Auth) -> JSONResponse:
-    _no_job_key(a, "move samples")
+                      a: MovesSamples) -> JSONResponse:
     body = await json_body(request)
     category = _category(body.get("newCategory"), "newCategory")
     state.store.get_sample(sample_id)  # 404 for an unknown sample
@@ -143,9 +145,8 @@ def _ids_param(text: str | None, name: str) -> list[int] | None:
     return data
 
 
-def batch_ids(request: Request, state: State, a: Auth) -> list[int]:
+def batch_ids(request: Request, state: State, a: WritesInBatches) -> list[int]:
     """The ids the batch route's query selects (the listing's filters, ``ids``, ``excludeIds``)."""
-    _no_job_key(a, "write in batches")
     q = request.query_params
     try:
         min_id = int(q["minId"]) if "minId" in q else None

@@ -170,6 +170,27 @@ def caller(request: Request, state: State) -> Caller:
 Auth = Annotated[Caller, Depends(caller)]
 
 
+class ProjectKeyOnly:
+    """A dependency composed on :data:`Auth`: the caller must hold a project key; a job key
+    (one step of one job) is refused with 403, saying what it cannot do."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __call__(self, a: Auth) -> Caller:
+        if a.scope is not None:
+            raise ApiError(403, f"a job's key cannot {self.what}: use a project key")
+        return a
+
+
+# the project-key-only routes, by what a job key may not do there
+DeletesSamples = Annotated[Caller, Depends(ProjectKeyOnly("delete samples"))]
+RenamesSamples = Annotated[Caller, Depends(ProjectKeyOnly("rename samples"))]
+MovesSamples = Annotated[Caller, Depends(ProjectKeyOnly("move samples"))]
+WritesInBatches = Annotated[Caller, Depends(ProjectKeyOnly("write in batches"))]
+ReadsProjectModels = Annotated[Caller, Depends(ProjectKeyOnly("read the project's learned models"))]
+
+
 def checked_project(project_id: int, state: State, _auth: Auth) -> int:
     """The path's project id, once the caller is known: 404 for another project."""
     if project_id != state.project.id:
