@@ -311,8 +311,9 @@ def _columns(images: list[list[tuple]]) -> Any:
 def test_bulk_matching_equals_matching_each_image(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The matching of all images at once (in rounds, in chunks) equals the plain loop per image."""
     from labelblocks import evaluate
+    from labelblocks.evaluate import boxes
 
-    monkeypatch.setattr(evaluate, "MAX_PAIRS", 50)  # many chunks
+    monkeypatch.setattr(boxes, "MAX_PAIRS", 50)  # many chunks
     truth, pred = _random_images(np.random.default_rng(seed), 60, most=8)
     t, p = _columns(truth), _columns(pred)
     for same_class in (False, True):
