@@ -251,24 +251,9 @@ def assign(data: SplitData, opts: SplitOptions, assigned: np.ndarray) -> np.ndar
         rest = ~assigned & (fixed_split[data.group] >= 0)
         result[rest] = fixed_split[data.group[rest]]
 
-    # feature counts per group, sorted by group
     spos, sfeat = _features(data, opts)
     n_feat = int(sfeat.max()) + 1 if len(sfeat) else 0
-    gf_feat: np.ndarray
-    counts: np.ndarray
-    totals: np.ndarray
-    bounds: np.ndarray
-    if n_feat:
-        combined = data.group[spos] * n_feat + sfeat
-        uniq, counts = np.unique(combined, return_counts=True)
-        gf_group, gf_feat = uniq // n_feat, uniq % n_feat
-        totals = np.bincount(gf_feat, weights=counts, minlength=n_feat)
-        bounds = np.searchsorted(gf_group, np.arange(n_groups + 1))
-    else:
-        gf_feat = np.empty(0, dtype=np.int64)
-        counts = np.empty(0, dtype=np.int64)
-        totals = np.empty(0)
-        bounds = np.zeros(n_groups + 1, dtype=np.int64)
+    gf_feat, counts, totals, bounds = _group_features(data.group[spos], sfeat, n_feat, n_groups)
     # objective: sum over splits and features of split_w * weight * deficit^2. Each feature's
     # deficit is relative to its total (rare labels count), and small splits weigh more
     # (1/sqrt(ratio): tuned on generated data against StratifiedGroupKFold, see tests/test_split.py)
@@ -309,6 +294,19 @@ def assign(data: SplitData, opts: SplitOptions, assigned: np.ndarray) -> np.ndar
     todo = result < 0
     result[todo] = group_split[data.group[todo]]
     return result
+
+
+def _group_features(groups: np.ndarray, feats: np.ndarray, n_feat: int,
+                    n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Feature counts per group, sorted by group: each (group, feature) pair's feature and
+    count, every feature's total, and where each group's pairs start."""
+    if not n_feat:
+        return (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0),
+                np.zeros(n_groups + 1, dtype=np.int64))
+    uniq, counts = np.unique(groups * n_feat + feats, return_counts=True)
+    gf_group, gf_feat = uniq // n_feat, uniq % n_feat
+    totals = np.bincount(gf_feat, weights=counts, minlength=n_feat)
+    return gf_feat, counts, totals, np.searchsorted(gf_group, np.arange(n_groups + 1))
 
 
 class _Greedy:

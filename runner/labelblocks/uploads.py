@@ -319,20 +319,8 @@ def upload(
         if not pending:
             return
         if disallow_duplicates or skip_same_files:
-            key: Callable[[NewSample], Any]
-            known: dict[Any, int] = {}
-            if disallow_duplicates:  # the same content, whatever its name
-                key, why = (lambda n: n.content_hash), SAME_CONTENT
-                there: set[Any] = store.existing_hashes({n.content_hash for _, n in pending})
-            else:  # the same file again: content and name (the outcome names the sample it is)
-                key, why = (lambda n: (n.content_hash, n.filename)), "already in the project (the same content and name)"
-                known = store.existing_files({(n.content_hash, n.filename) for _, n in pending})
-                there = set(known)
-            if there:
-                for it, n in pending:
-                    if key(n) in there:
-                        emit(Outcome(it.source, "duplicate", id=known.get(key(n)), error=why))
-                pending[:] = [(it, n) for it, n in pending if key(n) not in there]
+            for o in _drop_existing(store, pending, disallow_duplicates):
+                emit(o)
         store.blobs.sync(n.content_hash for _, n in pending)  # durable before a row references them
         ids = store.add_samples([n for _, n in pending])
         for (it, n), i in zip(pending, ids, strict=True):
@@ -368,6 +356,25 @@ def upload(
                 store.blobs.remove(h)
         raise
     return report
+
+
+def _drop_existing(store: Store, pending: list[tuple[UploadItem, NewSample]], same_content: bool) -> list[Outcome]:
+    """Take out of ``pending`` what the project holds already: the same content (``same_content``)
+    or the same file again (content and name; the outcome names the sample it is)."""
+    key: Callable[[NewSample], Any]
+    known: dict[Any, int] = {}
+    if same_content:
+        key, why = (lambda n: n.content_hash), SAME_CONTENT
+        there: set[Any] = store.existing_hashes({n.content_hash for _, n in pending})
+    else:
+        key, why = (lambda n: (n.content_hash, n.filename)), "already in the project (the same content and name)"
+        known = store.existing_files({(n.content_hash, n.filename) for _, n in pending})
+        there = set(known)
+    if not there:
+        return []
+    out = [Outcome(it.source, "duplicate", id=known.get(key(n)), error=why) for it, n in pending if key(n) in there]
+    pending[:] = [(it, n) for it, n in pending if key(n) not in there]
+    return out
 
 
 def _new_sample(item: UploadItem, p: _Prepared) -> NewSample:

@@ -57,15 +57,8 @@ def demo_cmd(directory: Path, force: bool, as_json: bool) -> None:
         say(f"2. Uploaded {len(report.added)} samples from {project / 'example-data'}: 24 images (labels, boxes, "
             "metadata site and video_file; pairs of near-identical frames) and 6 audio clips (device=mic1).")
         registry = get_registry()
-        steps: list[dict[str, Any]] = [
-            {"block": "near-duplicates", "parameters": {"hamming-threshold": "6", "disable-duplicates": "true"}},
-            {"block": "relabel", "parameters": {"mapping": "square -> box\ncircle -> ring\nbeep -> tone",
-                                                "min-box-area": "1"}},
-        ]
         owlvit = _owlvit_model(registry)
-        if owlvit:
-            steps.append({"block": "owlvit", "parameters": {"prompt": OWLVIT_PROMPT,
-                                                            "delete_existing_bounding_boxes": "matching-prompt"}})
+        steps = _steps(owlvit)
         action = parse_action({"name": "clean", "steps": steps,
                                "setMetadata": [{"key": "ai-labeled", "value": "true"}]})
         save_action(store, action)
@@ -105,6 +98,19 @@ def demo_cmd(directory: Path, force: bool, as_json: bool) -> None:
                "  labelblocks samples list --where ai-labeled=true --include-disabled\n"
                "  labelblocks jobs list && labelblocks actions show clean\n"
                "  labelblocks split --keep-together video_file --dry-run")
+
+
+def _steps(owlvit: str | None) -> list[dict[str, Any]]:
+    """The demo action's steps: near-duplicates, relabel, and OWL-ViT when its weights are here."""
+    steps: list[dict[str, Any]] = [
+        {"block": "near-duplicates", "parameters": {"hamming-threshold": "6", "disable-duplicates": "true"}},
+        {"block": "relabel", "parameters": {"mapping": "square -> box\ncircle -> ring\nbeep -> tone",
+                                            "min-box-area": "1"}},
+    ]
+    if owlvit:
+        steps.append({"block": "owlvit", "parameters": {"prompt": OWLVIT_PROMPT,
+                                                        "delete_existing_bounding_boxes": "matching-prompt"}})
+    return steps
 
 
 def _fingerprint(store: Any) -> str:

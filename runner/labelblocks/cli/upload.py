@@ -94,6 +94,8 @@ def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, l
     items = list(itertools.chain.from_iterable(sources))
     if allow_duplicates and disallow_duplicates:
         raise UsageError("--allow-duplicates and --disallow-duplicates cannot be used together")
+    if update_existing and info_file is None and coco is None and yolo is None:
+        raise UsageError("--update-existing goes with --info-file, --coco or --yolo (a file that describes samples)")
     try:
         with progress(len(items), "Uploading", enabled=not as_json) as bar:
             report = upload(store, items, disallow_duplicates=disallow_duplicates, on_progress=lambda o: bar(1),
@@ -102,17 +104,9 @@ def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, l
         click.echo("\nInterrupted: the samples committed so far are in the project, the rest is not "
                    "(uploading the same files again adds only the missing ones).", err=True)
         sys.exit(130)
-    described = info_file is not None or coco is not None or yolo is not None
-    differ = None
-    job_id = None
-    if described and not allow_duplicates:
-        from ..info_updates import existing_differences, stage_updates
-
-        differ = existing_differences(store, items, report.outcomes)
-        if update_existing and differ.changes:
-            job_id = stage_updates(store, differ.changes, str(info_file or coco or yolo))
-    elif update_existing:
-        raise UsageError("--update-existing goes with --info-file, --coco or --yolo (a file that describes samples)")
+    described = info_file or coco or yolo
+    differ, job_id = _existing(store, items, report.outcomes, str(described), update_existing) \
+        if described and not allow_duplicates else (None, None)
     if as_json:
         doc = report.to_json()
         if differ is not None:
@@ -121,18 +115,32 @@ def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, l
     else:
         _print_summary(report.outcomes, len(report.added), len(report.duplicates), report.rejected)
         if differ is not None and differ.changes:
-            n = len(differ.changes)
-            if job_id is None:
-                click.echo(f"{n} of the {differ.matched} samples already in the project differ from the file "
-                           f"(labels, boxes or metadata): add --update-existing to stage those changes for review.")
-            else:
-                from .render import print_preview
-
-                click.echo(f"Staged the file's changes to {n} existing sample{'s' if n != 1 else ''} as job {job_id}:")
-                print_preview(store, job_id)
-                click.echo(f"Apply with `labelblocks proposals apply {job_id}` (or review them: `labelblocks review`).")
+            _print_existing(store, len(differ.changes), differ.matched, job_id)
     if report.rejected:
         sys.exit(1)
+
+
+def _existing(store: Any, items: list[Any], outcomes: list[Outcome], source: str,
+              stage: bool) -> tuple[Any, int | None]:
+    """How the samples already in the project differ from the file; with ``stage``, those
+    differences staged as a job (its id)."""
+    from ..info_updates import existing_differences, stage_updates
+
+    differ = existing_differences(store, items, outcomes)
+    job_id = stage_updates(store, differ.changes, source) if stage and differ.changes else None
+    return differ, job_id
+
+
+def _print_existing(store: Any, n: int, matched: int, job_id: int | None) -> None:
+    if job_id is None:
+        click.echo(f"{n} of the {matched} samples already in the project differ from the file "
+                   f"(labels, boxes or metadata): add --update-existing to stage those changes for review.")
+        return
+    from .render import print_preview
+
+    click.echo(f"Staged the file's changes to {n} existing sample{'s' if n != 1 else ''} as job {job_id}:")
+    print_preview(store, job_id)
+    click.echo(f"Apply with `labelblocks proposals apply {job_id}` (or review them: `labelblocks review`).")
 
 
 def _print_summary(outcomes: list[Outcome], added: int, dups: int, rejected: list[Outcome]) -> None:
