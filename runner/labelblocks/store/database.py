@@ -24,12 +24,7 @@ from ..constants import BLOB_CACHE, BLOB_CONFIG, BLOB_DIR, DB_CONFIG, DB_NAME
 from ..errors import InvalidInput, NotFound
 from .blobs import BlobStore, RemoteBlobStore, open_blob_store
 from .dialect import is_postgres
-from .schema import (
-    MIGRATIONS,
-    current_version,
-    metadata,
-    schema_migrations,
-)
+from .schema import MIGRATIONS, create_all, current_version, schema_migrations
 
 _PG_WRITE_LOCK = "SELECT pg_advisory_xact_lock(7468001)"  # one writer at a time, as SQLite's BEGIN IMMEDIATE
 
@@ -192,7 +187,7 @@ class Database:
             if version == 0 and is_postgres(conn):
                 # a new PostgreSQL database starts at the latest schema (the steps before it
                 # rebuilt SQLite files that PostgreSQL never had); later steps apply to both
-                metadata.create_all(conn)
+                create_all(conn)
                 now = time.time()
                 conn.execute(insert(schema_migrations), [{"version": v, "applied_at": now} for v, _ in MIGRATIONS])
                 return MIGRATIONS[-1][0]

@@ -28,7 +28,8 @@ from ..errors import NotFound
 from ..model import Sample, SampleChange, compose
 from . import PreparedChanges, Store
 from .dialect import Dialects, run, upsert
-from .schema import job_applied, job_samples, job_steps, jobs, pack_ids, proposals, step_inputs, unpack_ids
+from .packed import pack_ids, unpack_ids
+from .schema import job_applied, job_samples, job_steps, jobs, proposals, step_inputs
 
 # (sample id, change, record JSON, revision) rows, serialised in one call for SQLite's json_each
 # (a float goes through JSON exactly: tests/test_runner.py checks the round trip)

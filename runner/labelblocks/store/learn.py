@@ -14,7 +14,8 @@ from sqlalchemy import and_, delete, insert, select
 from ..errors import NotFound
 from . import Store
 from .dialect import run
-from .schema import features, learn_blocks, pack_ids, unpack_ids
+from .packed import pack_ids, unpack_ids
+from .schema import features, learn_blocks
 
 
 @dataclass

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from ..errors import InvalidInput, NotFound
 from . import Store
 from .keys import KEY_PREFIX, hash_key, new_key, pick_key
-from .schema import (
+from .org_schema import (
     org_attachments,
     org_block_copies,
     org_block_versions,

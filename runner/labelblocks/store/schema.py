@@ -7,9 +7,7 @@ version is kept in the ``schema_migrations`` table.
 
 from __future__ import annotations
 
-import sys
-from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from sqlalchemy import (
     Boolean,
@@ -27,6 +25,10 @@ from sqlalchemy import (
     inspect,
     select,
 )
+
+from .org_schema import ORG_TABLES
+from .org_schema import metadata as org_metadata
+from .packed import pack_ids
 
 metadata = MetaData()
 
@@ -198,22 +200,6 @@ external_blocks = Table(
 )
 
 
-def pack_ids(ids: Iterable[int]) -> bytes:
-    """Sample ids as little-endian int64s: a job's 100,000 ids are one 800 kB value."""
-    a = array("q", ids)
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a.tobytes()
-
-
-def unpack_ids(data: bytes | None) -> list[int]:
-    a = array("q")
-    a.frombytes(data or b"")
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a.tolist()
-
-
 def _v1(conn: Connection) -> None:
     for t in (samples, sample_metadata):
         t.create(conn)
@@ -278,6 +264,14 @@ def _v6(conn: Connection) -> None:
     conn.exec_driver_sql("DROP TABLE proposals_v5")
 
 
+def _v7(conn: Connection) -> None:
+    """job_applied records when each chunk was applied (a project made at v4 or later by this
+    version has the column already)."""
+    columns = {r[1] for r in conn.exec_driver_sql("PRAGMA table_info(job_applied)")}
+    if "applied_at" not in columns:
+        conn.exec_driver_sql("ALTER TABLE job_applied ADD COLUMN applied_at REAL")
+
+
 # What each step's block read of each sample (v8), for blocks that declare it (Block.reads):
 # a result is reused for a sample whose read fields digest (input_key) matches, under the same
 # block, version and parameters (step_key), whatever else of the sample changed.
@@ -294,6 +288,10 @@ step_inputs = Table(
 )
 
 
+def _v8(conn: Connection) -> None:
+    step_inputs.create(conn, checkfirst=True)
+
+
 # A job's latest evaluation (v9): the document `labelblocks evaluate` printed, served by the
 # server at /v1/api/{project}/jobs/{job}/evaluation.
 evaluations = Table(
@@ -303,6 +301,10 @@ evaluations = Table(
     Column("created_at", Float, nullable=False),
     Column("document", Text, nullable=False),
 )
+
+
+def _v9(conn: Connection) -> None:
+    evaluations.create(conn, checkfirst=True)
 
 
 # A person's decision on a preview job's proposal for one sample (v10): the review page's
@@ -414,118 +416,8 @@ def _v12(conn: Connection) -> None:
         t.create(conn, checkfirst=True)
 
 
-# An organization's own tables (v13), used in an organization's folder (`labelblocks org init`):
-# the organization, its members' keys, its blocks and their immutable versions, the blocks'
-# secrets (encrypted with a key kept outside the database), uploads under way, and the
-# projects attached to it.
-org_info = Table(
-    "org_info",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("name", String, nullable=False),
-    Column("created_at", Float, nullable=False),
-)
-
-org_keys = Table(
-    "org_keys",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String, nullable=False),
-    Column("role", String, nullable=False),  # admin | member
-    Column("key_hash", String(64), nullable=False, unique=True),
-    Column("prefix", String, nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("revoked_at", Float, nullable=True),
-)
-
-org_blocks = Table(
-    "org_blocks",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String, nullable=False, unique=True),
-    Column("description", Text, nullable=False),
-    Column("operates_on", Text, nullable=False),  # JSON list
-    Column("created_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
-)
-
-org_block_versions = Table(
-    "org_block_versions",
-    metadata,
-    Column("block_id", Integer, ForeignKey("org_blocks.id", ondelete="CASCADE"), primary_key=True),
-    Column("version", Integer, primary_key=True),
-    Column("sha256", String(64), nullable=True),  # NULL: a container image registered without a folder
-    Column("size", Integer, nullable=False),
-    Column("parameters", Text, nullable=False),  # the parameters.json, as JSON
-    Column("command", Text, nullable=False),  # JSON list: what runs in the folder
-    Column("image", String, nullable=True),
-    Column("build_log", Text, nullable=False),
-    Column("pushed_by", String, nullable=False),
-    Column("created_at", Float, nullable=False),
-)
-
-org_secrets = Table(
-    "org_secrets",
-    metadata,
-    Column("block_id", Integer, ForeignKey("org_blocks.id", ondelete="CASCADE"), primary_key=True),
-    Column("key", String, primary_key=True),
-    Column("token", Text, nullable=False),  # encrypted (Fernet) with the organization's key file
-    Column("updated_at", Float, nullable=False),
-)
-
-org_uploads = Table(
-    "org_uploads",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("block_name", String, nullable=False),
-    Column("sha256", String(64), nullable=False),
-    Column("size", Integer, nullable=False),
-    Column("key_id", Integer, nullable=False),
-    Column("created_at", Float, nullable=False),
-)
-
-org_attachments = Table(
-    "org_attachments",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("project_name", String, nullable=False),
-    Column("key_id", Integer, nullable=False),
-    Column("token", Text, nullable=False),  # the attachment's own key, encrypted with the organization's
-    Column("created_at", Float, nullable=False),
-)
-
-# A project's side (v13): the organizations it is attached to, with the last list of their
-# blocks it saw, and a verified copy of each organization block version it ran.
-org_links = Table(
-    "org_links",
-    metadata,
-    Column("org_id", Integer, primary_key=True, autoincrement=False),
-    Column("name", String, nullable=False),
-    Column("url", String, nullable=False),
-    Column("attachment_id", Integer, nullable=False),
-    Column("catalogue", Text, nullable=False),  # JSON: the organization's blocks and versions
-    Column("attached_at", Float, nullable=False),
-    Column("refreshed_at", Float, nullable=False),
-)
-
-org_block_copies = Table(
-    "org_block_copies",
-    metadata,
-    Column("org_id", Integer, primary_key=True, autoincrement=False),
-    Column("block_id", Integer, primary_key=True, autoincrement=False),
-    Column("version", Integer, primary_key=True, autoincrement=False),
-    Column("name", String, nullable=False),
-    Column("sha256", String(64), nullable=False),
-    Column("path", String, nullable=False),
-    Column("sealed_env", Text, nullable=True),  # the block's secrets, as the organization sealed them
-    Column("fetched_at", Float, nullable=False),
-)
-
-ORG_TABLES = (org_info, org_keys, org_blocks, org_block_versions, org_secrets, org_uploads, org_attachments,
-              org_links, org_block_copies)
-
-
 def _v13(conn: Connection) -> None:
+    """The organization's tables (store/org_schema.py)."""
     for t in ORG_TABLES:
         t.create(conn, checkfirst=True)
 
@@ -567,22 +459,6 @@ def _v15(conn: Connection) -> None:
     sync_sources.create(conn, checkfirst=True)
 
 
-def _v8(conn: Connection) -> None:
-    step_inputs.create(conn, checkfirst=True)
-
-
-def _v9(conn: Connection) -> None:
-    evaluations.create(conn, checkfirst=True)
-
-
-def _v7(conn: Connection) -> None:
-    """job_applied records when each chunk was applied (a project made at v4 or later by this
-    version has the column already)."""
-    columns = {r[1] for r in conn.exec_driver_sql("PRAGMA table_info(job_applied)")}
-    if "applied_at" not in columns:
-        conn.exec_driver_sql("ALTER TABLE job_applied ADD COLUMN applied_at REAL")
-
-
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, _v1),
     (2, _v2),
@@ -600,6 +476,12 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (14, _v14),
     (15, _v15),
 ]
+
+
+def create_all(conn: Connection) -> None:
+    """Every table at the latest schema at once (a new PostgreSQL database)."""
+    metadata.create_all(conn)
+    org_metadata.create_all(conn)
 
 
 def current_version(conn: Connection) -> int:

@@ -20,7 +20,8 @@ from ..errors import InvalidInput
 from ..model import CATEGORIES
 from . import Store
 from .dialect import group_concat, json_ids, run
-from .schema import pack_ids, sample_metadata, samples, split_runs, unpack_ids
+from .packed import pack_ids, unpack_ids
+from .schema import sample_metadata, samples, split_runs
 
 SEP = "\x1f"  # joins a text column's values in one aggregate (far cheaper than a Python row per sample)
 _CATEGORY_CODE = case({c: i for i, c in enumerate(CATEGORIES)}, value=samples.c.category, else_=0)
