@@ -18,6 +18,7 @@ from labelblocks.store import NewSample, Store
 from labelblocks.store import actions as action_store
 from labelblocks.store import jobs as job_store
 from labelblocks.store import keys as key_store
+from labelblocks.store import proposals as proposal_store
 from labelblocks.store.external_blocks import (
     ExternalBlockRow,
     delete_external_block,
@@ -85,29 +86,29 @@ def test_step_results_are_written_read_in_step_order_and_overlaid(store: Store) 
                                                            (2, SampleChange(bounding_boxes=[box]), '{"s": 1}', None)]),
                                  [], [(3, "refused")])
     job_store.write_step_results(store, job, 2, [], [(1, '{"isDisabled":true}', None, 6.0)], [])
-    props = job_store.read_proposals(store, job)
+    props = proposal_store.read_proposals(store, job)
     assert props == {1: [SampleChange(label="a"), SampleChange(is_disabled=True)], 2: [SampleChange(bounding_boxes=[box])]}
-    assert job_store.read_proposals(store, job, [1], max_step=1) == {1: [SampleChange(label="a")]}
+    assert proposal_store.read_proposals(store, job, [1], max_step=1) == {1: [SampleChange(label="a")]}
     assert job_store.proposed_ids(store, job, 1) == {1, 2} and job_store.proposed_ids(store, job, 2) == {1}
     assert job_store.job_errors(store, job) == {3: (1, "refused")}
     assert job_store.job_state(store, job).counts() == {"pending": 2, "failed": 1}
-    listed = job_store.job_proposals(store, job)
+    listed = proposal_store.job_proposals(store, job)
     assert [(p["sampleId"], p["step"]) for p in listed] == [(1, 1), (1, 2), (2, 1)]
-    assert listed[2]["record"] == {"s": 1} and "record" not in job_store.job_proposals(store, job, records=False)[2]
+    assert listed[2]["record"] == {"s": 1} and "record" not in proposal_store.job_proposals(store, job, records=False)[2]
     stored = store.get_samples([1, 2])
-    seen = job_store.overlay(store, job, stored, max_step=1)
+    seen = proposal_store.overlay(store, job, stored, max_step=1)
     assert (seen[0].label, seen[0].is_disabled, [b.label for b in seen[1].bounding_boxes]) == ("a", False, ["cat"])
-    assert job_store.overlay(store, job, stored)[0].is_disabled is True
-    assert job_store.overlay(store, job, stored, max_step=0) == stored
+    assert proposal_store.overlay(store, job, stored)[0].is_disabled is True
+    assert proposal_store.overlay(store, job, stored, max_step=0) == stored
 
 
 def test_staging_replaces_or_merges_a_proposal(store: Store) -> None:
     job = _job(store, [1])
     job_store.stage_proposal(store, job, 1, 1, SampleChange(label="a", metadata={"k": "v"}))
     job_store.stage_proposal(store, job, 1, 1, SampleChange(is_disabled=True), merge=True)
-    assert job_store.read_proposals(store, job)[1] == [SampleChange(label="a", metadata={"k": "v"}, is_disabled=True)]
+    assert proposal_store.read_proposals(store, job)[1] == [SampleChange(label="a", metadata={"k": "v"}, is_disabled=True)]
     job_store.stage_proposal(store, job, 1, 1, SampleChange(label="b"))
-    assert job_store.read_proposals(store, job)[1] == [SampleChange(label="b")]
+    assert proposal_store.read_proposals(store, job)[1] == [SampleChange(label="b")]
 
 
 @pytest.mark.parametrize(("stored_revision", "asked_revision", "reused"), [
@@ -137,7 +138,7 @@ def test_apply_chunk_applies_and_leaves_out_samples_deleted_or_changed_since(sto
     job_store.write_step_results(store, job, 1, _computed(rows), [], [])
     store.update_metadata([2], {"site": "B"})  # changed since the job proposed
     store.delete_samples([3])
-    assert job_store.stale_samples(store, job, [1, 2, 3, 4]) == {2}
+    assert proposal_store.stale_samples(store, job, [1, 2, 3, 4]) == {2}
     writes = [(sid, compose([SampleChange(label=f"L{sid}")])) for sid in (1, 2, 3, 4)]
     prepared = store.prepare_changes(writes, missing_ok=True)
     assert job_store.apply_chunk(store, job, [1, 2, 3, 4], writes, prepared) == 2
@@ -155,7 +156,7 @@ def test_discarding_drops_proposals_and_pending_samples(store: Store) -> None:
     assert job_store.discard_job(store, job) == 2
     rec = job_store.get_job(store, job)
     assert rec is not None and rec.status == "discarded"
-    assert job_store.read_proposals(store, job) == {}
+    assert proposal_store.read_proposals(store, job) == {}
     assert job_store.job_state(store, job).counts() == {"failed": 1, "discarded": 2}
 
 

@@ -26,6 +26,7 @@ from .errors import InvalidInput, NotFound
 from .model import Sample, SampleChange
 from .store import PreparedChanges, Store
 from .store import jobs as job_store
+from .store import proposals as proposal_store
 from .store.writer import BackgroundWriter, batch_tuning
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
@@ -121,9 +122,9 @@ def final_samples(store: Store, job_id: int, chunk: Sequence[int], extra: Mappin
         # a chunk's proposals, each distinct text parsed once (labeling jobs repeat a few
         # changes many times); parsed changes are shared, so never modified below
         memo: dict[str, SampleChange] = {}
-        load = job_store.load_change
+        load = proposal_store.load_change
         parsed = {sid: [(n, memo[t] if t in memo else memo.setdefault(t, load(t))) for n, t in items]
-                  for sid, items in job_store.step_texts(store, job_id, chunk).items()}
+                  for sid, items in proposal_store.step_texts(store, job_id, chunk).items()}
     samples = {s.id: s for s in store.get_samples(list(chunk), missing_ok=True)}
     texts = store.provenance_texts(list(samples))
     out: list[Final] = []
@@ -205,9 +206,9 @@ def final_writes(store: Store, job_id: int, chunk: Sequence[int], extra: Mapping
     if job is None:
         raise NotFound(f"no job {job_id}")
     memo: dict[str, SampleChange] = {}
-    load = job_store.load_change
+    load = proposal_store.load_change
     parsed = {sid: [(n, memo[t] if t in memo else memo.setdefault(t, load(t))) for n, t in items]
-              for sid, items in job_store.step_texts(store, job_id, chunk).items()}
+              for sid, items in proposal_store.step_texts(store, job_id, chunk).items()}
     light = {} if extra else store.label_states(chunk)
     writes: list[tuple[int, SampleChange]] = []
     records: dict[int, str | None] = {}
@@ -332,7 +333,7 @@ def job_finals(store: Store, job_id: int, ids: Sequence[int] | None = None) -> l
     if job is None:
         raise NotFound(f"no job {job_id}")
     if ids is None:
-        ids = sorted(job_store.proposal_texts(store, job_id))
+        ids = sorted(proposal_store.proposal_texts(store, job_id))
     extra = {m.key: m.value for m in action_metadata(store, job.action)}
     out: list[Final] = []
     for start in range(0, len(ids), APPLY_ROWS):

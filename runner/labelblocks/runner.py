@@ -38,6 +38,7 @@ from .plugins import BlockRegistry, RegisteredBlock
 from .secrets import redact, resolve_secrets
 from .store import Store
 from .store import jobs as job_store
+from .store import proposals as proposal_store
 from .store.writer import batch_tuning
 from .summary import JobFailed, JobSummary, TooManyFailures
 
@@ -357,7 +358,7 @@ class Runner:
             # from the same is reused (stored with the revision read now, which it is valid for)
             job_id, plan = by_inputs
             step_key = plan.step_key
-            seen = job_store.overlay(self.store, job_id, self.store.get_samples(need, missing_ok=True), plan.index - 1)
+            seen = proposal_store.overlay(self.store, job_id, self.store.get_samples(need, missing_ok=True), plan.index - 1)
             keys = {s.id: input_key(s, plan.block.cls.reads or frozenset()) for s in seen}
             need = reuse(job_store.results_for_inputs(self.store, step_key, keys))
         if need:

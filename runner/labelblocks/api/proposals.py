@@ -16,6 +16,7 @@ from ..errors import NotFound
 from ..model import MAX_INT, SampleChange, parse_change
 from ..secrets import redact
 from ..store import jobs as job_store
+from ..store import proposals as proposal_store
 from .state import ApiError, Auth, Caller, JobId, JobScope, ProjectId, SampleId, ServerState, State, json_body
 
 router = APIRouter(prefix="/v1/api/{project_id}/raw-data", tags=["raw-data"])
@@ -26,7 +27,7 @@ def proposed_changes(project_id: ProjectId, job_id: JobId, state: State, a: Auth
     a.check_job(job_id)
     if job_store.get_job(state.store, job_id) is None:
         raise NotFound(f"no job {job_id}")
-    return {"success": True, "proposedChanges": job_store.job_proposals(state.store, job_id, records=False)}
+    return {"success": True, "proposedChanges": proposal_store.job_proposals(state.store, job_id, records=False)}
 
 
 @router.post("/{sample_id}/propose-changes")
@@ -58,10 +59,10 @@ def stage(state: ServerState, scope: JobScope, sample_id: int, change: SampleCha
     if sample_id not in scope.sample_ids:
         raise ApiError(403, f"sample {sample_id} is not part of job {scope.job_id}'s step {scope.step}")
     if scope.secrets:  # a block that echoes a secret it received: the value never reaches the proposals
-        text = job_store.change_json(change)
+        text = proposal_store.change_json(change)
         clean = redact(text, scope.secrets)
         if clean != text:
-            change = job_store.load_change(clean)
+            change = proposal_store.load_change(clean)
     job_store.stage_proposal(state.store, scope.job_id, sample_id, scope.step, change, merge=merge,
                              revision=scope.revisions.get(sample_id))
     scope.proposed.add(sample_id)

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ..errors import InvalidInput
 from ..filters import SampleFilter, parse_metadata_json
 from ..model import CATEGORIES, Sample, SampleChange, parse_boxes, parse_change, parse_json, parse_structured_labels
-from ..store.jobs import overlay
+from ..store.proposals import overlay
 from .media import audio_values_json, stored_audio_header
 from .proposals import overlay_step, stage
 from .protocol import payload_json, sample_json

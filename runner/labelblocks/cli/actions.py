@@ -263,9 +263,10 @@ def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_
         progress.close()
     if as_json:
         from ..store import jobs as job_store
+        from ..store import proposals as proposal_store
 
         out = summary.to_json()
-        out["proposals"] = job_store.job_proposals(app.store, summary.job_id)
+        out["proposals"] = proposal_store.job_proposals(app.store, summary.job_id)
         out.update(changes_json(app.store, summary.job_id))
         out["errors"] = errors_json(job_store.job_errors(app.store, summary.job_id))
         print_json(out)
@@ -275,9 +276,9 @@ def actions_preview(app: AppContext, name: str, limit: int, ids: str | None, no_
         _print_skips(summary)
         order = None
         if sort_by:
-            from ..store import jobs as job_store
+            from ..store import proposals as proposal_store
 
-            order = record_order(job_store.job_proposals(app.store, summary.job_id), sort_by, summary.job_id)
+            order = record_order(proposal_store.job_proposals(app.store, summary.job_id), sort_by, summary.job_id)
         print_preview(app.store, summary.job_id, order=order)
         click.echo(f"Apply with `labelblocks proposals apply {summary.job_id}`.")
     if summary.failed:

@@ -33,10 +33,10 @@ def proposals_show(app: AppContext, job_id: int, sort_by: str | None, as_json: b
       labelblocks proposals show 3
       labelblocks proposals show 5 --sort-by anomaly_score
     """
-    from ..store import jobs as job_store
+    from ..store import proposals as proposal_store
 
     row = get_job(app.store, job_id)
-    items = job_store.job_proposals(app.store, job_id)
+    items = proposal_store.job_proposals(app.store, job_id)
     order = record_order(items, sort_by, job_id) if sort_by else None
     if as_json:
         # the protocol's listing, then what applying it writes (counted as apply counts)

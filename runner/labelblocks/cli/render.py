@@ -56,10 +56,11 @@ def changes_json(store: Store, job_id: int) -> dict[str, Any]:
     """What applying the job's pending proposals writes, per sample and in all (``--json``)."""
     from ..apply import job_finals, total_diff
     from ..store import jobs as job_store
+    from ..store import proposals as proposal_store
 
     pending = set(job_store.job_state(store, job_id).pending())
     finals = [f for f in job_finals(store, job_id) if f.before.id in pending]
-    stale = job_store.stale_samples(store, job_id, [f.before.id for f in finals])
+    stale = proposal_store.stale_samples(store, job_id, [f.before.id for f in finals])
     finals = [f for f in finals if f.before.id not in stale]
     return {"changes": [{"sampleId": f.before.id, **f.diff().to_json()} for f in finals if not f.diff().is_empty()],
             "total": total_diff(finals)}
@@ -70,16 +71,17 @@ def print_preview(store: Store, job_id: int, limit: int = 50, order: list[int] |
     id), then what applying writes in all; returns how many samples have either."""
     from ..apply import job_finals, total_diff
     from ..store import jobs as job_store
+    from ..store import proposals as proposal_store
 
     finals = {f.before.id: f for f in job_finals(store, job_id)}
-    changes = job_store.proposal_texts(store, job_id)
+    changes = proposal_store.proposal_texts(store, job_id)
     errors = job_store.job_errors(store, job_id)
     ids = sorted(set(changes) | set(errors))
     if order is not None:
         first = [i for i in order if i in changes or i in errors]
         ids = first + [i for i in ids if i not in set(first)]
     samples = {s.id: s for s in store.get_samples(ids[:limit], missing_ok=True)} if ids else {}
-    stale = job_store.stale_samples(store, job_id, ids[:limit])
+    stale = proposal_store.stale_samples(store, job_id, ids[:limit])
     for sid in ids[:limit]:
         s = samples.get(sid)
         if s is None:
@@ -99,7 +101,7 @@ def print_preview(store: Store, job_id: int, limit: int = 50, order: list[int] |
     if len(ids) > limit:
         click.echo(f"... and {len(ids) - limit} more: `labelblocks proposals show {job_id}`")
     pending = set(job_store.job_state(store, job_id).pending())
-    fresh = set(finals) - job_store.stale_samples(store, job_id, sorted(finals))
+    fresh = set(finals) - proposal_store.stale_samples(store, job_id, sorted(finals))
     if ids and pending:
         click.echo(describe_total(total_diff([f for sid, f in finals.items() if sid in pending and sid in fresh])))
     return len(ids)

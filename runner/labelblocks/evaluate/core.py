@@ -14,6 +14,7 @@ from ..errors import InvalidInput, NotFound
 from ..filters import SampleFilter
 from ..store import Store
 from ..store import jobs as job_store
+from ..store import proposals as proposal_store
 
 NO_VALUE = "(no value)"  # the group of the samples without a --group-by key
 NO_LABEL = "(no label)"  # audio: true values no predicted segment covers
@@ -98,8 +99,8 @@ def load_items(store: Store, job_id: int, against_job: int | None, f: SampleFilt
     flt = (f or SampleFilter(include_disabled=True)).replace(ids=ids)
     rows = store.scan(flt, "width", "height", "frequency", "label", "bounding_boxes", "structured_labels")
     selected = [r[0] for r in rows]
-    mine = job_store.proposal_texts(store, job_id, selected)
-    theirs = job_store.proposal_texts(store, against_job, selected) if against_job is not None else None
+    mine = proposal_store.proposal_texts(store, job_id, selected)
+    theirs = proposal_store.proposal_texts(store, against_job, selected) if against_job is not None else None
     values = {key: store.metadata_values(key) for key in group_by}
     out = []
     for sid, width, height, frequency, label, boxes, segments in rows:

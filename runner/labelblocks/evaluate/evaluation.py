@@ -11,6 +11,7 @@ from ..errors import InvalidInput
 from ..filters import SampleFilter
 from ..store import Store
 from ..store import jobs as job_store
+from ..store import proposals as proposal_store
 from ..store.evaluations import save_evaluation
 from .boxes import added_boxes, evaluate_boxes
 from .core import MIN_GROUP, Evaluation, check_job, load_items
@@ -50,12 +51,12 @@ def run_evaluation(store: Store, job_id: int, against_job: int | None = None, gr
     compared = f"job {against_job}'s proposals" if against_job is not None else "the samples' labels"
     added = [added_boxes(it) if it.width is not None else [] for it in items]
     if any(added):
-        records = job_store.read_records(store, job_id, [it.id for it in items])
+        records = proposal_store.read_records(store, job_id, [it.id for it in items])
         ev = evaluate_boxes(items, added, records, job, against_job, group_by, min_group, iou, target_precision)
     elif any(it.frequency is not None and (it.predicted["structuredLabels"] != it.stored["structuredLabels"]
                                            or it.truth["structuredLabels"] != it.stored["structuredLabels"])
              for it in items):
-        records = job_store.read_records(store, job_id, [it.id for it in items if it.frequency is not None])
+        records = proposal_store.read_records(store, job_id, [it.id for it in items if it.frequency is not None])
         ev = evaluate_segments(items, records, job, compared, group_by, min_group, target_precision)
     else:
         ev = evaluate_labels(items, job_id, compared, group_by, min_group)

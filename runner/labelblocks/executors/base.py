@@ -17,7 +17,8 @@ from ..model import SampleChange
 from ..parameters import ResolvedParameters
 from ..plugins import RegisteredBlock
 from ..secrets import redact
-from ..store.jobs import ROWS, TextRow, change_json
+from ..store.jobs import ROWS, TextRow
+from ..store.proposals import change_json
 
 
 @dataclass

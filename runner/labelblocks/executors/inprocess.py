@@ -19,7 +19,7 @@ from ..blocks import Block, BlockContext, SampleFailure, SampleInput
 from ..errors import BlockError, LabelblocksError, NotFound, StopJob
 from ..model import Sample, SampleChange, parse_change
 from ..store import Store
-from ..store.jobs import overlay
+from ..store.proposals import overlay
 from .base import ComputedRow, StepPlan, StepResults
 
 

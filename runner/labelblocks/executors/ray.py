@@ -33,7 +33,7 @@ from ..errors import InvalidInput, StopJob
 from ..model import Sample, SampleChange
 from ..store import Store
 from ..store.blobs import open_blob_store
-from ..store.jobs import change_json
+from ..store.proposals import change_json
 from .base import StepPlan, StepResults
 from .inprocess import label_batch, overlaid
 

@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import Connection, and_, delete, insert, select, update
+from sqlalchemy import and_, delete, insert, select, update
 
-from .. import provenance
-from ..errors import NotFound
-from ..model import Sample, SampleChange, compose
+from ..model import SampleChange, compose
 from . import PreparedChanges, Store
 from .dialect import Dialects, run, upsert
 from .packed import pack_ids, unpack_ids
+from .proposals import ANY_REVISION, change_json, load_change, stale_samples
 from .schema import job_applied, job_samples, job_steps, jobs, proposals, step_inputs
 
 # (sample id, change, record JSON, revision) rows, serialised in one call for SQLite's json_each
@@ -44,9 +43,6 @@ _INSERT_ROWS = Dialects(
     "SELECT ?, CAST(value->>0 AS BIGINT), ?, CAST(value->1 AS TEXT), value->>2, "
     "coalesce(CAST(value->>3 AS DOUBLE PRECISION), ?) FROM json_array_elements(CAST(? AS json)) AS value"
     + _UPSERT_PROPOSAL)
-# the revision of a result that holds for every revision of its sample: the block never looked at
-# the sample (sample revisions are timestamps, never negative)
-ANY_REVISION = -1.0
 STALE_ERROR = ("the sample changed since job {job} proposed this change, which would overwrite that: "
                "left as it is (preview again to see the change for the sample as it is now)")
 INSERT_TEXT_ROWS = Dialects(  # texts as strings
@@ -73,13 +69,6 @@ _INSERT_DISCARDED = Dialects(
 _COUNT_ALIVE = Dialects(
     "SELECT count(*) FROM samples WHERE id IN (SELECT value FROM json_each(?))",
     "SELECT count(*) FROM samples WHERE id IN (SELECT CAST(json_array_elements_text(CAST(? AS json)) AS BIGINT))")
-
-# the job's samples in an id range that changed since its steps computed their proposals from
-# them (a proposal without a revision, or one that holds for any, is never stale); a range scan
-# of the job's proposals costs a third of looking up a list of ids
-_STALE = ("SELECT DISTINCT p.sample_id FROM proposals AS p JOIN samples AS s ON s.id = p.sample_id "
-          "WHERE p.job_id = ? AND p.sample_id BETWEEN ? AND ? "
-          "AND p.revision IS NOT NULL AND p.revision != ? AND p.revision != s.updated_at")
 
 # a pending result of a step: (sample id, change JSON, record JSON, revision)
 TextRow = tuple[int, str, str | None, float | None]
@@ -370,150 +359,6 @@ def stage_proposal(store: Store, job_id: int, sample_id: int, step: int, change:
             if row is not None:
                 change = compose([load_change(row[0]), change])
         run(conn, _INSERT_TEXTS, (job_id, sample_id, step, change_json(change), None, revision))
-
-
-# --- reading proposals ----------------------------------------------------------------------------
-
-
-def change_json(ch: SampleChange) -> str:
-    """A change as stored: its protocol JSON without unset fields."""
-    return ch.model_dump_json(by_alias=True, exclude_none=True)
-
-
-def load_change(text: str) -> SampleChange:
-    return SampleChange.model_validate_json(text)
-
-
-def proposal_texts(store: Store, job_id: int, ids: Sequence[int] | None = None,
-                   max_step: int | None = None) -> dict[int, list[str]]:
-    """The stored change texts of ``ids`` (all when None), per sample in step order; read
-    as one range scan over the job's proposals."""
-    sql = "SELECT sample_id, change FROM proposals WHERE job_id = ?"
-    params: list[Any] = [job_id]
-    if max_step is not None:
-        sql += " AND step <= ?"
-        params.append(max_step)
-    if ids is not None:
-        if not ids:
-            return {}
-        sql += " AND sample_id BETWEEN ? AND ?"
-        params += [min(ids), max(ids)]
-    wanted = set(ids) if ids is not None else None
-    with store.engine.connect() as conn:
-        rows = run(conn, sql + " ORDER BY sample_id, step", tuple(params)).cursor.fetchall()
-    out: dict[int, list[str]] = {}
-    for sid, text in rows:
-        if wanted is None or sid in wanted:
-            out.setdefault(sid, []).append(text)
-    return out
-
-
-def step_texts(store: Store, job_id: int, ids: Sequence[int]) -> dict[int, list[tuple[int, str]]]:
-    """The stored change texts of ``ids``, per sample in step order, with their step."""
-    if not ids:
-        return {}
-    wanted = set(ids)
-    with store.engine.connect() as conn:
-        rows = run(conn, "SELECT sample_id, step, change FROM proposals WHERE job_id = ? AND sample_id BETWEEN ? AND ? "
-                         "ORDER BY sample_id, step", (job_id, min(ids), max(ids))).cursor.fetchall()
-    out: dict[int, list[tuple[int, str]]] = {}
-    for sid, step, text in rows:
-        if sid in wanted:
-            out.setdefault(sid, []).append((step, text))
-    return out
-
-
-def read_proposals(store: Store, job_id: int, ids: Sequence[int] | None = None,
-                   max_step: int | None = None) -> dict[int, list[SampleChange]]:
-    """A job's proposals of ``ids`` (all when None), per sample in step order."""
-    return {sid: [load_change(t) for t in texts]
-            for sid, texts in proposal_texts(store, job_id, ids, max_step).items()}
-
-
-def read_records(store: Store, job_id: int, ids: Sequence[int]) -> dict[int, list[tuple[int, dict[str, Any]]]]:
-    """The records the job's blocks kept for ``ids`` (scores, near misses): per sample,
-    ``(step, record)`` in step order."""
-    if not ids:
-        return {}
-    wanted = set(ids)
-    out: dict[int, list[tuple[int, dict[str, Any]]]] = {}
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(proposals.c.sample_id, proposals.c.step, proposals.c.record)
-            .where(and_(proposals.c.job_id == job_id, proposals.c.record.is_not(None),
-                        proposals.c.sample_id.between(min(ids), max(ids))))
-            .order_by(proposals.c.sample_id, proposals.c.step))
-        for sid, step, record in rows:
-            if sid in wanted:
-                out.setdefault(sid, []).append((step, json.loads(record)))
-    return out
-
-
-def job_proposals(store: Store, job_id: int, records: bool = True) -> list[dict[str, Any]]:
-    """Every proposal of a job in the protocol's listing shape ``{sampleId, step,
-    proposedChanges}`` (plus ``record`` where a block kept one, with ``records``), by sample
-    then step."""
-    out = []
-    with store.engine.connect() as conn:
-        for sid, step, change, record in conn.execute(
-            select(proposals.c.sample_id, proposals.c.step, proposals.c.change, proposals.c.record)
-            .where(proposals.c.job_id == job_id).order_by(proposals.c.sample_id, proposals.c.step)
-        ):
-            item = {"sampleId": sid, "step": step, "proposedChanges": json.loads(change)}
-            if records and record:
-                item["record"] = json.loads(record)
-            out.append(item)
-    return out
-
-
-def overlay(store: Store, job_id: int, stored: Sequence[Sample], max_step: int | None = None) -> list[Sample]:
-    """``stored`` samples without the job's action's earlier contributions (what it computes
-    from: :func:`labelblocks.provenance.strip`), with the job's proposals up to ``max_step``
-    (all when None) applied: what step ``max_step + 1`` of a chain sees."""
-    stored = strip_action(store, job_id, stored)
-    if max_step is not None and max_step < 1:
-        return stored
-    changes = read_proposals(store, job_id, [s.id for s in stored], max_step)
-    out = []
-    for s in stored:
-        for ch in changes.get(s.id, []):
-            s = s.with_change(ch)
-        out.append(s)
-    return out
-
-
-def stripped(store: Store, job_id: int, stored: Sequence[Sample]) -> dict[int, provenance.Stripped]:
-    """The samples of ``stored`` that hold contributions of the job's action, without them."""
-    texts = store.provenance_texts([s.id for s in stored])
-    if not texts:
-        return {}
-    job = get_job(store, job_id)
-    if job is None:
-        raise NotFound(f"no job {job_id}")
-    if not job.definition.get("replacesEarlier", True):
-        return {}
-    action = job.action
-    return {s.id: provenance.strip(s, provenance.load(texts[s.id]), action)
-            for s in stored if provenance.mentions(texts.get(s.id), action)}
-
-
-def strip_action(store: Store, job_id: int, stored: Sequence[Sample]) -> list[Sample]:
-    """``stored`` without the contributions of the job's action (what a run of it computes from)."""
-    found = stripped(store, job_id, stored)
-    return [found[s.id].sample if s.id in found else s for s in stored] if found else list(stored)
-
-
-def stale_samples(store: Store, job_id: int, ids: Sequence[int], conn: Connection | None = None) -> set[int]:
-    """Which of ``ids`` changed since job ``job_id`` proposed its changes for them. Applying
-    such a proposal would overwrite what changed since (its fields hold whole values, such as
-    all of the sample's metadata as the block saw it), so apply leaves these samples out."""
-    if not ids:
-        return set()
-    if conn is None:
-        with store.engine.connect() as own:
-            return stale_samples(store, job_id, ids, own)
-    found = {r[0] for r in run(conn, _STALE, (job_id, min(ids), max(ids), ANY_REVISION))}
-    return found.intersection(ids) if found else found
 
 
 # --- applying -------------------------------------------------------------------------------------

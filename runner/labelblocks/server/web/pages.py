@@ -21,6 +21,7 @@ from ...errors import InvalidInput, LabelblocksError, NotFound
 from ...filters import SampleFilter, check_categories, from_shorthand, parse_metadata_json
 from ...model import MAX_INT, Sample, check_text
 from ...store import jobs as job_store
+from ...store import proposals as proposal_store
 from ...store import reviews
 from ...store.keys import verify_key
 from .drawing import audio_card, box_diff, image_card
@@ -359,7 +360,7 @@ def job_page(request: Request, session: Signed, job_id: JobId,
     state = job_store.job_state(store, job_id)
     page_ids = state.ids[offset : offset + per]
     samples = store.get_samples(page_ids, missing_ok=True)
-    changes = job_store.read_proposals(store, job_id, page_ids)
+    changes = proposal_store.read_proposals(store, job_id, page_ids)
     # what applying writes to each (the same computation as apply: the counts are what it writes)
     finals = {f.before.id: f.after for f in job_finals(store, job_id, [s.id for s in samples if s.id in changes])}
     decided = reviews.decisions(store, job_id)
