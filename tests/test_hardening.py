@@ -194,7 +194,7 @@ def _fill_database(monkeypatch: pytest.MonkeyPatch, store: Store) -> None:
     disk), on ``store``'s connections and on every store opened from now on."""
     from sqlalchemy import event
 
-    from labelblocks import store as store_module
+    from labelblocks.store import database as store_module
 
     original = store_module._set_sqlite_pragmas
 

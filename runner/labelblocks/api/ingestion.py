@@ -19,9 +19,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
+from ..constants import UPLOAD_CATEGORIES
 from ..errors import InvalidInput
 from ..model import parse_json
-from ..uploads import INFER, UPLOAD_CATEGORIES, Outcome, UploadItem, check_name, upload
+from ..uploads import INFER, Outcome, UploadItem, check_name, upload
 from .state import ApiError, Auth, BodyTooLarge, ServerState, State, header
 
 router = APIRouter(tags=["ingestion"])

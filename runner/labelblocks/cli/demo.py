@@ -37,11 +37,12 @@ def demo_cmd(directory: Path, force: bool, as_json: bool) -> None:
       labelblocks demo && cd labelblocks-demo && labelblocks samples list --where ai-labeled=true
     """
     from ..actions import parse_action, save_action
+    from ..collect import items_from_info_file, items_from_paths
     from ..examples import make_example_data
     from ..plugins import get_registry
     from ..project import init_project, open_store
     from ..runner import Runner
-    from ..uploads import items_from_info_file, items_from_paths, upload
+    from ..uploads import upload
     from .render import print_preview
 
     say = (lambda *a, **k: None) if as_json else click.echo

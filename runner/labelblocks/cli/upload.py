@@ -64,7 +64,8 @@ def upload_cmd(app: AppContext, paths: tuple[Path, ...], category: str | None, l
       labelblocks upload --yolo yolo-dataset/data.yaml
       labelblocks upload clips/*.wav --label noise --json
     """
-    from ..uploads import INFER, items_from_info_file, items_from_paths, upload
+    from ..collect import items_from_info_file, items_from_paths
+    from ..uploads import INFER, upload
 
     if not paths and info_file is None and coco is None and yolo is None:
         raise UsageError("nothing to upload: give files or folders, or --info-file, --coco or --yolo FILE")
