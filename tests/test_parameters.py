@@ -184,3 +184,17 @@ def test_action_presets_match_the_schema() -> None:
     assert presets
     for p in presets:
         jsonschema.validate(yaml.safe_load(p.read_text()), schema)
+
+
+def test_a_blocks_typed_options_come_from_its_parameters_json_alone() -> None:
+    """Block.options resolves against parameters.json: its defaults and types are the only ones."""
+    from labelblocks.errors import InvalidInput
+    from tests.fake_blocks import FakeLabeler
+
+    opts = FakeLabeler.options(delay="1.5")
+    assert opts["prefix"] == "L-" and opts["delay"] == 1.5 and opts["batch-size"] == 4
+    assert "FAKE_TOKEN" not in opts  # a secret is never an option
+    with pytest.raises(InvalidInput, match="unknown parameter 'nope'"):
+        FakeLabeler.options({"nope": "1"})
+    with pytest.raises(InvalidInput, match="expected a number"):
+        FakeLabeler.options(delay="soon")

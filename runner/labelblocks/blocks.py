@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
 from .model import BoundingBox, Sample, SampleChange, box_iou
-from .parameters import ParametersFile, load_parameters
+from .parameters import ParametersFile, load_parameters, resolve
 
 
 class SampleInput:
@@ -152,6 +152,22 @@ class Block:
     @functools.cache
     def spec(cls) -> ParametersFile:
         return load_parameters(cls.parameters, what=f"parameters.json of block {getattr(cls, 'name', cls.__name__)}")
+
+    @classmethod
+    def options(cls, values: Mapping[str, Any] | None = None, **given: Any) -> dict[str, Any]:
+        """The block's typed options: ``values`` and ``given`` (by parameter name, as strings or
+        typed) resolved against its parameters.json, whose defaults, types and choices are the
+        only ones (a block reads ``args["min-confidence"]`` and never writes a default again).
+        The runner hands a block these already; this is for calling a block directly.
+
+        Raises:
+            InvalidInput: an unknown parameter, a wrong type, a value outside a select's list.
+
+        Example:
+            >>> AudioSet.options(model="path/to/ast")["min-confidence"]
+            0.2
+        """
+        return resolve(cls.spec(), {**(values or {}), **given}, getattr(cls, "name", cls.__name__)).values
 
     @classmethod
     def title(cls) -> str:

@@ -50,10 +50,9 @@ def wav(seconds: float, rate: int = 16000, channels: int = 1, seed: int = 0, fmt
 def run_block(model: Path, clips: list[bytes], **params: Any) -> tuple[list[Any], BlockContext]:
     import soundfile as sf
 
-    args: dict[str, Any] = {"audioset-labels": LABELS, "other-label": "other", "win-size-ms": 2000,
-                            "win-stride-ms": 2000, "min-confidence": 0.2, "merge-adjacent": False,
-                            "model": str(model), "device": "cpu", "precision": "fp32", "batch-size": 3}
-    args.update(params)
+    # the block's own defaults (parameters.json) for everything not given
+    args = AudioSet.options({"audioset-labels": LABELS, "model": str(model), "device": "cpu", "precision": "fp32",
+                             "batch-size": 3, **params})
     AudioSet.check_args(args)
     inputs = []
     for i, data in enumerate(clips):
@@ -148,7 +147,7 @@ def test_unknown_label_fails_before_the_model_loads(ast: Path, monkeypatch: pyte
 
     monkeypatch.setattr(transformers.AutoModelForAudioClassification, "from_pretrained", not_yet)
     monkeypatch.setattr(transformers.AutoFeatureExtractor, "from_pretrained", not_yet)
-    args = {"audioset-labels": "Speech\nDgo", "model": str(ast), "device": "cpu", "precision": "fp32"}
+    args = AudioSet.options({"audioset-labels": "Speech\nDgo", "model": str(ast), "device": "cpu", "precision": "fp32"})
     with pytest.raises(BlockError, match="did you mean 'Dog'"):
         AudioSet().setup(args, BlockContext())
 

@@ -226,16 +226,16 @@ class AudioSet(ModelBlock):
     @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> None:
         try:
-            parse_labels(str(args.get("audioset-labels") or ""))
+            parse_labels(args["audioset-labels"])
         except ValueError as e:
             raise ValueError(f"audioset-labels: {e}") from None
         for param in ("win-size-ms", "win-stride-ms"):
-            if int(args.get(param) or 0) < 1:
+            if args[param] < 1:
                 raise ValueError(f"{param}: expected a positive number of milliseconds, got {args.get(param)}")
-        conf = float(args.get("min-confidence", 0.2))
+        conf = args["min-confidence"]
         if not 0 <= conf <= 1:
             raise ValueError(f"min-confidence: expected 0 to 1, got {conf}")
-        if not str(args.get("other-label", "other")).strip():
+        if not args["other-label"].strip():
             raise ValueError("other-label: expected a label, got an empty string")
         super().check_args(args)
 
@@ -246,12 +246,13 @@ class AudioSet(ModelBlock):
         require_model(self.model_id)  # before the heavy imports
         from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-        self.win_ms = float(args.get("win-size-ms") or 2000)
-        self.stride_ms = float(args.get("win-stride-ms") or 2000)
-        self.min_conf = float(args.get("min-confidence", 0.2))
-        self.other = str(args.get("other-label") or "other")
-        self.merge = bool(args.get("merge-adjacent"))
-        wanted = parse_labels(str(args.get("audioset-labels") or ""))
+        # typed options, resolved against parameters.json (its defaults are the only ones)
+        self.win_ms = float(args["win-size-ms"])
+        self.stride_ms = float(args["win-stride-ms"])
+        self.min_conf = args["min-confidence"]
+        self.other = args["other-label"]
+        self.merge = args["merge-adjacent"]
+        wanted = parse_labels(args["audioset-labels"])
         # the model's classes first (config only): a misspelt name fails before any heavy work
         from transformers import AutoConfig
 

@@ -101,8 +101,8 @@ class Pretrained(ModelBlock):
                              "source-model (a served model), not both")
         if url and not args.get("source-model"):
             raise ValueError("source-model: the served model's id (such as boxes/3) is needed with source-url")
-        if not 0 <= float(args.get("min-confidence") or 0) <= 1:
-            raise ValueError(f"min-confidence: expected 0 to 1, got {args.get('min-confidence')}")
+        if not 0 <= args["min-confidence"] <= 1:
+            raise ValueError(f"min-confidence: expected 0 to 1, got {args['min-confidence']}")
         parse_keep(str(args.get("keep-bounding-boxes") or ""))
 
     def cache_key(self, args: Mapping[str, Any]) -> str:
@@ -121,7 +121,7 @@ class Pretrained(ModelBlock):
 
     def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
         self.keep = parse_keep(str(args.get("keep-bounding-boxes") or ""))
-        self.min_conf = float(args.get("min-confidence") or 0)
+        self.min_conf = args["min-confidence"]  # typed, its default in parameters.json only
         self.replace = bool(args.get("delete-existing-bounding-boxes", True))
         self.one_box = str(args.get("one-box-per-object", False)).lower() not in ("false", "0", "no", "")
         self.served = bool(args.get("source-url"))
