@@ -201,15 +201,20 @@ def checked_project(project_id: int, state: State, _auth: Auth) -> int:
 ProjectId = Annotated[int, Depends(checked_project)]
 
 
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object (an empty body is ``{}``); InvalidInput for anything else."""
+    data = parse_json(raw or b"{}", "request body", "a JSON body")
+    if not isinstance(data, dict):
+        raise InvalidInput(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 async def json_body(request: Request) -> dict[str, Any]:
     """The request's JSON object body (400 for anything else)."""
     try:
-        data = parse_json(await request.body() or b"{}", "request body", "a JSON body")
+        return json_object(await request.body())
     except InvalidInput as e:
         raise ApiError(400, str(e)) from None
-    if not isinstance(data, dict):
-        raise ApiError(400, f"expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def header(request: Request, name: str) -> str | None:
