@@ -76,7 +76,7 @@ class NearDuplicates(Block):
 
     @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> None:
-        threshold = int(args.get("hamming-threshold", 6))
+        threshold = args["hamming-threshold"]  # typed options: parameters.json holds the default
         if not 0 <= threshold <= 20:
             raise ValueError(f"hamming-threshold: expected 0 to 20, got {threshold}")
 
@@ -85,7 +85,7 @@ class NearDuplicates(Block):
     ) -> Sequence[SampleChange | SampleFailure]:
         import imagehash
 
-        threshold = int(args.get("hamming-threshold", 6))
+        threshold = args["hamming-threshold"]
         results: list[SampleChange | SampleFailure | None] = [None] * len(batch)
         ok: list[int] = []
         hashes: list[int] = []
@@ -108,7 +108,7 @@ class NearDuplicates(Block):
             first = batch[ok[root]].sample
             group = f"{first.content_hash[:12]}"
             change = SampleChange(metadata=merged_metadata(s, duplicate_group=group))
-            if args.get("disable-duplicates") and s.id != first.id:
+            if args["disable-duplicates"] and s.id != first.id:
                 change.is_disabled = True
             results[i] = change
         return [r if r is not None else SampleChange() for r in results]
@@ -165,10 +165,10 @@ class Relabel(Block):
     @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> None:
         try:
-            parse_mapping(str(args.get("mapping") or ""))
+            parse_mapping(args["mapping"])
         except ValueError as e:
             raise ValueError(f"mapping: {e}") from None
-        min_area = float(args.get("min-box-area") or 0)
+        min_area = args["min-box-area"]
         if not 0 <= min_area <= 100:
             raise ValueError(f"min-box-area: expected 0 to 100 (% of the image), got {min_area}")
 
@@ -177,9 +177,9 @@ class Relabel(Block):
     def label(
         self, batch: Sequence[SampleInput], args: Mapping[str, Any], context: BlockContext
     ) -> Sequence[SampleChange | SampleFailure]:
-        mapping = parse_mapping(str(args.get("mapping") or ""))
-        target = args.get("apply-to", "both")
-        min_area = float(args.get("min-box-area") or 0)
+        mapping = parse_mapping(args["mapping"])
+        target = args["apply-to"]
+        min_area = args["min-box-area"]
         out: list[SampleChange | SampleFailure] = []
         for inp in batch:
             s = inp.sample
@@ -247,7 +247,7 @@ class Anomaly(Block):
         model = context.learned(int(args["learn-id"]))
         given = args.get("min-anomaly-score")
         threshold = float(given) if given not in (None, "") else model.threshold
-        label, disable = str(args.get("label") or ""), bool(args.get("disable"))
+        label, disable = args["label"], args["disable"]
         kind = model.modality
         usable = [inp for inp in batch if inp.sample.is_audio == (kind == "audio")]
         scores, failed = model.score([(inp.sample.id, inp.sample.content_hash) for inp in usable])

@@ -52,10 +52,9 @@ def inputs(images: Sequence[Image.Image | bytes]) -> list[SampleInput]:
 
 
 def run_block(model: Path, images: Sequence[Image.Image | bytes], **params: Any) -> tuple[list[Any], BlockContext]:
-    args: dict[str, Any] = {"prompt": PROMPT, "model": str(model), "device": "cpu", "precision": "fp32",
-                            "batch-size": 2, "delete_existing_bounding_boxes": "yes",
-                            "ignore-objects-smaller-than": 0, "ignore-objects-larger-than": 100, "nms": False}
-    args.update(params)
+    # the block's own defaults (parameters.json) for everything not given
+    args = OwlVit.options({"prompt": PROMPT, "model": str(model), "device": "cpu", "precision": "fp32",
+                           "batch-size": 2, "delete_existing_bounding_boxes": "yes", **params})
     OwlVit.check_args(args)
     block = OwlVit()
     ctx = BlockContext()

@@ -263,41 +263,41 @@ class OwlVit(ModelBlock):
 
     @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> None:
+        # typed options (Block.options): parameters.json holds every default
         try:
-            parse_prompt(str(args.get("prompt") or ""))
+            parse_prompt(args["prompt"])
         except ValueError as e:
             raise ValueError(f"prompt: {e}") from None
-        lo = float(args.get("ignore-objects-smaller-than") or 0)
-        hi = float(args.get("ignore-objects-larger-than", 100))
+        lo, hi = args["ignore-objects-smaller-than"], args["ignore-objects-larger-than"]
         for param, v in (("ignore-objects-smaller-than", lo), ("ignore-objects-larger-than", hi)):
             if not 0 <= v <= 100:
                 raise ValueError(f"{param}: expected 0 to 100 (% of the image), got {v}")
         if lo > hi:
             raise ValueError(f"ignore-objects-smaller-than ({lo}) is larger than ignore-objects-larger-than ({hi}): "
                              f"every box would be dropped")
-        iou = float(args.get("nms-iou-threshold", 0.3))
-        if not 0 <= iou <= 1:
+        iou = args.get("nms-iou-threshold")  # hidden (absent) unless nms is on
+        if iou is not None and not 0 <= iou <= 1:
             raise ValueError(f"nms-iou-threshold: expected 0 to 1, got {iou}")
         super().check_args(args)
 
     def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
         from labelblocks import load_pretrained, require_model
 
-        require_model(str(args.get("model") or "google/owlvit-base-patch32"))  # before the heavy imports
+        require_model(args["model"])  # before the heavy imports
         import torch
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        self.queries = parse_prompt(str(args.get("prompt") or ""))
+        self.queries = parse_prompt(args["prompt"])
         self.labels = {q.label for q in self.queries}
-        self.model_id = str(args.get("model") or "google/owlvit-base-patch32")
+        self.model_id = args["model"]
         self.filters = Filters(
-            min_area_pct=float(args.get("ignore-objects-smaller-than") or 0),
-            max_area_pct=float(args.get("ignore-objects-larger-than", 100)),
-            nms_iou=float(args.get("nms-iou-threshold", 0.3)) if args.get("nms") else None,
+            min_area_pct=args["ignore-objects-smaller-than"],
+            max_area_pct=args["ignore-objects-larger-than"],
+            nms_iou=args["nms-iou-threshold"] if args["nms"] else None,
         )
         # several prompt lines firing on one object give one box, the best line's (off: one per line)
-        self.one_box = str(args.get("one-box-per-object", True)).lower() not in ("false", "0", "no")
-        self.delete_mode = str(args.get("delete_existing_bounding_boxes") or "no")
+        self.one_box = args["one-box-per-object"]
+        self.delete_mode = args["delete_existing_bounding_boxes"]
         if self.delete_mode not in DELETE_MODES:
             raise BlockError(f"delete_existing_bounding_boxes: expected one of {', '.join(DELETE_MODES)}, "
                              f"got {self.delete_mode!r}")
@@ -375,7 +375,7 @@ class OwlVit(ModelBlock):
             self.pool.submit(self._prepare, c) for c in chunks[:PREFETCH])
         queued = len(pending)
         results: list[SampleChange | SampleFailure] = []
-        prompt = str(args.get("prompt") or "")
+        prompt = args["prompt"]
         while pending:
             prepared = pending.popleft().result()
             if queued < len(chunks):
