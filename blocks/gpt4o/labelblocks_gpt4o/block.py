@@ -98,7 +98,7 @@ def user_message(prompt: str, image_url: str, detail: str) -> list[dict[str, Any
 
 def base_url(args: Mapping[str, Any]) -> str:
     """The endpoint a run asks: the base-url parameter, else OPENAI_BASE_URL, else OpenAI's."""
-    return str(args.get("base-url") or "") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    return args.get("base-url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
 
 
 class Gpt4oBlock(Block):
@@ -111,17 +111,18 @@ class Gpt4oBlock(Block):
 
     @classmethod
     def check_args(cls, args: Mapping[str, Any]) -> None:
-        if int(args.get("concurrency") or 1) < 1:
-            raise ValueError(f"concurrency: expected at least 1, got {args.get('concurrency')}")
-        if float(args.get("timeout") or 60) <= 0:
-            raise ValueError(f"timeout: expected a positive number of seconds, got {args.get('timeout')}")
-        if int(args.get("max-retries") or 0) < 0:
-            raise ValueError(f"max-retries: expected 0 or more, got {args.get('max-retries')}")
-        if not str(args.get(cls.prompt_param) or "").strip():
+        # typed options (Block.options): parameters.json holds every default
+        if args["concurrency"] < 1:
+            raise ValueError(f"concurrency: expected at least 1, got {args['concurrency']}")
+        if args["timeout"] <= 0:
+            raise ValueError(f"timeout: expected a positive number of seconds, got {args['timeout']}")
+        if args["max-retries"] < 0:
+            raise ValueError(f"max-retries: expected 0 or more, got {args['max-retries']}")
+        if not args[cls.prompt_param].strip():
             raise ValueError(f"{cls.prompt_param}: expected a prompt, got an empty one")
 
     def batch_size(self, args: Mapping[str, Any]) -> int:
-        return max(1, int(args.get("concurrency") or 1)) * SAMPLES_PER_REQUEST_SLOT
+        return max(1, args["concurrency"]) * SAMPLES_PER_REQUEST_SLOT
 
     def setup(self, args: Mapping[str, Any], context: BlockContext) -> None:
         key = context.secrets.get("OPENAI_API_KEY")
@@ -129,11 +130,11 @@ class Gpt4oBlock(Block):
             raise MissingSecret("no OpenAI key: run `labelblocks secrets set OPENAI_API_KEY` or set the environment "
                                 "variable OPENAI_API_KEY")
         base = base_url(args)
-        self.concurrency = max(1, int(args.get("concurrency") or 1))
-        self.detail = str(args.get("image-quality") or "auto")
+        self.concurrency = max(1, args["concurrency"])
+        self.detail = args["image-quality"]
         cache = ResponseCache(context.cache_dir / "gpt4o-answers.sqlite") if context.cache_dir else None
-        self.client = ChatClient(api_key=key, model=str(args.get("model") or "gpt-4o"), base_url=base,
-                                 timeout=float(args.get("timeout") or 60), max_retries=int(args.get("max-retries") or 0),
+        self.client = ChatClient(api_key=key, model=args["model"], base_url=base,
+                                 timeout=args["timeout"], max_retries=args["max-retries"],
                                  concurrency=self.concurrency, cache=cache)
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"{self.name}-request")
         self.prepare_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{self.name}-encode")
@@ -224,8 +225,8 @@ class Gpt4oBlock(Block):
     def estimate(cls, samples: Sequence[Sample], args: Mapping[str, Any]) -> CostEstimate:
         """Expected requests and tokens for ``samples`` before anything is sent: image tokens
         from each image's size at the chosen detail, text tokens from the prompt's length."""
-        detail = str(args.get("image-quality") or "auto")
-        text = REQUEST_OVERHEAD_TOKENS + math.ceil(len(str(args.get(cls.prompt_param) or "")) * TEXT_TOKENS_PER_CHAR)
+        detail = args["image-quality"]
+        text = REQUEST_OVERHEAD_TOKENS + math.ceil(len(args[cls.prompt_param]) * TEXT_TOKENS_PER_CHAR)
         requests_ = prompt = 0
         for s in samples:
             for w, h in cls.request_images(s, args):
