@@ -287,3 +287,19 @@ def test_upload_interrupted_by_sigkill_leaves_only_whole_samples(tmp_path: Path,
     assert out["added"] + out["duplicates"] == 1500
     assert out["duplicates"] == n
     assert db.execute("SELECT count(*) FROM samples").fetchone()[0] == 1500
+
+
+def test_a_fifo_named_like_an_image_is_refused_not_waited_on(tmp_path: Path, project: Path) -> None:
+    """Reading a FIFO waits for a writer forever: anything that is not a regular file is refused,
+    named, and the rest of the upload goes on (a real process, so a hang would time out)."""
+    folder = tmp_path / "d"
+    make_image(folder / "cat.1.png", seed=1)
+    os.mkfifo(folder / "dog.2.png")
+    os.mkfifo(tmp_path / "named.png")
+    r = subprocess.run([sys.executable, "-m", "labelblocks", "--project", str(project), "upload", str(folder),
+                        str(tmp_path / "named.png"), "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    files = {Path(f["path"]).name: f for f in json.loads(r.stdout)["files"]}
+    assert files["cat.1.png"]["status"] == "added"
+    for name in ("dog.2.png", "named.png"):
+        assert files[name]["status"] == "rejected" and "not a regular file" in files[name]["error"]

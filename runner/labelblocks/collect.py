@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,25 @@ def walk_paths(paths: Iterable[Path], problems: list[Outcome] | None = None) -> 
                 for f in sorted(files):
                     if f.startswith(".") or f in COMPANION_FILES:
                         continue
+                    if _special(Path(root) / f, problems):
+                        continue
                     yield Path(root) / f
-        else:
+        elif not _special(p, problems):
             yield p
+
+
+def _special(path: Path, problems: list[Outcome] | None) -> bool:
+    """Whether ``path`` is there but is no regular file (a FIFO, a socket, a device: reading one
+    could wait forever); such a path is refused into ``problems``."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False  # missing or unreadable: the upload says so for the file
+    if stat.S_ISREG(mode):
+        return False
+    if problems is not None:
+        problems.append(Outcome(str(path), "rejected", error="not a regular file (a FIFO, socket or device): refused"))
+    return True
 
 
 def _load_json(path: Path, what: str) -> Any:
