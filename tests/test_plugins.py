@@ -170,3 +170,15 @@ def test_redact_finds_a_secret_whole_encoded_or_in_pieces(text: str, expected: s
 
     assert redact(text, ["sk-live-0123456789abcdefXYZ"]) == expected
     assert redact(text, []) == text
+
+
+def test_a_secret_piped_in_is_read_without_a_warning() -> None:
+    """`echo KEY | labelblocks secrets set NAME`: no hidden prompt (and no GetPassWarning)
+    without a terminal; the value is stored and never printed."""
+    r = subprocess.run([sys.executable, "-m", "labelblocks", "secrets", "set", "PIPED_TOKEN"], input="piped-v4lue\n",
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr and "piped-v4lue" not in r.stdout + r.stderr
+    from labelblocks.secrets import get_secret
+
+    assert get_secret("PIPED_TOKEN") == "piped-v4lue"

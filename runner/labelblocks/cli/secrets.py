@@ -19,7 +19,8 @@ def secrets_group() -> None:
 @click.argument("name")
 @click.option("--stdin", "from_stdin", is_flag=True, help="Read the value from standard input instead of a prompt.")
 def secrets_set(name: str, from_stdin: bool) -> None:
-    """Store a secret (asked for with a hidden prompt, or read from --stdin).
+    """Store a secret (asked for with a hidden prompt, or read from standard input when it is
+    piped in or with --stdin).
 
     \b
     Examples:
@@ -28,7 +29,7 @@ def secrets_set(name: str, from_stdin: bool) -> None:
     """
     from ..secrets import secrets_path, set_secret
 
-    if from_stdin:
+    if from_stdin or not sys.stdin.isatty():  # piped in: read it (a hidden prompt needs a terminal)
         value = sys.stdin.read().strip()
     else:
         value = click.prompt(f"Value for {name}", hide_input=True, confirmation_prompt=False)
