@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import provenance
@@ -90,9 +90,13 @@ class Final:
     after: Sample
     record: str | None
     record_changed: bool
+    _diff: SampleDiff | None = field(default=None, repr=False, compare=False)
 
     def diff(self) -> SampleDiff:
-        return diff(self.before, self.after)
+        """What applying changes (computed once)."""
+        if self._diff is None:
+            self._diff = diff(self.before, self.after)
+        return self._diff
 
     def change(self) -> SampleChange:
         """The fields of ``after`` that differ from ``before``."""
@@ -341,6 +345,15 @@ def job_finals(store: Store, job_id: int, ids: Sequence[int] | None = None) -> l
     return out
 
 
+def pending_finals(store: Store, job_id: int) -> list[Final]:
+    """What applying the job writes now: its pending samples with a proposal, less those
+    changed since it proposed (apply leaves them out)."""
+    pending = set(job_store.job_state(store, job_id).pending())
+    finals = [f for f in job_finals(store, job_id) if f.before.id in pending]
+    stale = proposal_store.stale_samples(store, job_id, [f.before.id for f in finals])
+    return [f for f in finals if f.before.id not in stale]
+
+
 def total_diff(finals: Sequence[Final]) -> dict[str, int]:
     """What applying writes over all of ``finals``: samples changed, boxes added, removed and
     renamed, labels, disabled states and metadata values changed."""
@@ -361,9 +374,3 @@ def total_diff(finals: Sequence[Final]) -> dict[str, int]:
         out["structuredLabels"] += d.structured is not None
         out["metadataValues"] += len(d.metadata)
     return out
-
-
-def final_changes(store: Store, job_id: int, chunk: list[int],
-                  extra: Mapping[str, str]) -> list[tuple[int, SampleChange]]:
-    """What applying the job writes to each sample of ``chunk`` (the fields that change)."""
-    return [(f.before.id, f.change()) for f in final_samples(store, job_id, chunk, extra)]

@@ -82,13 +82,18 @@ class BoundingBox(_Model):
         return self.x + self.width <= width and self.y + self.height <= height
 
 
+def xywh_iou(a: Sequence[int], b: Sequence[int]) -> float:
+    """Intersection over union of two (x, y, width, height) boxes (0 when they do not overlap)."""
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
 def box_iou(a: BoundingBox, b: BoundingBox) -> float:
     """Intersection over union of two boxes (0 when they do not overlap)."""
-    ix = max(0, min(a.x + a.width, b.x + b.width) - max(a.x, b.x))
-    iy = max(0, min(a.y + a.height, b.y + b.height) - max(a.y, b.y))
-    inter = ix * iy
-    union = a.width * a.height + b.width * b.height - inter
-    return inter / union if union > 0 else 0.0
+    return xywh_iou((a.x, a.y, a.width, a.height), (b.x, b.y, b.width, b.height))
 
 
 class StructuredLabel(_Model):

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import BoundingBox, Sample, StructuredLabel
+from .model import BoundingBox, Sample, StructuredLabel, xywh_iou
 
 TAKEOVER_IOU = 0.9  # a box at least this close to one an action wrote is that box, edited
 
@@ -47,15 +47,6 @@ def box_key(b: BoundingBox) -> BoxKey:
 
 def _box(k: Sequence[Any]) -> BoundingBox:
     return BoundingBox.model_construct(label=k[0], x=k[1], y=k[2], width=k[3], height=k[4], score=None)
-
-
-def iou(a: Sequence[int], b: Sequence[int]) -> float:
-    """Intersection over union of two (x, y, width, height) boxes."""
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
 
 
 def load(text: str | None) -> Record:
@@ -185,7 +176,7 @@ def strip(sample: Sample, record: Record, action: str) -> Stripped:
     taken: list[BoxKey] = []
     for e in lost:  # a box now near one the action wrote is that box, edited by someone else
         place = e["box"][1:]
-        taken += [k for k in boxes_out if iou(k[1:], place) >= TAKEOVER_IOU and k not in taken]
+        taken += [k for k in boxes_out if xywh_iou(k[1:], place) >= TAKEOVER_IOU and k not in taken]
     for e in kept_entries:  # a person's edit of one of the action's boxes recorded what it replaced
         if (e.get("wasBy") or {}).get("action") == action and tuple(e["box"]) not in taken:
             taken.append(tuple(e["box"]))  # type: ignore[arg-type]
@@ -251,7 +242,7 @@ def drop_taken(base: Sample, final_boxes: list[BoundingBox], taken: Sequence[Box
         if old[k] > 0:
             old[k] -= 1
             out.append(b)
-        elif not any(iou(k[1:], t[1:]) >= TAKEOVER_IOU for t in still):
+        elif not any(xywh_iou(k[1:], t[1:]) >= TAKEOVER_IOU for t in still):
             out.append(b)
     return out
 
@@ -298,7 +289,7 @@ def contribute(base: Sample, record: Record, final: Sample, writer: Writer,
         for k in fresh:
             # a new box where one went (the same place, or nearly: IoU >= TAKEOVER_IOU) is that box, edited
             same_place = next((g for g in gone if g[1:] == k[1:]), None) or \
-                next((g for g in gone if iou(g[1:], k[1:]) >= TAKEOVER_IOU), None)
+                next((g for g in gone if xywh_iou(g[1:], k[1:]) >= TAKEOVER_IOU), None)
             e: dict[str, Any] = {"box": list(k), "by": by(box=k)}
             if same_place is not None:
                 gone.remove(same_place)

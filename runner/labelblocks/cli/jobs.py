@@ -9,7 +9,7 @@ import click
 
 from ..errors import NotFound
 from ._util import AppContext, pass_app, print_json
-from .render import changes_json, describe_total, errors_json
+from .render import describe_total, errors_json
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -79,13 +79,14 @@ def jobs_show(app: AppContext, job_id: int, as_json: bool) -> None:
     Example:
       labelblocks jobs show 3
     """
+    from ..apply import pending_finals, total_diff
     from ..store import jobs as job_store
 
     j = _job_json(app.store, get_job(app.store, job_id))
     errors = job_store.job_errors(app.store, job_id)
     # what applying its pending proposals writes (the same count as `proposals show` and apply)
     pending = j["kind"] == "preview" and j["status"] == "completed" and j["counts"].get("pending")
-    total = changes_json(app.store, job_id)["total"] if pending else None
+    total = total_diff(pending_finals(app.store, job_id)) if pending else None
     if as_json:
         j["failures"] = errors_json(errors)
         if total is not None:

@@ -10,16 +10,7 @@ import click
 from ._util import print_json
 
 if TYPE_CHECKING:
-    from ..model import Sample
     from ..store import Store
-
-
-def describe_change(before: Sample, after: Sample) -> list[str]:
-    """Human-readable lines of what turning ``before`` into ``after`` changes (counted as a
-    multiset: :mod:`labelblocks.diff`)."""
-    from ..diff import diff
-
-    return diff(before, after).lines()
 
 
 def describe_total(total: dict[str, int]) -> str:
@@ -54,14 +45,9 @@ def record_order(items: list[dict[str, Any]], key: str, job_id: int) -> list[int
 
 def changes_json(store: Store, job_id: int) -> dict[str, Any]:
     """What applying the job's pending proposals writes, per sample and in all (``--json``)."""
-    from ..apply import job_finals, total_diff
-    from ..store import jobs as job_store
-    from ..store import proposals as proposal_store
+    from ..apply import pending_finals, total_diff
 
-    pending = set(job_store.job_state(store, job_id).pending())
-    finals = [f for f in job_finals(store, job_id) if f.before.id in pending]
-    stale = proposal_store.stale_samples(store, job_id, [f.before.id for f in finals])
-    finals = [f for f in finals if f.before.id not in stale]
+    finals = pending_finals(store, job_id)
     return {"changes": [{"sampleId": f.before.id, **f.diff().to_json()} for f in finals if not f.diff().is_empty()],
             "total": total_diff(finals)}
 
@@ -73,15 +59,18 @@ def print_preview(store: Store, job_id: int, limit: int = 50, order: list[int] |
     from ..store import jobs as job_store
     from ..store import proposals as proposal_store
 
-    finals = {f.before.id: f for f in job_finals(store, job_id)}
-    changes = proposal_store.proposal_texts(store, job_id)
+    proposed = sorted(proposal_store.proposal_texts(store, job_id))
+    # each with the sample as it is now (a sample deleted since has none)
+    finals = {f.before.id: f for f in job_finals(store, job_id, proposed)}
     errors = job_store.job_errors(store, job_id)
-    ids = sorted(set(changes) | set(errors))
+    ids = sorted(set(proposed) | set(errors))
     if order is not None:
-        first = [i for i in order if i in changes or i in errors]
+        first = [i for i in order if i in finals or i in errors]
         ids = first + [i for i in ids if i not in set(first)]
-    samples = {s.id: s for s in store.get_samples(ids[:limit], missing_ok=True)} if ids else {}
-    stale = proposal_store.stale_samples(store, job_id, ids[:limit])
+    others = [sid for sid in ids[:limit] if sid not in finals]  # failed, or deleted since
+    samples = {s.id: s for s in store.get_samples(others, missing_ok=True)} if others else {}
+    samples.update((sid, f.before) for sid, f in finals.items())
+    stale = proposal_store.stale_samples(store, job_id, sorted(finals))
     for sid in ids[:limit]:
         s = samples.get(sid)
         if s is None:
@@ -94,16 +83,15 @@ def print_preview(store: Store, job_id: int, limit: int = 50, order: list[int] |
             click.echo(f"sample {sid} {s.filename}: changed since the job ran; applying leaves it as it is "
                        f"(preview again for what it needs now)")
             continue
-        lines = describe_change(s, finals[sid].after) if sid in finals else []
+        lines = finals[sid].diff().lines()
         click.echo(f"sample {sid} {s.filename}: " + ("no change" if not lines else lines[0]))
         for line in lines[1:]:
             click.echo(f"    {line}")
     if len(ids) > limit:
         click.echo(f"... and {len(ids) - limit} more: `labelblocks proposals show {job_id}`")
     pending = set(job_store.job_state(store, job_id).pending())
-    fresh = set(finals) - proposal_store.stale_samples(store, job_id, sorted(finals))
     if ids and pending:
-        click.echo(describe_total(total_diff([f for sid, f in finals.items() if sid in pending and sid in fresh])))
+        click.echo(describe_total(total_diff([f for sid, f in finals.items() if sid in pending and sid not in stale])))
     return len(ids)
 
 
